@@ -1,0 +1,60 @@
+# Quickstart: `make run` (set up .venv, build, run the main job) and `make test` (set up, build,
+# native tests + the pytest suite). Everything CI needs is installed from here.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+JOBS ?= $(shell nproc)
+CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
+# pip's CUDA headers (cusparse.h, ...) complete a system toolkit that lacks them.
+CU13_INC = $(wildcard $(VENV)/lib/python3*/site-packages/nvidia/cu13/include)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export CUDA_HOME
+export MAX_JOBS := $(JOBS)
+export CPATH := $(if $(CU13_INC),$(abspath $(CU13_INC)):,)$(CPATH)
+
+.PHONY: all setup build native native-asan test test-py run bench info gpu-check clean
+
+all: build
+
+$(VENV)/.stamp: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip setuptools wheel >/dev/null
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+setup: $(VENV)/.stamp
+
+build: setup
+	$(PY) setup.py build_ext --inplace
+
+# Kernels without Python: static library, ctest unit tests, nvcc compile check of every .cu file.
+native:
+	cmake -S . -B build/native -DCMAKE_BUILD_TYPE=Release >/dev/null
+	cmake --build build/native -j $(JOBS)
+	cd build/native && ctest --output-on-failure
+
+native-asan:
+	cmake -S . -B build/native-asan -DCMAKE_BUILD_TYPE=Debug -DFASTCONV_SANITIZE=ON -DFASTCONV_CUDA_CHECK=OFF >/dev/null
+	cmake --build build/native-asan -j $(JOBS)
+	cd build/native-asan && ctest --output-on-failure
+
+test-py: build
+	$(PY) -m pytest -q tests
+
+test: build native native-asan test-py
+
+run: build
+	$(PY) -m fastconv bench --quick
+
+bench: build
+	$(PY) -m fastconv bench
+
+info: build
+	$(PY) -m fastconv info
+
+# On the lent GPU machine (system python with torch+CUDA): build, check, time; table printed last.
+gpu-check:
+	bash benchmarks/gpu_check.sh
+
+clean:
+	rm -rf build fastconv/_C*.so

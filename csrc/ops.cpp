@@ -1,0 +1,91 @@
+// Every fastconv operator schema, declared once, plus the pybind11 module shell (info, ISA control).
+// Implementations: csrc/cpu/<op>.cpp (TORCH_LIBRARY_IMPL CPU), csrc/cuda/<op>.cpp (CUDA).
+// Fake (meta) and autograd registrations live in fastconv/ops.py.
+//
+// Conventions shared by all schemas:
+//   * tensors are 4-D (N, C, H, W); the Python layer turns unbatched 3-D input into N = 1;
+//   * padding for convolutions is int[4] = (top, bottom, left, right) so 'same' with an even
+//     kernel can pad asymmetrically the way torch does; pooling padding is symmetric int[2];
+//   * combine: 0 none, 1 add, 2 sort; mode: 0 sqrt, 1 product (fastconv::Combine, SortMode);
+//   * outputs are channels_last when the (first) input is, as torch does;
+//   * bfloat16/float16 compute in float32.
+#include <omp.h>
+#include <torch/extension.h>
+
+#include <string>
+
+#include "fastconv/common.h"
+
+#ifndef FASTCONV_VERSION
+#define FASTCONV_VERSION "0.0.0"
+#endif
+
+TORCH_LIBRARY(fastconv, m) {
+  m.def("conv2d_fwd(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+        "int[2] dilation, int groups) -> Tensor");
+  m.def("conv2d_bwd_input(Tensor grad_out, Tensor weight, int[] input_size, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("conv2d_bwd_weight(Tensor grad_out, Tensor input, int[] weight_size, int[2] stride, "
+        "int[4] padding, int[2] dilation, int groups) -> Tensor");
+  m.def("conv2d_bwd_bias(Tensor grad_out) -> Tensor");
+  m.def("conv2d_fused_fwd(Tensor input, Tensor weight, Tensor? bias, int[2] stride, int[4] padding, "
+        "int[2] dilation, int groups, Tensor? scale, Tensor? shift, Tensor? residual, int combine, "
+        "bool relu, int mode, float eps) -> Tensor");
+  m.def("max_pool2d_fwd(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  m.def("max_pool2d_bwd(Tensor grad_out, Tensor indices, int[] input_size) -> Tensor");
+  m.def("avg_pool2d_fwd(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("avg_pool2d_bwd(Tensor grad_out, int[] input_size, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d_fwd(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_bwd(Tensor grad_out, int[] input_size) -> Tensor");
+  m.def("relu_fwd(Tensor input) -> Tensor");
+  m.def("relu_bwd(Tensor grad_out, Tensor result) -> Tensor");
+  m.def("sort_fwd(Tensor a, Tensor b, int mode, float eps) -> Tensor");
+  m.def("sort_bwd(Tensor grad_out, Tensor a, Tensor b, int mode, float eps) -> (Tensor, Tensor)");
+}
+
+namespace {
+
+pybind11::dict info() {
+  pybind11::dict d;
+  d["version"] = FASTCONV_VERSION;
+#if defined(__clang__)
+  d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  d["compiler"] = std::string("gcc ") + __VERSION__;
+#endif
+#ifdef FASTCONV_BUILD_FLAGS
+  d["build_flags"] = FASTCONV_BUILD_FLAGS;
+#endif
+  d["cpu_features"] = fastconv::cpu_features();
+  d["isa_best"] = fastconv::isa_name(fastconv::cpu_best_isa());
+  d["isa"] = fastconv::isa_name(fastconv::cpu_isa());
+  d["omp_threads"] = omp_get_max_threads();
+#ifdef FASTCONV_WITH_CUDA
+  d["cuda_built"] = true;
+#else
+  d["cuda_built"] = false;
+#endif
+  return d;
+}
+
+bool set_isa(const std::string& name) {
+  fastconv::Isa isa;
+  if (name == "avx512") isa = fastconv::Isa::kAvx512;
+  else if (name == "avx2") isa = fastconv::Isa::kAvx2;
+  else if (name == "portable") isa = fastconv::Isa::kPortable;
+  else throw pybind11::value_error("set_isa: 'name' must be 'avx512', 'avx2' or 'portable', got '" + name + "'");
+  return fastconv::set_cpu_isa(isa);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fastconv native kernels (operators are registered as torch.ops.fastconv.*)";
+  m.def("info", &info, "Version, build flags, CPU features, code path, OpenMP threads, CUDA build.");
+  m.def("set_isa", &set_isa, pybind11::arg("name"),
+        "Force the CPU code path ('avx512' | 'avx2' | 'portable'); returns False if the CPU lacks it.");
+  m.def("get_isa", [] { return std::string(fastconv::isa_name(fastconv::cpu_isa())); });
+}

@@ -1,0 +1,26 @@
+"""python -m fastconv info | bench [--quick] [--json FILE]"""
+import argparse
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="version, build flags, CPU features and code path, threads, CUDA build")
+    bench = sub.add_parser("bench", help="time fastconv against torch on the layer suite")
+    bench.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--ops", default=None, help="comma-separated ops to time (default: all)")
+    args = parser.parse_args(argv)
+    if args.cmd == "info":
+        import fastconv
+        for k, v in fastconv.info().items():
+            print(f"{k:14s} {v}")
+        return 0
+    from fastconv import bench as bench_mod
+    return bench_mod.main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

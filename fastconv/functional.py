@@ -1,0 +1,189 @@
+"""Public functions mirroring torch.nn.functional: same names, arguments, defaults, output shapes and
+output memory format. Each normalizes and validates its arguments, then calls the operator of the
+active backend (torch.ops.fastconv.* for the native one; see fastconv.backends)."""
+from fastconv import _args as A
+from fastconv import backends
+
+COMBINES = {None: 0, "none": 0, "add": 1, "sort": 2}
+SORT_MODES = {"sqrt": 0, "product": 1}
+
+
+def _ops():
+    return backends.current_ops()
+
+
+def _conv_args(input, weight, bias, stride, padding, dilation, groups):
+    x, unbatched = A.batched(input, "input")
+    A.check_tensor(weight, "weight", dims=(4,))
+    A.check_same(x, "input", weight, "weight")
+    stride = A.pair(stride, "stride", minimum=1)
+    dilation = A.pair(dilation, "dilation", minimum=1)
+    groups = A.positive_int(groups, "groups")
+    k, cpg, r, s = weight.shape
+    c = x.shape[1]
+    if c % groups:
+        raise ValueError(f"fastconv: 'groups' ({groups}) must divide the input channels ({c})")
+    if k % groups:
+        raise ValueError(f"fastconv: 'groups' ({groups}) must divide the output channels "
+                         f"(weight.shape[0] = {k})")
+    if cpg * groups != c:
+        raise ValueError(f"fastconv: 'weight' of shape {tuple(weight.shape)} expects {cpg * groups} input "
+                         f"channels (weight.shape[1] * groups = {cpg} * {groups}), but 'input' has {c}")
+    if k == 0 or r == 0 or s == 0:
+        raise ValueError(f"fastconv: 'weight' must have non-zero sizes, got shape {tuple(weight.shape)}")
+    if bias is not None:
+        A.check_tensor(bias, "bias", dims=(1,))
+        A.check_same(x, "input", bias, "bias")
+        if bias.shape[0] != k:
+            raise ValueError(f"fastconv: 'bias' must have {k} elements (one per output channel), "
+                             f"got shape {tuple(bias.shape)}")
+    pads = A.conv_padding(padding, (r, s), stride, dilation)
+    p = A.conv_out_size(x.shape[2], pads[0], pads[1], dilation[0], r, stride[0])
+    q = A.conv_out_size(x.shape[3], pads[2], pads[3], dilation[1], s, stride[1])
+    if p <= 0 or q <= 0:
+        raise ValueError(f"fastconv: conv2d output size would be {p}x{q} for input {x.shape[2]}x{x.shape[3]}, "
+                         f"kernel {r}x{s}, padding {padding}, stride {stride}, dilation {dilation}: "
+                         "the input is too small (output size must be positive)")
+    return x, unbatched, list(stride), list(pads), list(dilation), groups
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution, as torch.nn.functional.conv2d (padding: int, pair, 'same' or 'valid')."""
+    x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
+                                                              dilation, groups)
+    y = _ops().conv2d_fwd(x, weight, bias, stride, pads, dilation, groups)
+    return y.squeeze(0) if unbatched else y
+
+
+def _per_channel(t, name, k, x):
+    if t is None:
+        return None
+    A.check_tensor(t, name, dims=(1,))
+    A.check_same(x, "input", t, name)
+    if t.shape[0] != k:
+        raise ValueError(f"fastconv: '{name}' must have {k} elements (one per output channel), "
+                         f"got shape {tuple(t.shape)}")
+    return t
+
+
+def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, scale=None,
+                 shift=None, residual=None, combine=None, relu=False, mode="sqrt", eps=0.01):
+    """conv2d with its epilogue fused: z = conv(input) * scale + shift + bias (per output channel);
+    then combine z with `residual`: None, 'add' (z + r) or 'sort' (sort(r, z)); then ReLU if asked."""
+    x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
+                                                              dilation, groups)
+    k = weight.shape[0]
+    scale = _per_channel(scale, "scale", k, x)
+    shift = _per_channel(shift, "shift", k, x)
+    if combine not in COMBINES:
+        raise ValueError(f"fastconv: 'combine' must be None, 'add' or 'sort', got {combine!r}")
+    if mode not in SORT_MODES:
+        raise ValueError(f"fastconv: 'mode' must be 'sqrt' or 'product', got {mode!r}")
+    if not isinstance(relu, bool):
+        raise TypeError(f"fastconv: 'relu' must be a bool, got {relu!r}")
+    eps = _eps(eps)
+    code = COMBINES[combine]
+    if code and residual is None:
+        raise ValueError(f"fastconv: combine={combine!r} needs a 'residual' tensor")
+    if residual is not None:
+        if not code:
+            raise ValueError("fastconv: 'residual' was given but combine is None; pass combine='add' or 'sort'")
+        r, _ = A.batched(residual, "residual")
+        A.check_same(x, "input", r, "residual")
+        p = A.conv_out_size(x.shape[2], pads[0], pads[1], dilation[0], weight.shape[2], stride[0])
+        q = A.conv_out_size(x.shape[3], pads[2], pads[3], dilation[1], weight.shape[3], stride[1])
+        want = (x.shape[0], k, p, q)
+        if tuple(r.shape) != want:
+            raise ValueError(f"fastconv: 'residual' must have the output's shape {want}, got {tuple(r.shape)}")
+        residual = r
+    y = _ops().conv2d_fused_fwd(x, weight, bias, stride, pads, dilation, groups, scale, shift, residual,
+                                code, relu, SORT_MODES[mode], eps)
+    return y.squeeze(0) if unbatched else y
+
+
+def _pool_args(input, kernel_size, stride, padding, dilation, max_pool):
+    x, unbatched = A.batched(input, "input")
+    k = A.pair(kernel_size, "kernel_size", minimum=1)
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        s = k
+    else:
+        s = A.pair(stride, "stride", minimum=1)
+    p = A.pair(padding, "padding", minimum=0)
+    d = A.pair(dilation, "dilation", minimum=1)
+    for i in range(2):
+        limit = ((k[i] - 1) * d[i] + 1) // 2 if max_pool else k[i] // 2
+        if p[i] > limit:
+            raise ValueError(f"fastconv: 'padding' ({padding}) must be at most half of the "
+                             f"{'effective ' if max_pool else ''}kernel size ({kernel_size})")
+    if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"fastconv: 'input' must have non-zero channel and spatial sizes, got {tuple(x.shape)}")
+    return x, unbatched, list(k), list(s), list(p), list(d)
+
+
+def _check_pool_out(x, k, s, p, d, ceil_mode):
+    oh = A.pool_out_size(x.shape[2], k[0], p[0], s[0], d[0], ceil_mode)
+    ow = A.pool_out_size(x.shape[3], k[1], p[1], s[1], d[1], ceil_mode)
+    if oh <= 0 or ow <= 0:
+        raise ValueError(f"fastconv: pooling output size would be {oh}x{ow} for input {x.shape[2]}x{x.shape[3]} "
+                         f"(kernel {k}, stride {s}, padding {p}, dilation {d}): output size is too small")
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2-D max pooling, as torch.nn.functional.max_pool2d (indices are flat within each H*W plane)."""
+    x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, dilation, True)
+    _check_pool_out(x, k, s, p, d, bool(ceil_mode))
+    y, idx = _ops().max_pool2d_fwd(x, k, s, p, d, bool(ceil_mode))
+    if unbatched:
+        y, idx = y.squeeze(0), idx.squeeze(0)
+    return (y, idx) if return_indices else y
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2-D average pooling, as torch.nn.functional.avg_pool2d."""
+    x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, 1, False)
+    if divisor_override is not None:
+        divisor_override = A.positive_int(divisor_override, "divisor_override")
+    _check_pool_out(x, k, s, p, d, bool(ceil_mode))
+    y = _ops().avg_pool2d_fwd(x, k, s, p, bool(ceil_mode), bool(count_include_pad), divisor_override)
+    return y.squeeze(0) if unbatched else y
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d (None keeps a size)."""
+    x, unbatched = A.batched(input, "input")
+    oh, ow = A.pair(output_size, "output_size", minimum=1, allow_none=True)
+    oh = x.shape[2] if oh is None else oh
+    ow = x.shape[3] if ow is None else ow
+    if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"fastconv: 'input' must have non-zero channel and spatial sizes, got {tuple(x.shape)}")
+    y = _ops().adaptive_avg_pool2d_fwd(x, [oh, ow])
+    return y.squeeze(0) if unbatched else y
+
+
+def relu(input, inplace=False):
+    """ReLU, as torch.nn.functional.relu (inplace writes the result back into `input`)."""
+    A.check_tensor(input, "input")
+    y = _ops().relu_fwd(input)
+    return input.copy_(y) if inplace else y
+
+
+def _eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"fastconv: 'eps' must be a float, got {eps!r}")
+    if not eps >= 0:
+        raise ValueError(f"fastconv: 'eps' must be >= 0, got {eps}")
+    return float(eps)
+
+
+def sort(a, b, mode="sqrt", eps=0.01):
+    """Second-order response transform of two branches (SORT, Wang et al., ICCV 2017):
+    mode='sqrt': a + b + sqrt(relu(a) * relu(b) + eps); mode='product': a + b + relu(a) * relu(b)."""
+    A.check_tensor(a, "a")
+    A.check_tensor(b, "b")
+    A.check_same(a, "a", b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"fastconv: 'a' and 'b' must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if mode not in SORT_MODES:
+        raise ValueError(f"fastconv: 'mode' must be 'sqrt' or 'product', got {mode!r}")
+    return _ops().sort_fwd(a, b, SORT_MODES[mode], _eps(eps))

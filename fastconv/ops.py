@@ -1,0 +1,246 @@
+"""Fake (shape/dtype/memory-format only) and autograd registrations of the native operators
+declared in csrc/ops.cpp. Every backward calls other registered operators, so autograd, opcheck and
+torch.compile see the same ops on every path."""
+import torch
+
+from fastconv import _args as A
+from fastconv import _ext
+
+_ext.require_native()
+ops = torch.ops.fastconv
+
+
+def _empty(like, shape, *fmt_from, dtype=None):
+    fmt = A.memory_format(*fmt_from) if len(shape) == 4 else torch.contiguous_format
+    return torch.empty(tuple(shape), dtype=dtype or like.dtype, device=like.device, memory_format=fmt)
+
+
+def conv_out_shape(input, weight, stride, padding, dilation):
+    n, _, h, w = input.shape
+    k, _, r, s = weight.shape
+    return (n, k, A.conv_out_size(h, padding[0], padding[1], dilation[0], r, stride[0]),
+            A.conv_out_size(w, padding[2], padding[3], dilation[1], s, stride[1]))
+
+
+# ---------------------------------------------------------------- fakes
+@torch.library.register_fake("fastconv::conv2d_fwd")
+def _(input, weight, bias, stride, padding, dilation, groups):
+    return _empty(input, conv_out_shape(input, weight, stride, padding, dilation), input, weight)
+
+
+@torch.library.register_fake("fastconv::conv2d_fused_fwd")
+def _(input, weight, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu, mode, eps):
+    return _empty(input, conv_out_shape(input, weight, stride, padding, dilation), input, weight)
+
+
+@torch.library.register_fake("fastconv::conv2d_bwd_input")
+def _(grad_out, weight, input_size, stride, padding, dilation, groups):
+    return _empty(grad_out, input_size, grad_out)
+
+
+@torch.library.register_fake("fastconv::conv2d_bwd_weight")
+def _(grad_out, input, weight_size, stride, padding, dilation, groups):
+    return _empty(grad_out, weight_size, grad_out)
+
+
+@torch.library.register_fake("fastconv::conv2d_bwd_bias")
+def _(grad_out):
+    return grad_out.new_empty((grad_out.shape[1],))
+
+
+def _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode):
+    n, c, h, w = input.shape
+    return (n, c, A.pool_out_size(h, kernel_size[0], padding[0], stride[0], dilation[0], ceil_mode),
+            A.pool_out_size(w, kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode))
+
+
+@torch.library.register_fake("fastconv::max_pool2d_fwd")
+def _(input, kernel_size, stride, padding, dilation, ceil_mode):
+    shape = _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return _empty(input, shape, input), _empty(input, shape, input, dtype=torch.int64)
+
+
+@torch.library.register_fake("fastconv::max_pool2d_bwd")
+def _(grad_out, indices, input_size):
+    return _empty(grad_out, input_size, grad_out)
+
+
+@torch.library.register_fake("fastconv::avg_pool2d_fwd")
+def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return _empty(input, _pool_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode), input)
+
+
+@torch.library.register_fake("fastconv::avg_pool2d_bwd")
+def _(grad_out, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    return _empty(grad_out, input_size, grad_out)
+
+
+@torch.library.register_fake("fastconv::adaptive_avg_pool2d_fwd")
+def _(input, output_size):
+    return _empty(input, (input.shape[0], input.shape[1], output_size[0], output_size[1]), input)
+
+
+@torch.library.register_fake("fastconv::adaptive_avg_pool2d_bwd")
+def _(grad_out, input_size):
+    return _empty(grad_out, input_size, grad_out)
+
+
+@torch.library.register_fake("fastconv::relu_fwd")
+def _(input):
+    return _empty(input, input.shape, input)
+
+
+@torch.library.register_fake("fastconv::relu_bwd")
+def _(grad_out, result):
+    return _empty(grad_out, grad_out.shape, grad_out)
+
+
+@torch.library.register_fake("fastconv::sort_fwd")
+def _(a, b, mode, eps):
+    return _empty(a, a.shape, a)
+
+
+@torch.library.register_fake("fastconv::sort_bwd")
+def _(grad_out, a, b, mode, eps):
+    return _empty(grad_out, grad_out.shape, grad_out), _empty(grad_out, grad_out.shape, grad_out)
+
+
+# ---------------------------------------------------------------- autograd
+def _conv_setup(ctx, inputs, output):
+    input, weight, bias, stride, padding, dilation, groups = inputs[:7]
+    ctx.save_for_backward(input, weight)
+    ctx.conv = (list(stride), list(padding), list(dilation), groups)
+    ctx.has_bias = bias is not None
+
+
+def _conv_grads(ctx, grad):
+    """(grad_input, grad_weight, grad_bias) of a plain convolution given the grad of its output."""
+    input, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv
+    gi = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gi = ops.conv2d_bwd_input(grad, weight, list(input.shape), stride, padding, dilation, groups)
+    if ctx.needs_input_grad[1]:
+        gw = ops.conv2d_bwd_weight(grad, input, list(weight.shape), stride, padding, dilation, groups)
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        gb = ops.conv2d_bwd_bias(grad)
+    return gi, gw, gb
+
+
+def _conv_backward(ctx, grad):
+    return _conv_grads(ctx, grad) + (None,) * 4
+
+
+torch.library.register_autograd("fastconv::conv2d_fwd", _conv_backward, setup_context=_conv_setup)
+
+
+def _fused_setup(ctx, inputs, output):
+    _conv_setup(ctx, inputs, output)
+    _, _, bias, _, _, _, _, scale, shift, residual, combine, relu, mode, eps = inputs
+    ctx.fused = (bias, scale, shift, residual, combine, relu, mode, eps)
+
+
+def _fused_backward(ctx, grad):
+    # Recompute instead of saving: the forward keeps nothing but its inputs.
+    input, weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv
+    bias, scale, shift, residual, combine, relu, mode, eps = ctx.fused
+    c = ops.conv2d_fwd(input, weight, None, stride, padding, dilation, groups)
+    z = c if scale is None else c * scale.view(1, -1, 1, 1)
+    for t in (shift, bias):
+        if t is not None:
+            z = z + t.view(1, -1, 1, 1)
+    if combine == 1:
+        u = z + residual
+    elif combine == 2:
+        u = ops.sort_fwd(residual, z, mode, eps)
+    else:
+        u = z
+    g = ops.relu_bwd(grad, u) if relu else grad
+    g_res = None
+    if combine == 1:
+        g_z, g_res = g, g
+    elif combine == 2:
+        g_res, g_z = ops.sort_bwd(g, residual, z, mode, eps)
+    else:
+        g_z = g
+    need = ctx.needs_input_grad
+    g_bias = g_z.sum((0, 2, 3)) if bias is not None and need[2] else None
+    g_shift = g_z.sum((0, 2, 3)) if shift is not None and need[8] else None
+    g_scale = (g_z * c).sum((0, 2, 3)) if scale is not None and need[7] else None
+    g_c = g_z if scale is None else g_z * scale.view(1, -1, 1, 1)
+    gi = gw = None
+    if need[0]:
+        gi = ops.conv2d_bwd_input(g_c, weight, list(input.shape), stride, padding, dilation, groups)
+    if need[1]:
+        gw = ops.conv2d_bwd_weight(g_c, input, list(weight.shape), stride, padding, dilation, groups)
+    g_res = g_res if residual is not None and need[9] else None
+    return gi, gw, g_bias, None, None, None, None, g_scale, g_shift, g_res, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::conv2d_fused_fwd", _fused_backward, setup_context=_fused_setup)
+
+
+def _max_pool_setup(ctx, inputs, output):
+    ctx.input_size = list(inputs[0].shape)
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+
+
+def _max_pool_backward(ctx, grad, _grad_indices):
+    (indices,) = ctx.saved_tensors
+    return ops.max_pool2d_bwd(grad, indices, ctx.input_size), None, None, None, None, None
+
+
+torch.library.register_autograd("fastconv::max_pool2d_fwd", _max_pool_backward, setup_context=_max_pool_setup)
+
+
+def _avg_pool_setup(ctx, inputs, output):
+    ctx.input_size = list(inputs[0].shape)
+    ctx.args = inputs[1:]
+
+
+def _avg_pool_backward(ctx, grad):
+    return (ops.avg_pool2d_bwd(grad, ctx.input_size, *ctx.args),) + (None,) * 6
+
+
+torch.library.register_autograd("fastconv::avg_pool2d_fwd", _avg_pool_backward, setup_context=_avg_pool_setup)
+
+
+def _adaptive_setup(ctx, inputs, output):
+    ctx.input_size = list(inputs[0].shape)
+
+
+def _adaptive_backward(ctx, grad):
+    return ops.adaptive_avg_pool2d_bwd(grad, ctx.input_size), None
+
+
+torch.library.register_autograd("fastconv::adaptive_avg_pool2d_fwd", _adaptive_backward,
+                                setup_context=_adaptive_setup)
+
+
+def _relu_setup(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _relu_backward(ctx, grad):
+    (result,) = ctx.saved_tensors
+    return ops.relu_bwd(grad, result)
+
+
+torch.library.register_autograd("fastconv::relu_fwd", _relu_backward, setup_context=_relu_setup)
+
+
+def _sort_setup(ctx, inputs, output):
+    a, b, mode, eps = inputs
+    ctx.save_for_backward(a, b)
+    ctx.sort = (mode, eps)
+
+
+def _sort_backward(ctx, grad):
+    a, b = ctx.saved_tensors
+    ga, gb = ops.sort_bwd(grad, a, b, *ctx.sort)
+    return ga, gb, None, None
+
+
+torch.library.register_autograd("fastconv::sort_fwd", _sort_backward, setup_context=_sort_setup)
