@@ -62,36 +62,42 @@ def _adopt(module, cls, **attrs):
 
 
 def _walk(module, name, blocks, fuse, summary):
+    """Convert `module` in place (children first); returns True if it is a leaf left to torch."""
     t = type(module)
     if t in _LEAVES:
         if t is torch.nn.Conv2d and module.padding_mode != "zeros":
-            summary.kept[t.__name__] += 1
             summary.notes.append(f"{name}: padding_mode={module.padding_mode!r} is not supported")
-            return
+            return True
         _adopt(module, _LEAVES[t])
         summary.converted[t.__name__] += 1
-        return
+        return False
     if t in blocks:
         cls, attrs = blocks[t]
         _adopt(module, cls, **attrs)
         summary.converted[t.__name__] += 1
-    for child_name, child in module.named_children():
-        _walk(child, f"{name}.{child_name}" if name else child_name, blocks, fuse, summary)
+    kept = {child_name: child for child_name, child in module.named_children()
+            if _walk(child, f"{name}.{child_name}" if name else child_name, blocks, fuse, summary)}
     if isinstance(module, torch.nn.Sequential) and t.forward is torch.nn.Sequential.forward \
             and not isinstance(module, nn.Sequential):
         _adopt(module, nn.Sequential)
-    if not fuse:
-        return
-    if isinstance(module, nn.Sequential):
+    folded = set()
+    if fuse and isinstance(module, nn.Sequential):
         groups = module.fuse()
         if groups:
-            summary.fused[f"Sequential conv groups"] += groups
-    elif isinstance(module, nn.Fusable):
+            summary.fused["Sequential conv groups"] += groups
+            names = list(module._modules)
+            folded = {names[bn] for _, _, bn, _ in module._plan if bn is not None}
+    elif fuse and isinstance(module, nn.Fusable):
         module.fused = True
         summary.fused[type(module).__name__] += 1
-    elif not any(True for _ in module.children()) and t not in _LEAVES.values() \
-            and not isinstance(module, nn.SORT):
-        summary.kept[t.__name__] += 1
+        folded = {k for k, v in kept.items() if isinstance(v, torch.nn.BatchNorm2d)}
+    for child_name, child in kept.items():
+        if child_name in folded:
+            summary.fused["BatchNorm2d (folded)"] += 1
+        else:
+            summary.kept[type(child).__name__] += 1
+    is_leaf = not kept and next(module.children(), None) is None
+    return is_leaf and not isinstance(module, (nn.SORT, *_LEAVES.values()))
 
 
 def convert(model, *, fuse=None, inplace=False, verbose=False):
@@ -110,7 +116,8 @@ def convert(model, *, fuse=None, inplace=False, verbose=False):
         model = copy.deepcopy(model)
     fuse = (not model.training) if fuse is None else bool(fuse)
     summary = Summary()
-    _walk(model, "", _blocks(), fuse, summary)
+    if _walk(model, "", _blocks(), fuse, summary):
+        summary.kept[type(model).__name__] += 1
     model.fastconv_summary = summary
     if verbose:
         print(f"fastconv.convert({type(model).__name__}):\n{summary}")
@@ -169,6 +176,13 @@ def _conv2d(a):
         dict(stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False))
 def _max_pool2d(a):
     return F.max_pool2d(**a)
+
+
+@_route(torch.nn.functional.max_pool2d_with_indices, ("input", "kernel_size", "stride", "padding", "dilation",
+                                                      "ceil_mode", "return_indices"),
+        dict(stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=True))
+def _max_pool2d_with_indices(a):
+    return F.max_pool2d(**{**a, "return_indices": True})
 
 
 @_route(torch.nn.functional.avg_pool2d, ("input", "kernel_size", "stride", "padding", "ceil_mode",
