@@ -42,7 +42,7 @@ def add_arguments(p):
     p.add_argument("--skip-bench", action="store_true", help="train only")
     p.add_argument("--out", default="fastconv-report", help="output directory (default fastconv-report)")
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run (< 1 min on 2 cores): 1 epoch on a 600-image subset at 16x16, "
+                   help="a smoke run (< 1 min on 2 cores): 1 epoch on a 320-image subset at 16x16, "
                         "benchmark ResNet-18/AlexNet at 64x64, batch 2, 2 repeats, no torch.compile")
     p.add_argument("--seed", type=int, default=0)
     return p
@@ -335,7 +335,7 @@ def main(args):
     print(f"fastconv demo on {args.device} ({results['machine']['cpu']}, {torch.get_num_threads()} threads); "
           f"report in {args.out}/", flush=True)
     if not args.skip_train:
-        train, test = digits_split(args.train_size, args.device, args.seed, limit=600 if args.quick else None)
+        train, test = digits_split(args.train_size, args.device, args.seed, limit=320 if args.quick else None)
         results["train_setup"] = dict(train=len(train[1]), test=len(test[1]), size=args.train_size, seed=args.seed,
                                       batch=args.train_batch)
         print(f"[1/3] training on digits: {len(train[1])} train / {len(test[1])} test, "

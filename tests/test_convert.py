@@ -40,19 +40,19 @@ def test_convert_eval_fused_matches(name, kw, size):
 
 
 def test_convert_training_keeps_bn_and_grads_match():
-    net = tv_net("resnet18", num_classes=5).train()
+    net = tv_net("resnet18", num_classes=5).train().double()  # float64: BN on tiny batches amplifies rounding
     conv = fastconv.convert(net)
     s = conv.fastconv_summary
     assert not s.fused and s.kept["BatchNorm2d"] == 20
     assert conv.fastconv_summary.converted["BasicBlock"] == 8
-    x = torch.randn(3, 3, 32, 32)
+    x = torch.randn(3, 3, 16, 16, dtype=torch.float64)
     close(conv(x), net(x))  # train mode: BN on batch statistics; also updates running stats alike
     close(conv.bn1.running_mean, net.bn1.running_mean)
     for m in (net, conv):
         m.zero_grad()
         m(x).square().sum().backward()
-    for (name, p), q in zip(net.named_parameters(), conv.parameters()):
-        close(q.grad, p.grad, 1e-3)
+    for p, q in zip(net.parameters(), conv.parameters()):
+        close(q.grad, p.grad, 1e-8)
     conv.eval()  # fusion was not asked for: eval runs the layers one by one
     with torch.no_grad():
         close(conv(x), net.eval()(x))
