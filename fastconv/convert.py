@@ -8,6 +8,7 @@
 import collections
 import copy
 import dataclasses
+import functools
 import importlib
 
 import torch
@@ -136,13 +137,14 @@ def _floating(*ts):
                              and type(t) in (torch.Tensor, torch.nn.Parameter)) for t in ts)
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_built():
+    from fastconv import _ext
+    return bool(_ext.native_available() and _ext.require_native().info().get("cuda_built"))
+
+
 def _device_ok(t):
-    if t.device.type == "cpu":
-        return True
-    if t.device.type == "cuda":
-        from fastconv import _ext
-        return bool(_ext.native_available() and _ext.require_native().info().get("cuda_built"))
-    return False
+    return t.device.type == "cpu" or (t.device.type == "cuda" and _cuda_built())
 
 
 def _bind(torch_fn, names, defaults, args, kwargs):

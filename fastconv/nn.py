@@ -74,6 +74,23 @@ def bn_scale_shift(bn, conv_bias=None):
     return scale, shift
 
 
+def _folded(bn, conv_bias):
+    """bn_scale_shift, cached on `bn` for inference: the key holds the storage and version counter of
+    every input, so an optimizer step, load_state_dict or .to() recomputes it. Not cached where
+    autograd must see the computation or under torch.compile (which folds it itself)."""
+    ts = (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv_bias)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in ts)):
+        return bn_scale_shift(bn, conv_bias)
+    key = (bn.eps,) + tuple(None if t is None else (t.data_ptr(), t._version, t.dtype) for t in ts)
+    cached = bn.__dict__.get("_fastconv_folded")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key,) + bn_scale_shift(bn, conv_bias)
+        bn.__dict__["_fastconv_folded"] = cached
+    return cached[1], cached[2]
+
+
 def conv_bn_act(conv, bn, x, *, relu=False, residual=None, combine=None, mode="sqrt", eps=0.01, fuse=True):
     """relu?(combine(residual, bn(conv(x)))) - one fastconv.conv2d_fused call when `fuse` and the BN
     (if any) can be folded, else the modules one after the other (training, or BN on batch stats).
@@ -88,7 +105,7 @@ def conv_bn_act(conv, bn, x, *, relu=False, residual=None, combine=None, mode="s
         scale = shift = None
         bias = conv.bias
         if bn is not None:
-            scale, shift = bn_scale_shift(bn, conv.bias)
+            scale, shift = _folded(bn, conv.bias)
             bias = None
         return F.conv2d_fused(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
                               scale=scale, shift=shift, residual=residual, combine=combine, relu=relu,

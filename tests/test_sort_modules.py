@@ -164,3 +164,24 @@ def test_unfoldable_bn_is_not_folded():
     x = torch.randn(2, 3, 8, 8)
     assert not nn.foldable(bn)
     close(nn.conv_bn_act(conv, bn, x, relu=True), bn(conv(x)).relu())
+
+
+def test_folded_bn_cache_follows_updates():
+    torch.manual_seed(6)
+    seq = randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), nn.ReLU())).eval()
+    seq.fuse()
+    x = torch.randn(1, 3, 6, 6)
+    with torch.inference_mode():
+        seq(x)
+    with torch.no_grad():
+        seq[1].running_mean.add_(0.5)  # in place: the cached fold must notice
+        seq[1].weight.mul_(2)
+        want = seq[1](seq[0](x)).relu()
+        close(seq(x), want)
+    seq.load_state_dict(randomize_bn(nn.Sequential(nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)), seed=9).state_dict(),
+                        strict=False)
+    with torch.no_grad():
+        close(seq(x), seq[1](seq[0](x)).relu())
+    seq[1].weight.requires_grad_(True)
+    seq(x).sum().backward()  # grad mode with trainable BN affine: folded inside the autograd graph
+    assert seq[1].weight.grad is not None and seq[0].weight.grad is not None
