@@ -170,9 +170,9 @@ class Sequential(Fusable, torch.nn.Sequential):
         return groups
 
     def forward(self, x):
-        if not self._use_fused():
-            return super().forward(x)
         mods = list(self._modules.values())
+        if not self._use_fused() or sum(p[1] for p in self._plan) != len(mods):  # children changed since fuse()
+            return super().forward(x)
         for i, n, bn, relu in self._plan:
             if n == 1:
                 x = mods[i](x)
