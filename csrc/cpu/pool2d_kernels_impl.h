@@ -290,11 +290,16 @@ void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __rest
 
 template <typename T> void avg_pool2d_fwd(const Pool2dParams& p, const T* x, T* y) { avg_fwd(Kind::kAvg, p, x, y); }
 template <typename T> void avg_pool2d_bwd(const Pool2dParams& p, const T* gy, T* gx) { avg_bwd(Kind::kAvg, p, gy, gx); }
+// Adaptive bins divide by their own size: span = hi - lo, so count_include_pad gives it.
+inline Pool2dParams adaptive(Pool2dParams p) {
+  p.count_include_pad = true, p.divisor_override = 0;
+  return p;
+}
 template <typename T> void adaptive_avg_pool2d_fwd(const Pool2dParams& p, const T* x, T* y) {
-  avg_fwd(Kind::kAdaptive, p, x, y);
+  avg_fwd(Kind::kAdaptive, adaptive(p), x, y);
 }
 template <typename T> void adaptive_avg_pool2d_bwd(const Pool2dParams& p, const T* gy, T* gx) {
-  avg_bwd(Kind::kAdaptive, p, gy, gx);
+  avg_bwd(Kind::kAdaptive, adaptive(p), gy, gx);
 }
 
 #define FASTCONV_POOL_INSTANTIATE(T)                                                        \
