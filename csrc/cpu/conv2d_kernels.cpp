@@ -211,9 +211,13 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore(N * pd.sn());
   const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
-  std::vector<int64_t> seg(R * S);
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t s = 0; s < S; ++s) seg[r * S + s] = (r * p.dil_h * pd.wp + s * p.dil_w) * C;
+  // With one group and no horizontal dilation the S taps of a kernel row are S*C consecutive
+  // values of the padded copy (matching the packed [r][s][c] order): one long reduction per row.
+  const bool merge_s = p.dil_w == 1 && G == 1;
+  const int64_t nseg = merge_s ? R : R * S, seg_len = merge_s ? S * Cg : Cg;
+  std::vector<int64_t> seg(nseg);
+  for (int64_t i = 0; i < nseg; ++i)
+    seg[i] = merge_s ? i * p.dil_h * pd.sh() : ((i / S) * p.dil_h * pd.wp + (i % S) * p.dil_w) * C;
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
   const int64_t panel = R * S * Cg * kv;
@@ -234,7 +238,7 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
       const T* arow = xp + n * pd.sn() + pr * p.stride_h * pd.sh() + g * Cg;
       for (int64_t q0 = 0; q0 < Q; q0 += mp) {
         const int np = static_cast<int>(std::min<int64_t>(mp, Q - q0));
-        TileArgs<T> ta{arow + q0 * p.stride_w * C, p.stride_w * C, 1, seg.data(), R * S, Cg,
+        TileArgs<T> ta{arow + q0 * p.stride_w * C, p.stride_w * C, 1, seg.data(), nseg, seg_len,
                        wpack + col * panel, tile.get(), np, false};
         mk.fn(ta);
         if (tab.affine)
