@@ -38,6 +38,15 @@ struct Buffer {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Splits a row of q pixels into ceil(q / mp) tiles of nearly equal size (e.g. 56 = 6*6 + 4*5 rather
+// than 9*6 + 2): a narrow tail tile has too few independent accumulators to hide the FMA latency.
+struct RowTiles {
+  int64_t count, base, extra;
+  RowTiles(int64_t q, int mp) : count(ceil_div(q, mp)), base(q / count), extra(q % count) {}
+  int np(int64_t t) const { return static_cast<int>(base + (t < extra)); }
+  int64_t start(int64_t t) const { return t * base + std::min(t, extra); }
+};
+
 // Portable micro-kernel: plain loops over a fixed column count, auto-vectorized by the compiler.
 template <typename T>
 void portable_tile(const TileArgs<T>& t) {
@@ -225,10 +234,14 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
   // otherwise walk weight panels outermost so each panel stays in L2 across all pixel rows.
   const bool weights_outer = G * KB * panel * static_cast<int64_t>(sizeof(T)) > (256 << 10);
   const int64_t rows = N * P, cols = G * KB;
+  const RowTiles tiles(Q, mp);
+  // Dynamic chunks of about one output row each: the cores are shared, and a static split makes the
+  // whole call wait for whichever thread the OS parked.
+  const int64_t chunk = weights_outer ? std::max<int64_t>(1, rows / 16) : cols;
 #pragma omp parallel
   {
     Buffer<T> tile(static_cast<int64_t>(mp) * kv);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t task = 0; task < rows * cols; ++task) {
       const int64_t row = weights_outer ? task % rows : task / cols;
       const int64_t col = weights_outer ? task / rows : task % cols;
@@ -236,8 +249,9 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
       const int64_t k0 = g * Kg + kb * kv;
       const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
       const T* arow = xp + n * pd.sn() + pr * p.stride_h * pd.sh() + g * Cg;
-      for (int64_t q0 = 0; q0 < Q; q0 += mp) {
-        const int np = static_cast<int>(std::min<int64_t>(mp, Q - q0));
+      for (int64_t t = 0; t < tiles.count; ++t) {
+        const int64_t q0 = tiles.start(t);
+        const int np = tiles.np(t);
         TileArgs<T> ta{arow + q0 * p.stride_w * C, p.stride_w * C, 1, seg.data(), nseg, seg_len,
                        wpack + col * panel, tile.get(), np, false};
         mk.fn(ta);
@@ -313,6 +327,7 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     col_c[j] = j % Cg;
   }
   const int64_t zero_seg = 0;
+  const RowTiles tiles(Q, mp);
 #pragma omp parallel
   {
     Buffer<T> tile(static_cast<int64_t>(mp) * kv);
@@ -322,8 +337,9 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
       std::fill(an, an + H * Wd * C, T(0));
       for (int64_t g = 0; g < G; ++g)
         for (int64_t pr = 0; pr < P; ++pr)
-          for (int64_t q0 = 0; q0 < Q; q0 += mp) {
-            const int np = static_cast<int>(std::min<int64_t>(mp, Q - q0));
+          for (int64_t t = 0; t < tiles.count; ++t) {
+            const int64_t q0 = tiles.start(t);
+            const int np = tiles.np(t);
             for (int64_t cb = 0; cb < CB; ++cb) {
               TileArgs<T> ta{dyc + n * pdy.sn() + (pr * Q + q0) * K + g * Kg, K, 1, &zero_seg, 1, Kg,
                              wpack.get() + (g * CB + cb) * Kg * kv, tile.get(), np, false};
