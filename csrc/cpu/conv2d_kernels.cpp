@@ -114,8 +114,13 @@ const T* pad_channels_last(const Tensor4& d, const T* x, int64_t ph0, int64_t pw
         for (int64_t wq = w_lo; wq < w_hi; ++wq)
           std::memcpy(row + wq * d.c, src + (wq - pw0) * d.sw, sizeof(T) * d.c);
       } else {
-        for (int64_t c = 0; c < d.c; ++c)
-          for (int64_t wq = w_lo; wq < w_hi; ++wq) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
+        // Transpose in blocks of 16 channels: each pixel's block fills one cache line of the copy
+        // while the 16 source rows being read stay in L1.
+        for (int64_t c0 = 0; c0 < d.c; c0 += 16) {
+          const int64_t c1 = std::min<int64_t>(d.c, c0 + 16);
+          for (int64_t wq = w_lo; wq < w_hi; ++wq)
+            for (int64_t c = c0; c < c1; ++c) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
+        }
       }
     }
   return out;
