@@ -68,16 +68,22 @@ void portable_tile(const TileArgs<T>& t) {
 }
 
 template <typename T>
+void portable_transpose(const T* src, int64_t rows, int64_t cols, int64_t lds, T* dst, int64_t ldd) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
+}
+
+template <typename T>
 MicroKernel<T> micro_kernel() {
-  return {16, 4, &portable_tile<T>};
+  return {16, 4, &portable_tile<T>, &portable_transpose<T>};
 }
 
 template <>
 MicroKernel<float> micro_kernel<float>() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {avx512::kKv, avx512::kMp, &avx512::conv_tile_f32};
-    case Isa::kAvx2: return {avx2::kKv, avx2::kMp, &avx2::conv_tile_f32};
-    default: return {16, 4, &portable_tile<float>};
+    case Isa::kAvx512: return {avx512::kKv, avx512::kMp, &avx512::conv_tile_f32, &avx512::transpose_f32};
+    case Isa::kAvx2: return {avx2::kKv, avx2::kMp, &avx2::conv_tile_f32, &avx2::transpose_f32};
+    default: return {16, 4, &portable_tile<float>, &portable_transpose<float>};
   }
 }
 
@@ -243,9 +249,12 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
   // Dynamic chunks of about one output row each: the cores are shared, and a static split makes the
   // whole call wait for whichever thread the OS parked.
   const int64_t chunk = weights_outer ? std::max<int64_t>(1, rows / 16) : cols;
+  // Tiles of one output row land in a [Q][kv] row buffer; the epilogue then runs on the L1-hot row,
+  // transposed first when the output is NCHW so every channel is stored as one contiguous run.
+  const bool nchw_out = Y.sc != 1;
 #pragma omp parallel
   {
-    Buffer<T> tile(static_cast<int64_t>(mp) * kv);
+    Buffer<T> rowbuf(Q * kv), rowt(nchw_out ? Q * kv : 0);
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t task = 0; task < rows * cols; ++task) {
       const int64_t row = weights_outer ? task % rows : task / cols;
@@ -254,17 +263,22 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
       const int64_t k0 = g * Kg + kb * kv;
       const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
       const T* arow = xp + n * pd.sn() + pr * p.stride_h * pd.sh() + g * Cg;
+      T* rb = rowbuf.get();
       for (int64_t t = 0; t < tiles.count; ++t) {
         const int64_t q0 = tiles.start(t);
-        const int np = tiles.np(t);
         TileArgs<T> ta{arow + q0 * p.stride_w * C, p.stride_w * C, 1, seg.data(), nseg, seg_len,
-                       wpack + col * panel, tile.get(), np, false};
+                       wpack + col * panel, rb + q0 * kv, tiles.np(t), false};
         mk.fn(ta);
-        if (tab.affine)
-          for (int i = 0; i < np; ++i)
-            for (int v = 0; v < kvalid; ++v)
-              tile.get()[i * kv + v] = tile.get()[i * kv + v] * tab.alpha[k0 + v] + tab.beta[k0 + v];
-        store(tile.get(), kv, np, kvalid, y, n * Y.sn + k0 * Y.sc + pr * Y.sh + q0 * Y.sw, Y.sw, Y.sc, ep);
+      }
+      if (tab.affine)
+        for (int64_t q = 0; q < Q; ++q)
+          for (int v = 0; v < kvalid; ++v) rb[q * kv + v] = rb[q * kv + v] * tab.alpha[k0 + v] + tab.beta[k0 + v];
+      const int64_t y0 = n * Y.sn + k0 * Y.sc + pr * Y.sh;
+      if (nchw_out) {
+        mk.transpose(rb, Q, kvalid, kv, rowt.get(), Q);
+        store(rowt.get(), static_cast<int>(Q), kvalid, static_cast<int>(Q), y, y0, Y.sc, Y.sw, ep);
+      } else {
+        store(rb, kv, static_cast<int>(Q), kvalid, y, y0, Y.sw, Y.sc, ep);
       }
     }
   }
