@@ -287,3 +287,22 @@ def test_quantized_inputs_stay_exact():
     x = quantize(np.random.default_rng(1).normal(size=(2, 3, 8, 8)), torch.float64)
     y = fastconv.max_pool2d(torch.from_numpy(x), 3, 2, 1)
     assert np.isin(y.numpy(), x).all()
+
+
+@pytest.mark.slow
+def test_large_index_range():
+    """Element offsets beyond 2**31 (64-bit index arithmetic) on a 4.5 GiB bfloat16 input: 9 planes of
+    2**28 elements, the last wholly past 2**31; global max and mean pooling find one value per plane."""
+    side = 16384
+    try:
+        x = torch.zeros((1, 9, side, side), dtype=torch.bfloat16)
+    except RuntimeError:
+        pytest.skip("cannot allocate 4.5 GiB")
+    rows, cols = [side - 1 - c for c in range(9)], [side - 1 - 2 * c for c in range(9)]
+    for c in range(9):
+        x[0, c, rows[c], cols[c]] = (c + 1) * 2.0**20
+    y = fastconv.adaptive_avg_pool2d(x, 1)
+    assert y.flatten().float().tolist() == [(c + 1) / 256 for c in range(9)]
+    m, i = fastconv.max_pool2d(x, side, return_indices=True)
+    assert m.flatten().float().tolist() == [(c + 1) * 2.0**20 for c in range(9)]
+    assert i.flatten().tolist() == [r * side + q for r, q in zip(rows, cols)]
