@@ -13,7 +13,8 @@ DTYPES = (np.float32, np.float64)
 
 
 def on_gpu(x):
-    return hasattr(x, "__cuda_array_interface__")
+    """CUDA arrays of any library; also the CUDA simulator's arrays (NUMBA_ENABLE_CUDASIM=1)."""
+    return hasattr(x, "__cuda_array_interface__") or type(x).__module__.startswith("numba.cuda")
 
 
 def _dispatch(fn):
