@@ -1,0 +1,108 @@
+"""CPU convolution timing: fastconv vs torch F.conv2d (oneDNN) over the ResNet-50 / AlexNet layer suite.
+
+Per layer: ours ms, torch ms, ratio (torch time / ours; > 1 means fastconv is faster), our GFLOP/s,
+for the forward in NCHW and channels_last, and the backward (grad input + grad weight). Ours and the
+peer are timed interleaved in the same run (the machine is shared), median of the repeats.
+
+  python benchmarks/conv2d_cpu.py [--threads 2] [--repeats 7] [--batch 8] [--only fwd|bwd] [--layers r50_l1_3x3,...]
+"""
+import argparse
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import fastconv  # noqa: F401  (registers torch.ops.fastconv)
+import fastconv._C
+
+ops = torch.ops.fastconv
+
+# name: (N, C, H, K, R, stride, pad)
+LAYERS = {
+    "r50_conv1": (8, 3, 224, 64, 7, 2, 3),
+    "r50_l1_3x3": (8, 64, 56, 64, 3, 1, 1),
+    "r50_l1_1x1": (8, 64, 56, 256, 1, 1, 0),
+    "r50_l2_3x3": (8, 128, 28, 128, 3, 1, 1),
+    "r50_l3_3x3": (8, 256, 14, 256, 3, 1, 1),
+    "r50_l4_3x3": (8, 512, 7, 512, 3, 1, 1),
+    "r50_l3_1x1": (8, 1024, 14, 256, 1, 1, 0),
+    "alex_conv1": (8, 3, 224, 64, 11, 4, 2),
+    "alex_conv2": (8, 64, 27, 192, 5, 1, 2),
+    "alex_conv3": (8, 192, 13, 384, 3, 1, 1),
+}
+
+
+def timed(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def compare(ours, peer, repeats):
+    for _ in range(2):
+        ours(), peer()
+    to, tp = [], []
+    for _ in range(repeats):
+        to.append(timed(ours))
+        tp.append(timed(peer))
+    return statistics.median(to) * 1e3, statistics.median(tp) * 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--only", choices=["fwd", "bwd"], default=None)
+    ap.add_argument("--layers", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    names = args.layers.split(",") if args.layers else list(LAYERS)
+    print(f"threads={args.threads} batch={args.batch} isa={fastconv._C.get_isa()} torch={torch.__version__}")
+    print(f"{'layer':<12} {'pass':<8} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")
+    ratios = {}
+    for name in names:
+        _, c, h, k, r, st, pad = LAYERS[name]
+        n = args.batch
+        x0 = torch.randn(n, c, h, h)
+        w0 = torch.randn(k, c, r, r) / math.sqrt(c * r * r)
+        p = (h + 2 * pad - r) // st + 1
+        flops = 2.0 * n * k * p * p * c * r * r
+        passes = []
+        if args.only in (None, "fwd"):
+            passes += [("fwd_nchw", torch.contiguous_format), ("fwd_nhwc", torch.channels_last)]
+        if args.only in (None, "bwd"):
+            passes += [("bwd_nchw", torch.contiguous_format), ("bwd_nhwc", torch.channels_last)]
+        for pname, fmt in passes:
+            x, w = x0.contiguous(memory_format=fmt), w0.contiguous(memory_format=fmt)
+            pads = [pad] * 4
+            if pname.startswith("fwd"):
+                def ours():
+                    ops.conv2d_fwd(x, w, None, [st, st], pads, [1, 1], 1)
+
+                def peer():
+                    F.conv2d(x, w, None, st, pad)
+                f = flops
+            else:
+                g = torch.randn(n, k, p, p).contiguous(memory_format=fmt)
+
+                def ours():
+                    ops.conv2d_bwd_input(g, w, list(x.shape), [st, st], pads, [1, 1], 1)
+                    ops.conv2d_bwd_weight(g, x, list(w.shape), [st, st], pads, [1, 1], 1)
+
+                def peer():
+                    torch.ops.aten.convolution_backward(g, x, w, None, [st, st], [pad, pad], [1, 1], False,
+                                                        [0, 0], 1, [True, True, False])
+                f = 2 * flops
+            mo, mp = compare(ours, peer, args.repeats)
+            ratios.setdefault(pname, []).append(mp / mo)
+            print(f"{name:<12} {pname:<8} {mo:9.2f} {mp:9.2f} {mp / mo:6.2f} {f / mo / 1e6:8.1f}", flush=True)
+    for pname, rs in ratios.items():
+        print(f"geomean ratio {pname}: {math.exp(sum(map(math.log, rs)) / len(rs)):.3f}")
+
+
+if __name__ == "__main__":
+    main()

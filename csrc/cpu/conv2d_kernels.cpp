@@ -1,0 +1,454 @@
+// Convolution drivers shared by every ISA path. All three convolutions are one blocked GEMM shape run
+// by an ISA-specific micro-kernel (see TileArgs in conv2d_kernels.h):
+//   forward:       rows = output pixels of one output row, columns = output channels, reduction =
+//                  (r, s) segments x input channels of a zero-padded channels-last copy of x;
+//   bwd_input:     stride 1 is the forward conv of dy with the flipped, transposed weight; other
+//                  strides compute dy x W^T per output row and scatter-add it into dx (col2im);
+//   bwd_weight:    rows = input channels, columns = output channels, reduction = output pixels.
+// Weights (and dy for bwd_weight) are packed into panels of `kv` columns, zero-padded, so the
+// micro-kernel never branches. The epilogue runs on the finished [pixels x kv] tile while it is in L1.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "fastconv/common.h"
+#include "fastconv/conv2d_kernels.h"
+
+namespace fastconv {
+namespace {
+
+// 64-byte aligned scratch buffer (vector loads of packed panels never split cache lines).
+template <typename T>
+struct Buffer {
+  std::unique_ptr<T, void (*)(void*)> mem{nullptr, std::free};
+  explicit Buffer(int64_t n, bool zero = false) {
+    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+    mem.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
+    if (!mem) throw std::bad_alloc();
+    if (zero) std::memset(mem.get(), 0, bytes);
+  }
+  T* get() const { return mem.get(); }
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Portable micro-kernel: plain loops over a fixed column count, auto-vectorized by the compiler.
+template <typename T>
+void portable_tile(const TileArgs<T>& t) {
+  constexpr int kKv = 16, kMp = 4;
+  T acc[kMp][kKv];
+  for (int i = 0; i < t.np; ++i)
+    for (int v = 0; v < kKv; ++v) acc[i][v] = t.accumulate ? t.c[i * kKv + v] : T(0);
+  for (int64_t sg = 0; sg < t.nseg; ++sg) {
+    const T* a = t.a + t.seg_off[sg];
+    const T* b = t.b + sg * t.T_len * kKv;
+    for (int64_t u = 0; u < t.T_len; ++u, a += t.a_t, b += kKv)
+      for (int i = 0; i < t.np; ++i) {
+        const T av = a[i * t.a_i];
+        for (int v = 0; v < kKv; ++v) acc[i][v] += av * b[v];
+      }
+  }
+  for (int i = 0; i < t.np; ++i)
+    for (int v = 0; v < kKv; ++v) t.c[i * kKv + v] = acc[i][v];
+}
+
+template <typename T>
+MicroKernel<T> micro_kernel() {
+  return {16, 4, &portable_tile<T>};
+}
+
+template <>
+MicroKernel<float> micro_kernel<float>() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return {avx512::kKv, avx512::kMp, &avx512::conv_tile_f32};
+    case Isa::kAvx2: return {avx2::kKv, avx2::kMp, &avx2::conv_tile_f32};
+    default: return {16, 4, &portable_tile<float>};
+  }
+}
+
+// Channels-last copy of x with zero padding: out[n][hp][wp][c] = x[n][c][hp - ph0][wp - pw0] (0 outside).
+// Also handles negative padding (cropping), which the stride-1 bwd_input needs.
+struct Padded {
+  int64_t hp, wp, c;  // sizes of the copy
+  int64_t sn() const { return hp * wp * c; }
+  int64_t sh() const { return wp * c; }
+};
+
+template <typename T>
+const T* pad_channels_last(const Tensor4& d, const T* x, int64_t ph0, int64_t pw0, const Padded& pd,
+                           Buffer<T>& store) {
+  // Already channels-last contiguous and nothing to pad: use x in place.
+  if (ph0 == 0 && pw0 == 0 && pd.wp == d.w && pd.hp == d.h && d.sc == 1 && d.sw == d.c &&
+      d.sh == d.w * d.c && d.sn == d.h * d.w * d.c)
+    return x;
+  T* out = store.get();
+  const int64_t w_lo = std::max<int64_t>(0, pw0), w_hi = std::min<int64_t>(pd.wp, d.w + pw0);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < d.n; ++n)
+    for (int64_t hp = 0; hp < pd.hp; ++hp) {
+      T* row = out + n * pd.sn() + hp * pd.sh();
+      const int64_t h = hp - ph0;
+      if (h < 0 || h >= d.h || w_lo >= w_hi) {
+        std::memset(row, 0, sizeof(T) * pd.sh());
+        continue;
+      }
+      std::memset(row, 0, sizeof(T) * w_lo * d.c);
+      std::memset(row + w_hi * d.c, 0, sizeof(T) * (pd.wp - w_hi) * d.c);
+      const T* src = x + n * d.sn + h * d.sh;
+      if (d.sc == 1) {
+        for (int64_t wq = w_lo; wq < w_hi; ++wq)
+          std::memcpy(row + wq * d.c, src + (wq - pw0) * d.sw, sizeof(T) * d.c);
+      } else {
+        for (int64_t c = 0; c < d.c; ++c)
+          for (int64_t wq = w_lo; wq < w_hi; ++wq) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
+      }
+    }
+  return out;
+}
+
+// ----------------------------------------------------------------------------------------- epilogue
+// Per-channel affine part folded into alpha/beta (scale, shift + bias), then residual/relu at store.
+template <typename T>
+struct EpilogueTables {
+  std::vector<T> alpha, beta;
+  bool affine = false;
+  EpilogueTables(const Epilogue<T>& ep, int64_t k) {
+    affine = ep.scale || ep.shift || ep.bias;
+    if (!affine) return;
+    alpha.assign(k, T(1));
+    beta.assign(k, T(0));
+    for (int64_t i = 0; i < k; ++i) {
+      if (ep.scale) alpha[i] = ep.scale[i];
+      if (ep.shift) beta[i] += ep.shift[i];
+      if (ep.bias) beta[i] += ep.bias[i];
+    }
+  }
+};
+
+template <typename T>
+inline T relu_nan(T v) { return v < T(0) ? T(0) : v; }  // NaN stays NaN, as torch's relu
+
+template <typename T, Combine CB, bool RELU>
+inline T finish(T z, const T* res, int64_t off, SortMode mode, T eps) {
+  if (CB == Combine::kAdd) z = res[off] + z;
+  if (CB == Combine::kSort) {
+    const T r = res[off];
+    const T prod = relu_nan(r) * relu_nan(z);
+    z = r + z + (mode == SortMode::kSqrt ? std::sqrt(prod + eps) : prod);
+  }
+  if (RELU) z = relu_nan(z);
+  return z;
+}
+
+// Writes tile[i][v] (np pixels, kvalid channels) to y[y0 + i*qstride + v*kstride].
+template <typename T, Combine CB, bool RELU>
+void store_tile_t(const T* tile, int kv, int np, int kvalid, T* y, int64_t y0, int64_t qstride,
+                  int64_t kstride, const Epilogue<T>& ep) {
+  if (kstride == 1) {
+    for (int i = 0; i < np; ++i) {
+      const int64_t o = y0 + i * qstride;
+      for (int v = 0; v < kvalid; ++v)
+        y[o + v] = finish<T, CB, RELU>(tile[i * kv + v], ep.residual, o + v, ep.sort_mode, ep.eps);
+    }
+  } else {
+    for (int v = 0; v < kvalid; ++v) {
+      const int64_t o = y0 + v * kstride;
+      for (int i = 0; i < np; ++i)
+        y[o + i * qstride] =
+            finish<T, CB, RELU>(tile[i * kv + v], ep.residual, o + i * qstride, ep.sort_mode, ep.eps);
+    }
+  }
+}
+
+template <typename T>
+using StoreFn = void (*)(const T*, int, int, int, T*, int64_t, int64_t, int64_t, const Epilogue<T>&);
+
+template <typename T>
+StoreFn<T> store_fn(const Epilogue<T>& ep) {
+  const bool r = ep.relu;
+  switch (ep.combine) {
+    case Combine::kAdd: return r ? &store_tile_t<T, Combine::kAdd, true> : &store_tile_t<T, Combine::kAdd, false>;
+    case Combine::kSort: return r ? &store_tile_t<T, Combine::kSort, true> : &store_tile_t<T, Combine::kSort, false>;
+    default: return r ? &store_tile_t<T, Combine::kNone, true> : &store_tile_t<T, Combine::kNone, false>;
+  }
+}
+
+// ------------------------------------------------------------------------------------------ forward
+// Packed weights: [g][kb][r][s][c][kv] with wf(g, kk, c, r, s) giving the weight of group g, output
+// channel kk within the group, input channel c within the group; zero beyond Kg.
+template <typename T, typename F>
+void pack_weights(T* out, int64_t G, int64_t Kg, int64_t Cg, int64_t R, int64_t S, int kv, F wf) {
+  const int64_t KB = ceil_div(Kg, kv);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t kb = 0; kb < KB; ++kb) {
+      T* o = out + (g * KB + kb) * R * S * Cg * kv;
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t s = 0; s < S; ++s)
+          for (int64_t c = 0; c < Cg; ++c, o += kv)
+            for (int v = 0; v < kv; ++v) {
+              const int64_t kk = kb * kv + v;
+              o[v] = kk < Kg ? wf(g, kk, c, r, s) : T(0);
+            }
+    }
+}
+
+// The forward convolution given packed weights; shared by conv2d_fwd and stride-1 bwd_input.
+template <typename T>
+void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const Epilogue<T>& ep,
+                 const MicroKernel<T>& mk) {
+  const Tensor4 &X = p.x, &Y = p.y;
+  const int64_t N = X.n, C = X.c, G = p.groups, Cg = C / G, K = Y.c, Kg = K / G;
+  const int64_t R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
+  const int kv = mk.kv, mp = mk.mp;
+  const int64_t KB = ceil_div(Kg, kv);
+  const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
+  Buffer<T> xstore(N * pd.sn());
+  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  std::vector<int64_t> seg(R * S);
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t s = 0; s < S; ++s) seg[r * S + s] = (r * p.dil_h * pd.wp + s * p.dil_w) * C;
+  EpilogueTables<T> tab(ep, K);
+  const StoreFn<T> store = store_fn(ep);
+  const int64_t panel = R * S * Cg * kv;
+  // Task order: when all packed weights fit in L2 walk pixels outermost (input read once);
+  // otherwise walk weight panels outermost so each panel stays in L2 across all pixel rows.
+  const bool weights_outer = G * KB * panel * static_cast<int64_t>(sizeof(T)) > (256 << 10);
+  const int64_t rows = N * P, cols = G * KB;
+#pragma omp parallel
+  {
+    Buffer<T> tile(static_cast<int64_t>(mp) * kv);
+#pragma omp for schedule(static)
+    for (int64_t task = 0; task < rows * cols; ++task) {
+      const int64_t row = weights_outer ? task % rows : task / cols;
+      const int64_t col = weights_outer ? task / rows : task % cols;
+      const int64_t n = row / P, pr = row % P, g = col / KB, kb = col % KB;
+      const int64_t k0 = g * Kg + kb * kv;
+      const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
+      const T* arow = xp + n * pd.sn() + pr * p.stride_h * pd.sh() + g * Cg;
+      for (int64_t q0 = 0; q0 < Q; q0 += mp) {
+        const int np = static_cast<int>(std::min<int64_t>(mp, Q - q0));
+        TileArgs<T> ta{arow + q0 * p.stride_w * C, p.stride_w * C, 1, seg.data(), R * S, Cg,
+                       wpack + col * panel, tile.get(), np, false};
+        mk.fn(ta);
+        if (tab.affine)
+          for (int i = 0; i < np; ++i)
+            for (int v = 0; v < kvalid; ++v)
+              tile.get()[i * kv + v] = tile.get()[i * kv + v] * tab.alpha[k0 + v] + tab.beta[k0 + v];
+        store(tile.get(), kv, np, kvalid, y, n * Y.sn + k0 * Y.sc + pr * Y.sh + q0 * Y.sw, Y.sw, Y.sc, ep);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
+  if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0) return;
+  const MicroKernel<T> mk = micro_kernel<T>();
+  const Tensor4& W = p.w;
+  const int64_t G = p.groups, Kg = W.n / G, Cg = W.c;
+  Buffer<T> wpack(G * ceil_div(Kg, mk.kv) * W.h * W.w * Cg * mk.kv);
+  pack_weights(wpack.get(), G, Kg, Cg, W.h, W.w, mk.kv, [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
+    return w[(g * Kg + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
+  });
+  conv_packed(p, x, wpack.get(), y, ep, mk);
+}
+
+template <typename T>
+void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
+  const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
+  if (X.n == 0 || X.c == 0 || X.h == 0 || X.w == 0) return;
+  const MicroKernel<T> mk = micro_kernel<T>();
+  const int64_t G = p.groups, K = W.n, Kg = K / G, Cg = W.c, C = X.c, R = W.h, S = W.w;
+  const int kv = mk.kv, mp = mk.mp;
+  if (p.stride_h == 1 && p.stride_w == 1) {
+    // dx = conv(dy, w flipped in r, s with k <-> c), leading padding dil*(R-1) - pad.
+    Conv2dParams q = p;
+    q.x = Y;
+    q.y = X;
+    q.w = Tensor4{C, Kg, R, S, 0, 0, 0, 0};
+    q.pad_h0 = p.dil_h * (R - 1) - p.pad_h0;
+    q.pad_w0 = p.dil_w * (S - 1) - p.pad_w0;
+    Buffer<T> wpack(G * ceil_div(Cg, kv) * R * S * Kg * kv);
+    pack_weights(wpack.get(), G, Cg, Kg, R, S, kv, [&](int64_t g, int64_t c, int64_t kk, int64_t r, int64_t s) {
+      return w[(g * Kg + kk) * W.sn + c * W.sc + (R - 1 - r) * W.sh + (S - 1 - s) * W.sw];
+    });
+    conv_packed(q, dy, wpack.get(), dx, Epilogue<T>{}, mk);
+    return;
+  }
+  // Strided: per output row, cols[q][(r, s, c)] = sum_k dy[q][k] * w[k][c][r][s], scatter-added into a
+  // channels-last float accumulator of dx; one image per task, so scatters never race.
+  const int64_t N = X.n, H = X.h, Wd = X.w, P = Y.h, Q = Y.w;
+  const int64_t ncol = R * S * Cg, CB = ceil_div(ncol, kv);
+  Buffer<T> wpack(G * CB * Kg * kv);
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t cb = 0; cb < CB; ++cb)
+      for (int64_t kk = 0; kk < Kg; ++kk)
+        for (int v = 0; v < kv; ++v) {
+          const int64_t j = cb * kv + v;
+          const int64_t rs = j / Cg, c = j % Cg;
+          wpack.get()[((g * CB + cb) * Kg + kk) * kv + v] =
+              j < ncol ? w[(g * Kg + kk) * W.sn + c * W.sc + (rs / S) * W.sh + (rs % S) * W.sw] : T(0);
+        }
+  const Padded pdy{P, Q, K};
+  Buffer<T> dystore(N * pdy.sn());
+  const T* dyc = pad_channels_last(Y, dy, 0, 0, pdy, dystore);
+  Buffer<T> acc(N * H * Wd * C);
+  std::vector<int64_t> col_h(ncol), col_w(ncol), col_c(ncol);
+  for (int64_t j = 0; j < ncol; ++j) {
+    col_h[j] = (j / Cg / S) * p.dil_h - p.pad_h0;
+    col_w[j] = (j / Cg % S) * p.dil_w - p.pad_w0;
+    col_c[j] = j % Cg;
+  }
+  const int64_t zero_seg = 0;
+#pragma omp parallel
+  {
+    Buffer<T> tile(static_cast<int64_t>(mp) * kv);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t n = 0; n < N; ++n) {
+      T* an = acc.get() + n * H * Wd * C;
+      std::fill(an, an + H * Wd * C, T(0));
+      for (int64_t g = 0; g < G; ++g)
+        for (int64_t pr = 0; pr < P; ++pr)
+          for (int64_t q0 = 0; q0 < Q; q0 += mp) {
+            const int np = static_cast<int>(std::min<int64_t>(mp, Q - q0));
+            for (int64_t cb = 0; cb < CB; ++cb) {
+              TileArgs<T> ta{dyc + n * pdy.sn() + (pr * Q + q0) * K + g * Kg, K, 1, &zero_seg, 1, Kg,
+                             wpack.get() + (g * CB + cb) * Kg * kv, tile.get(), np, false};
+              mk.fn(ta);
+              const int kvalid = static_cast<int>(std::min<int64_t>(kv, ncol - cb * kv));
+              for (int i = 0; i < np; ++i)
+                for (int v = 0; v < kvalid; ++v) {
+                  const int64_t j = cb * kv + v;
+                  const int64_t h = pr * p.stride_h + col_h[j], wq = (q0 + i) * p.stride_w + col_w[j];
+                  if (h >= 0 && h < H && wq >= 0 && wq < Wd) an[(h * Wd + wq) * C + g * Cg + col_c[j]] += tile.get()[i * kv + v];
+                }
+            }
+          }
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t wq = 0; wq < Wd; ++wq)
+          for (int64_t c = 0; c < C; ++c) dx[n * X.sn + c * X.sc + h * X.sh + wq * X.sw] = an[(h * Wd + wq) * C + c];
+    }
+  }
+}
+
+template <typename T>
+void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
+  const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
+  const int64_t G = p.groups, K = W.n, Kg = K / G, Cg = W.c, C = X.c, R = W.h, S = W.w;
+  const int64_t N = X.n, P = Y.h, Q = Y.w;
+  if (N == 0 || P == 0 || Q == 0) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s) dw[k * W.sn + c * W.sc + r * W.sh + s * W.sw] = T(0);
+    return;
+  }
+  const MicroKernel<T> mk = micro_kernel<T>();
+  const int kv = mk.kv, mp = mk.mp;
+  const int64_t KB = ceil_div(Kg, kv), CT = ceil_div(Cg, mp);
+  const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
+  Buffer<T> xstore(N * pd.sn());
+  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  // dy packed per image as [g][kb][p][q][kv], zero beyond Kg.
+  const int64_t img = G * KB * P * Q * kv;
+  Buffer<T> dyp(N * img);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t gk = 0; gk < G * KB; ++gk) {
+      const int64_t g = gk / KB, kb = gk % KB;
+      T* o = dyp.get() + n * img + gk * P * Q * kv;
+      for (int64_t pr = 0; pr < P; ++pr)
+        for (int64_t q = 0; q < Q; ++q, o += kv)
+          for (int v = 0; v < kv; ++v) {
+            const int64_t kk = kb * kv + v;
+            o[v] = kk < Kg ? dy[n * Y.sn + (g * Kg + kk) * Y.sc + pr * Y.sh + q * Y.sw] : T(0);
+          }
+    }
+  std::vector<int64_t> seg(P);
+  for (int64_t pr = 0; pr < P; ++pr) seg[pr] = pr * p.stride_h * pd.sh();
+  // Tasks own disjoint dw blocks (g, kb, r, s, channel tile range): no reduction across threads.
+  const int64_t base = G * KB * R * S;
+  const int64_t nth = omp_get_max_threads();
+  const int64_t csplit = std::min<int64_t>(CT, ceil_div(4 * nth, base));
+  const int64_t cper = ceil_div(CT, csplit);
+#pragma omp parallel
+  {
+    Buffer<T> part(cper * mp * kv);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < base * csplit; ++task) {
+      const int64_t cs = task % csplit, t2 = task / csplit;
+      const int64_t rs = t2 % (R * S), gk = t2 / (R * S), g = gk / KB, kb = gk % KB, r = rs / S, s = rs % S;
+      const int64_t ct0 = cs * cper, ct1 = std::min(CT, ct0 + cper);
+      if (ct0 >= ct1) continue;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t ct = ct0; ct < ct1; ++ct) {
+          const int np = static_cast<int>(std::min<int64_t>(mp, Cg - ct * mp));
+          TileArgs<T> ta{xp + n * pd.sn() + (r * p.dil_h * pd.wp + s * p.dil_w) * C + g * Cg + ct * mp, 1,
+                         p.stride_w * C, seg.data(), P, Q, dyp.get() + n * img + gk * P * Q * kv,
+                         part.get() + (ct - ct0) * mp * kv, np, n > 0};
+          mk.fn(ta);
+        }
+      const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
+      for (int64_t ct = ct0; ct < ct1; ++ct)
+        for (int64_t i = 0; i < std::min<int64_t>(mp, Cg - ct * mp); ++i)
+          for (int v = 0; v < kvalid; ++v)
+            dw[(g * Kg + kb * kv + v) * W.sn + (ct * mp + i) * W.sc + r * W.sh + s * W.sw] =
+                part.get()[((ct - ct0) * mp + i) * kv + v];
+    }
+  }
+}
+
+template <typename T>
+void conv2d_bwd_bias_cpu(const Tensor4& d, const T* dy, T* db) {
+  const int64_t K = d.c;
+  // Double accumulation: a float sum over N*P*Q elements would lose digits at batch scale.
+  if (d.sc == 1 && K > 1) {
+    // Channels innermost: per-thread partial sums over pixel rows, vectorized over channels.
+    std::vector<double> total(K, 0.0);
+#pragma omp parallel
+    {
+      std::vector<double> part(K, 0.0);
+#pragma omp for collapse(2) schedule(static)
+      for (int64_t n = 0; n < d.n; ++n)
+        for (int64_t h = 0; h < d.h; ++h)
+          for (int64_t w = 0; w < d.w; ++w) {
+            const T* px = dy + n * d.sn + h * d.sh + w * d.sw;
+            for (int64_t k = 0; k < K; ++k) part[k] += static_cast<double>(px[k]);
+          }
+#pragma omp critical
+      for (int64_t k = 0; k < K; ++k) total[k] += part[k];
+    }
+    for (int64_t k = 0; k < K; ++k) db[k] = static_cast<T>(total[k]);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < K; ++k) {
+    double s = 0;
+    for (int64_t n = 0; n < d.n; ++n)
+      for (int64_t h = 0; h < d.h; ++h) {
+        const T* row = dy + n * d.sn + k * d.sc + h * d.sh;
+        for (int64_t w = 0; w < d.w; ++w) s += static_cast<double>(row[w * d.sw]);
+      }
+    db[k] = static_cast<T>(s);
+  }
+}
+
+#define FASTCONV_INSTANTIATE(T)                                                                       \
+  template void conv2d_fwd_cpu<T>(const Conv2dParams&, const T*, const T*, T*, const Epilogue<T>&); \
+  template void conv2d_bwd_input_cpu<T>(const Conv2dParams&, const T*, const T*, T*);               \
+  template void conv2d_bwd_weight_cpu<T>(const Conv2dParams&, const T*, const T*, T*);              \
+  template void conv2d_bwd_bias_cpu<T>(const Tensor4&, const T*, T*);
+FASTCONV_INSTANTIATE(float)
+FASTCONV_INSTANTIATE(double)
+#undef FASTCONV_INSTANTIATE
+
+}  // namespace fastconv

@@ -1,0 +1,61 @@
+// AVX2+FMA micro-kernel: up to 6 rows (output pixels) x 16 columns (output channels) held in 12 ymm
+// accumulators; each step loads two weight vectors and broadcasts one input value per row.
+// Kept line-for-line parallel to conv2d_kernels_avx512.cpp.
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "fastconv/conv2d_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+namespace fastconv {
+namespace avx2 {
+namespace {
+
+using Vec = __m256;
+constexpr int kLanes = 8;
+inline Vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
+inline Vec vzero() { return _mm256_setzero_ps(); }
+inline Vec vbcast(const float* p) { return _mm256_broadcast_ss(p); }
+inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+
+template <int NP>
+void tile(const TileArgs<float>& t) {
+  constexpr int NV = kKv / kLanes;
+  Vec acc[NP][NV];
+  for (int i = 0; i < NP; ++i)
+    for (int j = 0; j < NV; ++j) acc[i][j] = t.accumulate ? vload(t.c + i * kKv + j * kLanes) : vzero();
+  const int64_t ai = t.a_i, at = t.a_t, len = t.T_len;
+  for (int64_t sg = 0; sg < t.nseg; ++sg) {
+    const float* a = t.a + t.seg_off[sg];
+    const float* b = t.b + sg * len * kKv;
+    for (int64_t u = 0; u < len; ++u, a += at, b += kKv) {
+      Vec bv[NV];
+      for (int j = 0; j < NV; ++j) bv[j] = vload(b + j * kLanes);
+      for (int i = 0; i < NP; ++i) {
+        Vec av = vbcast(a + i * ai);
+        for (int j = 0; j < NV; ++j) acc[i][j] = vfma(av, bv[j], acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < NP; ++i)
+    for (int j = 0; j < NV; ++j) vstore(t.c + i * kKv + j * kLanes, acc[i][j]);
+}
+
+template <int... I>
+struct Table {
+  static constexpr void (*fns[sizeof...(I)])(const TileArgs<float>&) = {&tile<I + 1>...};
+};
+
+}  // namespace
+
+void conv_tile_f32(const TileArgs<float>& t) { Table<0, 1, 2, 3, 4, 5>::fns[t.np - 1](t); }
+static_assert(kMp == 6, "the table above lists kMp entries");
+
+}  // namespace avx2
+}  // namespace fastconv
+
+#pragma GCC pop_options

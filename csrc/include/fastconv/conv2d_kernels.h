@@ -1,0 +1,58 @@
+// CPU convolution kernels (pure C++, no torch). Every tensor is described by a Tensor4 with arbitrary
+// element strides (NCHW or channels_last in practice); kernels copy what they read into the packed
+// layouts they need, so any strides are correct and only the common ones are fast.
+#pragma once
+#include <cstdint>
+
+#include "fastconv/common.h"
+
+namespace fastconv {
+
+// y = epilogue(conv(x, w)); p.x/p.w/p.y describe x, w, y. ep.residual uses y's strides.
+template <typename T>
+void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep);
+
+// dx = d(sum(dy * conv(x, w)))/dx; p.x describes dx (written), p.y describes dy.
+template <typename T>
+void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx);
+
+// dw = d(sum(dy * conv(x, w)))/dw; p.w describes dw (written).
+template <typename T>
+void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw);
+
+// db[k] = sum over n, p, q of dy (db contiguous, dy.c elements).
+template <typename T>
+void conv2d_bwd_bias_cpu(const Tensor4& dy_desc, const T* dy, T* db);
+
+// The register-blocked micro-kernel every path above is built on (one per ISA):
+//   c[i][v] (+)= sum_{seg < nseg} sum_{u < T} a[seg_off[seg] + i*a_i + u*a_t] * b[(seg*T + u)*kv + v]
+// for i < np rows (np <= mp) and kv columns (b is a packed panel, zero-padded to kv columns).
+template <typename T>
+struct TileArgs {
+  const T* a;
+  int64_t a_i, a_t;
+  const int64_t* seg_off;
+  int64_t nseg, T_len;
+  const T* b;
+  T* c;  // [np][kv]
+  int np;
+  bool accumulate;
+};
+
+template <typename T>
+struct MicroKernel {
+  int kv;  // columns (output channels) per tile
+  int mp;  // max rows (output pixels) per tile
+  void (*fn)(const TileArgs<T>&);
+};
+
+namespace avx2 {
+constexpr int kKv = 16, kMp = 6;
+void conv_tile_f32(const TileArgs<float>& t);
+}  // namespace avx2
+namespace avx512 {
+constexpr int kKv = 32, kMp = 12;
+void conv_tile_f32(const TileArgs<float>& t);
+}  // namespace avx512
+
+}  // namespace fastconv
