@@ -225,16 +225,32 @@ def test_cache_files_written():
     assert any(n.startswith("cpu.conv2d_fwd") for n in names), names
 
 
-def test_reference_backend_if_present():
+REF_CALLS = {
+    "conv2d": (lambda x, w, b: fastconv.conv2d(x, w, b, (2, 1), (1, 2), (1, 2), 1), (2, 3, 9, 8), (4, 3, 3, 2), (4,)),
+    "conv2d_fused": (lambda x, w, b, r: fastconv.conv2d_fused(x, w, b, 1, 1, scale=b, shift=b, residual=r,
+                                                               combine="sort", relu=True),
+                     (1, 2, 6, 5), (3, 2, 3, 3), (3,), (1, 3, 6, 5)),
+    "max_pool2d": (lambda x: fastconv.max_pool2d(x, 3, 2, 1, 2, True), (2, 3, 9, 8)),
+    "avg_pool2d": (lambda x: fastconv.avg_pool2d(x, 3, 2, 1, True, False), (2, 3, 9, 8)),
+    "adaptive_avg_pool2d": (lambda x: fastconv.adaptive_avg_pool2d(x, (4, 3)), (2, 3, 9, 8)),
+    "relu": (fastconv.relu, (2, 3, 4, 5)),
+    "sort": (lambda a, b: fastconv.sort(a, b, "sqrt", 0.05), (2, 3, 4, 5), (2, 3, 4, 5)),
+}
+
+
+@pytest.mark.parametrize("op", list(REF_CALLS))
+def test_against_numpy_reference(op):
     if not backends.available("reference"):
         with pytest.raises(RuntimeError, match="reference"):
             backends.set_backend("reference")
         pytest.skip("fastconv/reference.py is not available")
-    x, w = randn(2, 3, 8, 7, dtype=torch.float64), randn(4, 3, 3, 2, dtype=torch.float64)
-    ya = fastconv.conv2d(x, w, None, 2, 1)
+    fn, *shapes = REF_CALLS[op]
+    inputs = [randn(*s, dtype=torch.float64) for s in shapes]
+    ours = grads(fn, *inputs)
     with fastconv.use_backend("reference"):
-        yr = fastconv.conv2d(x, w, None, 2, 1)
-    torch.testing.assert_close(ya, yr)
+        ref = grads(fn, *inputs)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_schemas_match_native():
