@@ -135,45 +135,46 @@ def _conv_kernel(nbtype):
         ty = cuda.threadIdx.y
         pix = cuda.blockIdx.x * _T + tx
         kk = cuda.blockIdx.y * _T + ty
-        n = cuda.blockIdx.z // G
-        g = cuda.blockIdx.z % G
         p = pix // Q
         q = pix % Q
         sw_ = cuda.shared.array((_T, _T), nbtype)
         sx = cuda.shared.array((_T, _T), nbtype)
-        acc = zero
-        for kd0 in range(0, KD, _T):
-            kd = kd0 + tx  # weight tile: row = output channel kk, column = reduction index kd
-            v = zero
-            if kk < Kg and kd < KD:
-                v = w[g * Kg + kk, kd // RS, (kd // S) % R, kd % S]
-            sw_[ty, tx] = v
-            kd = kd0 + ty  # input tile: row = reduction index kd, column = output pixel
-            v = zero
-            if pix < PQ and kd < KD:
-                ih = p * sh - pt + ((kd // S) % R) * dh
-                iw = q * sw - pl + (kd % S) * dw
-                if ih >= 0 and ih < H and iw >= 0 and iw < W:
-                    v = x[n, g * Cg + kd // RS, ih, iw]
-            sx[ty, tx] = v
-            cuda.syncthreads()
-            for i in range(_T):
-                acc += sw_[ty, i] * sx[i, tx]
-            cuda.syncthreads()
-        if kk < Kg and pix < PQ:
-            k = g * Kg + kk
-            z = acc * scale[k] if has_scale else acc
-            if has_shift:
-                z += shift[k]
-            if has_bias:
-                z += bias[k]
-            if combine == 1:
-                z += res[n, k, p, q]
-            elif combine == 2:
-                z = _sort_val(res[n, k, p, q], z, mode, eps, zero)
-            if relu and z < zero:
-                z = zero
-            y[n, k, p, q] = z
+        for ng in range(cuda.blockIdx.z, y.shape[0] * G, cuda.gridDim.z):  # grid z is capped at 65535
+            n = ng // G
+            g = ng % G
+            acc = zero
+            for kd0 in range(0, KD, _T):
+                kd = kd0 + tx  # weight tile: row = output channel kk, column = reduction index kd
+                v = zero
+                if kk < Kg and kd < KD:
+                    v = w[g * Kg + kk, kd // RS, (kd // S) % R, kd % S]
+                sw_[ty, tx] = v
+                kd = kd0 + ty  # input tile: row = reduction index kd, column = output pixel
+                v = zero
+                if pix < PQ and kd < KD:
+                    ih = p * sh - pt + ((kd // S) % R) * dh
+                    iw = q * sw - pl + (kd % S) * dw
+                    if ih >= 0 and ih < H and iw >= 0 and iw < W:
+                        v = x[n, g * Cg + kd // RS, ih, iw]
+                sx[ty, tx] = v
+                cuda.syncthreads()
+                for i in range(_T):
+                    acc += sw_[ty, i] * sx[i, tx]
+                cuda.syncthreads()
+            if kk < Kg and pix < PQ:
+                k = g * Kg + kk
+                z = acc * scale[k] if has_scale else acc
+                if has_shift:
+                    z += shift[k]
+                if has_bias:
+                    z += bias[k]
+                if combine == 1:
+                    z += res[n, k, p, q]
+                elif combine == 2:
+                    z = _sort_val(res[n, k, p, q], z, mode, eps, zero)
+                if relu and z < zero:
+                    z = zero
+                y[n, k, p, q] = z
     return conv
 
 
@@ -189,7 +190,7 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     N, K = x.shape[0], w.shape[0]
     P, Q = conv_out_hw(x, w, stride, padding, dilation)
     y = _empty(x, (N, K, P, Q))
-    grid = (-(-(P * Q) // _T), -(-(K // groups) // _T), N * groups)
+    grid = (-(-(P * Q) // _T), -(-(K // groups) // _T), min(N * groups, 65535))
     if 0 in grid:
         return y
     dummy = dw_.reshape(dw_.size)[:1]
