@@ -161,11 +161,16 @@ def conv2d_bwd_bias(dy3, db, zero):
 
 
 # ---------------------------------------------------------------- pooling (x3/y3: (N*C, H, W))
+# Forward pooling works an output row at a time: for each window tap, in torch's scan order (window
+# rows, then columns), it updates every output of the row -- an inner loop over contiguous outputs
+# that the compiler vectorizes, instead of a short loop per output window.
 @nb.njit(**_JIT)
 def max_pool2d_fwd(x3, y3, idx3, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
     H, W = x3.shape[1], x3.shape[2]
     OH, OW = y3.shape[1], y3.shape[2]
     for pln in prange(x3.shape[0]):
+        best = y3[pln, 0].copy()
+        arg = idx3[pln, 0].copy()
         for oh in range(OH):
             h0 = oh * sh - ph
             h1 = min(h0 + (kh - 1) * dh + 1, H)
@@ -173,19 +178,23 @@ def max_pool2d_fwd(x3, y3, idx3, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
                 h0 += dh
             for ow in range(OW):
                 w0 = ow * sw - pw
-                w1 = min(w0 + (kw - 1) * dw + 1, W)
                 while w0 < 0:
                     w0 += dw
-                best = neg_inf
-                bi = h0 * W + w0
-                for ih in range(h0, h1, dh):
-                    for iw in range(w0, w1, dw):
-                        v = x3[pln, ih, iw]
-                        if v > best or v != v:  # NaN wins, as in torch
-                            best = v
-                            bi = ih * W + iw
-                y3[pln, oh, ow] = best
-                idx3[pln, oh, ow] = bi
+                best[ow] = neg_inf
+                arg[ow] = h0 * W + w0  # torch's index when nothing beats -inf
+            for ih in range(h0, h1, dh):
+                for j in range(kw):
+                    off = j * dw - pw
+                    lo, hi = _valid_range(OW, sw, off, W)
+                    base = ih * W + off
+                    for ow in range(lo, hi):
+                        v = x3[pln, ih, ow * sw + off]
+                        b = best[ow]
+                        take = (v > b) | (v != v)  # NaN wins, as in torch; branch-free so it vectorizes
+                        best[ow] = v if take else b
+                        arg[ow] = base + ow * sw if take else arg[ow]
+            y3[pln, oh, :] = best
+            idx3[pln, oh, :] = arg
 
 
 @nb.njit(**_JIT)
@@ -206,39 +215,47 @@ def _avg_window(o, stride, pad, k, size):
 
 
 @nb.njit(**_FAST)
-def avg_pool2d(x3, y3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, backward, zero):
-    """Forward (backward=False): x3 input, y3 output. Backward: x3 = grad_out, y3 = grad_in zeroed.
-    divisor > 0 is divisor_override."""
-    if backward:
-        H, W, OH, OW = y3.shape[1], y3.shape[2], x3.shape[1], x3.shape[2]
-    else:
-        H, W, OH, OW = x3.shape[1], x3.shape[2], y3.shape[1], y3.shape[2]
+def avg_pool2d_fwd(x3, y3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, zero):
+    """divisor > 0 is divisor_override; windows and divisors as torch's avg_pool2d."""
+    H, W = x3.shape[1], x3.shape[2]
+    OH, OW = y3.shape[1], y3.shape[2]
     for pln in prange(x3.shape[0]):
+        acc = y3[pln, 0].copy()
+        for oh in range(OH):
+            h0, h1, eh = _avg_window(oh, sh, ph, kh, H)
+            acc[:] = zero
+            for ih in range(h0, h1):
+                for j in range(kw):
+                    off = j - pw
+                    lo, hi = _valid_range(OW, sw, off, W)
+                    for ow in range(lo, hi):
+                        acc[ow] += x3[pln, ih, ow * sw + off]
+            for ow in range(OW):
+                w0, w1, ew = _avg_window(ow, sw, pw, kw, W)
+                if h0 >= h1 or w0 >= w1:
+                    y3[pln, oh, ow] = zero
+                    continue
+                cnt = divisor if divisor > 0 else (eh * ew if count_include_pad else (h1 - h0) * (w1 - w0))
+                y3[pln, oh, ow] = acc[ow] / x3.dtype.type(cnt)
+
+
+@nb.njit(**_FAST)
+def avg_pool2d_bwd(dy3, dx3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
+    """dx3 zeroed; each output's gradient spread evenly over its window."""
+    H, W = dx3.shape[1], dx3.shape[2]
+    OH, OW = dy3.shape[1], dy3.shape[2]
+    for pln in prange(dy3.shape[0]):
         for oh in range(OH):
             h0, h1, eh = _avg_window(oh, sh, ph, kh, H)
             for ow in range(OW):
                 w0, w1, ew = _avg_window(ow, sw, pw, kw, W)
                 if h0 >= h1 or w0 >= w1:
-                    if not backward:
-                        y3[pln, oh, ow] = zero
                     continue
-                if divisor > 0:
-                    cnt = divisor
-                elif count_include_pad:
-                    cnt = eh * ew
-                else:
-                    cnt = (h1 - h0) * (w1 - w0)
-                if backward:
-                    g = x3[pln, oh, ow] / x3.dtype.type(cnt)
-                    for ih in range(h0, h1):
-                        for iw in range(w0, w1):
-                            y3[pln, ih, iw] += g
-                else:
-                    acc = zero
-                    for ih in range(h0, h1):
-                        for iw in range(w0, w1):
-                            acc += x3[pln, ih, iw]
-                    y3[pln, oh, ow] = acc / x3.dtype.type(cnt)
+                cnt = divisor if divisor > 0 else (eh * ew if count_include_pad else (h1 - h0) * (w1 - w0))
+                g = dy3[pln, oh, ow] / dy3.dtype.type(cnt)
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        dx3[pln, ih, iw] += g
 
 
 @nb.njit(**_FAST)

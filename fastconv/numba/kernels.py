@@ -150,8 +150,8 @@ def _avg_args(kernel_size, stride, padding, count_include_pad, divisor_override)
 def avg_pool2d_fwd(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     x = _c(x)
     y = np.empty(x.shape[:2] + pool_out_hw(x, kernel_size, stride, padding, (1, 1), ceil_mode), x.dtype)
-    _cpu().avg_pool2d(_planes(x), _planes(y), *_avg_args(kernel_size, stride, padding, count_include_pad,
-                                                          divisor_override), False, x.dtype.type(0))
+    _cpu().avg_pool2d_fwd(_planes(x), _planes(y), *_avg_args(kernel_size, stride, padding, count_include_pad,
+                                                              divisor_override), x.dtype.type(0))
     return y
 
 
@@ -159,8 +159,8 @@ def avg_pool2d_fwd(x, kernel_size, stride, padding, ceil_mode, count_include_pad
 def avg_pool2d_bwd(dy, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     dy = _c(dy)
     dx = np.zeros(tuple(input_size), dy.dtype)
-    _cpu().avg_pool2d(_planes(dy), _planes(dx), *_avg_args(kernel_size, stride, padding, count_include_pad,
-                                                            divisor_override), True, dy.dtype.type(0))
+    _cpu().avg_pool2d_bwd(_planes(dy), _planes(dx), *_avg_args(kernel_size, stride, padding, count_include_pad,
+                                                                divisor_override))
     return dx
 
 
