@@ -50,7 +50,8 @@ def cases(batch, quick):
 
 
 def time_interleaved(fns, repeats, warmup=2):
-    """Median seconds of each callable (None: skipped), round-robin so load drift hits all alike."""
+    """(median, min) seconds of each callable (None: skipped), round-robin so load drift hits all
+    alike; on a shared machine the minimum is the better estimate of the uncontended time."""
     for _ in range(warmup):
         for f in fns:
             if f is not None:
@@ -62,7 +63,7 @@ def time_interleaved(fns, repeats, warmup=2):
                 t0 = time.perf_counter()
                 f()
                 acc.append(time.perf_counter() - t0)
-    return [statistics.median(t) if t else None for t in times]
+    return [(statistics.median(t), min(t)) if t else None for t in times]
 
 
 def _under(backend, fn):
@@ -117,8 +118,13 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-first-call", action="store_true")
+    ap.add_argument("--threads", type=int, help="threads for numba, torch and the native kernels (OpenMP)")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"native {'yes' if backends.available('native') else 'no'}")
     rows = []
@@ -130,15 +136,20 @@ def main():
             c, w = fc["compile"][op], fc["cached"][op]
             print(f"  {op:12s} {c[0]:8.2f} / {c[1] * 1e3:7.2f} ms   {w[0]:8.3f} / {w[1] * 1e3:7.2f} ms")
         rows.append({"first_call": fc})
-    print(f"\n{'op':28s} {'numba ms':>9s} {'native ms':>9s} {'torch ms':>9s} {'numba/native':>12s} {'numba/torch':>11s}")
+    print("\nmedian (min) ms per call; ratios of the medians (of the minima)")
+    print(f"{'op':24s} {'numba':>17s} {'native':>17s} {'torch':>17s} {'numba/native':>13s} {'numba/torch':>13s}")
+
+    def ms(t):
+        return f"{t[0] * 1e3:8.2f} ({t[1] * 1e3:6.2f})" if t else f"{'n/a':>17s}"
+
+    def ratio(a, b):
+        return f"{a[0] / b[0]:5.2f} ({a[1] / b[1]:5.2f})" if a and b else f"{'n/a':>13s}"
+
     for name, fn, ref in cases(args.batch, args.quick):
-        numba_fn = _under("numba", fn)
         native_fn = _under("native", fn) if _native_runs(fn) else None
-        t_nb, t_nat, t_ref = time_interleaved([numba_fn, native_fn, ref], args.repeats)
-        nat = f"{t_nat * 1e3:9.3f}" if t_nat else f"{'n/a':>9s}"
-        r_nat = f"{t_nb / t_nat:12.2f}" if t_nat else f"{'n/a':>12s}"
-        print(f"{name:28s} {t_nb * 1e3:9.3f} {nat} {t_ref * 1e3:9.3f} {r_nat} {t_nb / t_ref:11.2f}")
-        rows.append({"op": name, "numba_ms": t_nb * 1e3, "native_ms": t_nat and t_nat * 1e3, "torch_ms": t_ref * 1e3})
+        t_nb, t_nat, t_ref = time_interleaved([_under("numba", fn), native_fn, ref], args.repeats)
+        print(f"{name:24s} {ms(t_nb)} {ms(t_nat)} {ms(t_ref)} {ratio(t_nb, t_nat):>13s} {ratio(t_nb, t_ref):>13s}")
+        rows.append({"op": name, "numba_s": t_nb, "native_s": t_nat, "torch_s": t_ref})
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -14,6 +14,8 @@ DTYPES = (np.float32, np.float64)
 
 def on_gpu(x):
     """CUDA arrays of any library; also the CUDA simulator's arrays (NUMBA_ENABLE_CUDASIM=1)."""
+    if isinstance(x, np.ndarray):
+        return False
     return hasattr(x, "__cuda_array_interface__") or type(x).__module__.startswith("numba.cuda")
 
 

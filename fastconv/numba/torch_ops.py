@@ -50,7 +50,7 @@ def _out_format(name, tensors):
 
 def _to_array(t, dtype, nhwc, host):
     t = t.detach().cpu() if host else t.detach()
-    if t.is_floating_point():
+    if t.is_floating_point() and t.dtype != dtype:
         t = t.to(dtype)
     if nhwc:
         t = t.permute(0, 2, 3, 1)
@@ -59,7 +59,7 @@ def _to_array(t, dtype, nhwc, host):
 
 
 def _from_array(a, dtype, fmt, nhwc, device):
-    t = a if isinstance(a, torch.Tensor) else torch.as_tensor(a, device=device)
+    t = a if isinstance(a, torch.Tensor) else torch.from_numpy(a).to(device)
     if nhwc:
         t = t.permute(0, 3, 1, 2)
     if t.is_floating_point() and t.dtype != dtype:
