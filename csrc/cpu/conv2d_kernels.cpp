@@ -38,6 +38,15 @@ struct Buffer {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Splits a row of q pixels into ceil(q / mp) tiles of nearly equal size (e.g. 56 = 6*6 + 4*5 rather
+// than 9*6 + 2): a narrow tail tile has too few independent accumulators to hide the FMA latency.
+struct RowTiles {
+  int64_t count, base, extra;
+  RowTiles(int64_t q, int mp) : count(ceil_div(q, mp)), base(q / count), extra(q % count) {}
+  int np(int64_t t) const { return static_cast<int>(base + (t < extra)); }
+  int64_t start(int64_t t) const { return t * base + std::min(t, extra); }
+};
+
 // Portable micro-kernel: plain loops over a fixed column count, auto-vectorized by the compiler.
 template <typename T>
 void portable_tile(const TileArgs<T>& t) {
@@ -105,8 +114,13 @@ const T* pad_channels_last(const Tensor4& d, const T* x, int64_t ph0, int64_t pw
         for (int64_t wq = w_lo; wq < w_hi; ++wq)
           std::memcpy(row + wq * d.c, src + (wq - pw0) * d.sw, sizeof(T) * d.c);
       } else {
-        for (int64_t c = 0; c < d.c; ++c)
-          for (int64_t wq = w_lo; wq < w_hi; ++wq) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
+        // Transpose in blocks of 16 channels: each pixel's block fills one cache line of the copy
+        // while the 16 source rows being read stay in L1.
+        for (int64_t c0 = 0; c0 < d.c; c0 += 16) {
+          const int64_t c1 = std::min<int64_t>(d.c, c0 + 16);
+          for (int64_t wq = w_lo; wq < w_hi; ++wq)
+            for (int64_t c = c0; c < c1; ++c) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
+        }
       }
     }
   return out;
@@ -211,9 +225,13 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore(N * pd.sn());
   const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
-  std::vector<int64_t> seg(R * S);
-  for (int64_t r = 0; r < R; ++r)
-    for (int64_t s = 0; s < S; ++s) seg[r * S + s] = (r * p.dil_h * pd.wp + s * p.dil_w) * C;
+  // With one group and no horizontal dilation the S taps of a kernel row are S*C consecutive
+  // values of the padded copy (matching the packed [r][s][c] order): one long reduction per row.
+  const bool merge_s = p.dil_w == 1 && G == 1;
+  const int64_t nseg = merge_s ? R : R * S, seg_len = merge_s ? S * Cg : Cg;
+  std::vector<int64_t> seg(nseg);
+  for (int64_t i = 0; i < nseg; ++i)
+    seg[i] = merge_s ? i * p.dil_h * pd.sh() : ((i / S) * p.dil_h * pd.wp + (i % S) * p.dil_w) * C;
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
   const int64_t panel = R * S * Cg * kv;
@@ -221,10 +239,14 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
   // otherwise walk weight panels outermost so each panel stays in L2 across all pixel rows.
   const bool weights_outer = G * KB * panel * static_cast<int64_t>(sizeof(T)) > (256 << 10);
   const int64_t rows = N * P, cols = G * KB;
+  const RowTiles tiles(Q, mp);
+  // Dynamic chunks of about one output row each: the cores are shared, and a static split makes the
+  // whole call wait for whichever thread the OS parked.
+  const int64_t chunk = weights_outer ? std::max<int64_t>(1, rows / 16) : cols;
 #pragma omp parallel
   {
     Buffer<T> tile(static_cast<int64_t>(mp) * kv);
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, chunk)
     for (int64_t task = 0; task < rows * cols; ++task) {
       const int64_t row = weights_outer ? task % rows : task / cols;
       const int64_t col = weights_outer ? task / rows : task % cols;
@@ -232,9 +254,10 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
       const int64_t k0 = g * Kg + kb * kv;
       const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
       const T* arow = xp + n * pd.sn() + pr * p.stride_h * pd.sh() + g * Cg;
-      for (int64_t q0 = 0; q0 < Q; q0 += mp) {
-        const int np = static_cast<int>(std::min<int64_t>(mp, Q - q0));
-        TileArgs<T> ta{arow + q0 * p.stride_w * C, p.stride_w * C, 1, seg.data(), R * S, Cg,
+      for (int64_t t = 0; t < tiles.count; ++t) {
+        const int64_t q0 = tiles.start(t);
+        const int np = tiles.np(t);
+        TileArgs<T> ta{arow + q0 * p.stride_w * C, p.stride_w * C, 1, seg.data(), nseg, seg_len,
                        wpack + col * panel, tile.get(), np, false};
         mk.fn(ta);
         if (tab.affine)
@@ -309,6 +332,7 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     col_c[j] = j % Cg;
   }
   const int64_t zero_seg = 0;
+  const RowTiles tiles(Q, mp);
 #pragma omp parallel
   {
     Buffer<T> tile(static_cast<int64_t>(mp) * kv);
@@ -318,8 +342,9 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
       std::fill(an, an + H * Wd * C, T(0));
       for (int64_t g = 0; g < G; ++g)
         for (int64_t pr = 0; pr < P; ++pr)
-          for (int64_t q0 = 0; q0 < Q; q0 += mp) {
-            const int np = static_cast<int>(std::min<int64_t>(mp, Q - q0));
+          for (int64_t t = 0; t < tiles.count; ++t) {
+            const int64_t q0 = tiles.start(t);
+            const int np = tiles.np(t);
             for (int64_t cb = 0; cb < CB; ++cb) {
               TileArgs<T> ta{dyc + n * pdy.sn() + (pr * Q + q0) * K + g * Kg, K, 1, &zero_seg, 1, Kg,
                              wpack.get() + (g * CB + cb) * Kg * kv, tile.get(), np, false};

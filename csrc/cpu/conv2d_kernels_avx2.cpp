@@ -26,7 +26,9 @@ template <int NP>
 void tile(const TileArgs<float>& t) {
   constexpr int NV = kKv / kLanes;
   Vec acc[NP][NV];
+#pragma GCC unroll 16
   for (int i = 0; i < NP; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) acc[i][j] = t.accumulate ? vload(t.c + i * kKv + j * kLanes) : vzero();
   const int64_t ai = t.a_i, at = t.a_t, len = t.T_len;
   for (int64_t sg = 0; sg < t.nseg; ++sg) {
@@ -34,14 +36,19 @@ void tile(const TileArgs<float>& t) {
     const float* b = t.b + sg * len * kKv;
     for (int64_t u = 0; u < len; ++u, a += at, b += kKv) {
       Vec bv[NV];
+#pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) bv[j] = vload(b + j * kLanes);
+#pragma GCC unroll 16
       for (int i = 0; i < NP; ++i) {
         Vec av = vbcast(a + i * ai);
+#pragma GCC unroll 4
         for (int j = 0; j < NV; ++j) acc[i][j] = vfma(av, bv[j], acc[i][j]);
       }
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < NP; ++i)
+#pragma GCC unroll 4
     for (int j = 0; j < NV; ++j) vstore(t.c + i * kKv + j * kLanes, acc[i][j]);
 }
 
