@@ -72,20 +72,20 @@ template <typename T> struct Epi {
     return d;
   }
 
-  // v: accumulator of output channel k (global index); roff: element offset of the output.
-  __device__ __forceinline__ Acc<T> apply(Acc<T> v, int64_t k, int64_t roff) const {
-    using A = Acc<T>;
+  // v: accumulator of output channel k (global index); r: the residual element (if combining).
+  __device__ __forceinline__ Acc<T> apply_r(Acc<T> v, int64_t k, Acc<T> r) const {
     if (any_channel) {
       if (scale) v *= to_acc(ld(scale + k));
       if (shift) v += to_acc(ld(shift + k));
       if (bias) v += to_acc(ld(bias + k));
     }
-    if (combine) {
-      const A r = to_acc(ld(residual + roff));
-      v = combine == 1 ? r + v : sort_val(r, v, mode, eps);
-    }
+    if (combine) v = combine == 1 ? r + v : sort_val(r, v, mode, eps);
     if (relu) v = relu_nan(v);
     return v;
+  }
+  // Same, reading the residual at element offset roff of the output.
+  __device__ __forceinline__ Acc<T> apply(Acc<T> v, int64_t k, int64_t roff) const {
+    return apply_r(v, k, combine ? to_acc(ld(residual + roff)) : Acc<T>(0));
   }
 };
 

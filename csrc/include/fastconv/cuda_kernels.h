@@ -40,6 +40,10 @@ ConvPath conv2d_fwd_path(const Conv2dParams& p, DType dt, bool allow_tf32);
 void conv2d_fwd(const Conv2dParams& p, DType dt, const void* x, const void* w, void* y,
                 const EpilogueArgs& ep, bool allow_tf32, int sm_count, cudaStream_t stream);
 
+// Tensor-core path alone (conv2d_tc_kernels.cu), same contract as conv2d_fwd's kTensorCore.
+void conv2d_fwd_tc(const Conv2dParams& p, DType dt, const void* x, const void* w, void* y,
+                   const EpilogueArgs& ep, int sm_count, cudaStream_t stream);
+
 // grad_input by direct gather over (k, r, s), any strides/stride/dilation (p.x = grad_input shape).
 void conv2d_bwd_input_simt(const Conv2dParams& p, DType dt, const void* dy, const void* w, void* dx,
                            int sm_count, cudaStream_t stream);
