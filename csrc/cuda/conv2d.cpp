@@ -197,12 +197,16 @@ at::Tensor conv2d_bwd_weight_cuda(const at::Tensor& grad_out, const at::Tensor& 
   c10::cuda::CUDAGuard guard(grad_out.device());
   const auto fmt = memory_format_of(grad_out);
   at::Tensor dw = empty4(weight_size, grad_out.options(), fmt);
-  const at::Tensor g = as_layout(grad_out, fmt), x = as_layout(input, fmt);
+  const DType dt = dtype_of(grad_out);
+  const bool tf32 = tf32_allowed();
+  // Tensor cores read both operands as NHWC rows; the CUDA-core path reads any strides.
+  const bool tc = conv2d_bwd_weight_tc_eligible(params(a, input, dw, grad_out), dt, tf32);
+  const at::Tensor g = tc ? dense(grad_out, kCL) : as_layout(grad_out, fmt);
+  const at::Tensor x = tc ? dense(input, kCL) : as_layout(input, fmt);
   const Conv2dParams p = params(a, x, dw, g);
-  const DType dt = dtype_of(g);
   const int sms = sm_count();
-  at::Tensor ws = at::empty({conv2d_bwd_weight_workspace(p, dt, sms)}, g.options().dtype(at::kByte));
-  conv2d_bwd_weight(p, dt, g.data_ptr(), x.data_ptr(), dw.data_ptr(), ws.data_ptr(), sms, stream());
+  at::Tensor ws = at::empty({conv2d_bwd_weight_workspace(p, dt, tf32, sms)}, g.options().dtype(at::kByte));
+  conv2d_bwd_weight(p, dt, g.data_ptr(), x.data_ptr(), dw.data_ptr(), ws.data_ptr(), tf32, sms, stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return dw;
 }

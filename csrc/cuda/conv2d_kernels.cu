@@ -383,29 +383,53 @@ void conv2d_bwd_input_simt(const Conv2dParams& p, DType dt, const void* dy, cons
   });
 }
 
-int64_t conv2d_bwd_weight_workspace(const Conv2dParams& p, DType dt, int sm_count) {
+namespace {
+bool nhwc_dense(const Tensor4& t) {
+  return t.sc == 1 && t.sw == t.c && t.sh == t.w * t.c && t.sn == t.h * t.w * t.c;
+}
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+}  // namespace
+
+bool conv2d_bwd_weight_tc_eligible(const Conv2dParams& p, DType dt, bool allow_tf32) {
+  const int64_t v = dt == DType::kF32 ? 4 : 8;
+  const bool type_ok = dt == DType::kF16 || dt == DType::kBF16 || (dt == DType::kF32 && allow_tf32);
+  return type_ok && (p.x.c / p.groups) % v == 0 && (p.y.c / p.groups) % v == 0 && p.groups <= 65535;
+}
+
+int64_t conv2d_bwd_weight_workspace(const Conv2dParams& p, DType dt, bool allow_tf32, int sm_count) {
   const int64_t elems = p.w.n * p.w.c * p.w.h * p.w.w;
-  return static_cast<int64_t>(bwd_weight_splits(p, sm_count)) * elems * (dt == DType::kF64 ? 8 : 4);
+  int64_t splits = bwd_weight_splits(p, sm_count);
+  if (conv2d_bwd_weight_tc_eligible(p, dt, allow_tf32))
+    splits = std::max<int64_t>(splits, conv2d_bwd_weight_tc_splits(p, dt, sm_count));
+  return splits * elems * (dt == DType::kF64 ? 8 : 4);
 }
 
 void conv2d_bwd_weight(const Conv2dParams& p, DType dt, const void* dy, const void* x, void* dw, void* workspace,
-                       int sm_count, cudaStream_t s) {
+                       bool allow_tf32, int sm_count, cudaStream_t s) {
   const int64_t welems = p.w.n * p.w.c * p.w.h * p.w.w;
   if (welems == 0) return;
-  const int splits = bwd_weight_splits(p, sm_count);
+  const bool tc = conv2d_bwd_weight_tc_eligible(p, dt, allow_tf32) && nhwc_dense(p.y) && nhwc_dense(p.x) &&
+                  aligned16(dy) && aligned16(x);
+  const int splits = tc ? conv2d_bwd_weight_tc_splits(p, dt, sm_count) : bwd_weight_splits(p, sm_count);
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     using A = Acc<T>;
-    BwdWeightProb<T> pb;
-    pb.dy = static_cast<const T*>(dy); pb.x = static_cast<const T*>(x); pb.ws = static_cast<A*>(workspace);
-    pb.dyt = p.y; pb.xt = p.x; pb.g = Geo::make(p);
-    pb.M = pb.g.Kg; pb.Ngemm = static_cast<int64_t>(pb.g.Cg) * pb.g.R * pb.g.S;
-    pb.Kred = p.y.n * p.y.h * p.y.w;
-    pb.chunk = ((pb.Kred + splits - 1) / splits + kKs - 1) / kKs * kKs;
-    pb.K = p.w.n;
-    launch_simt(pb, splits, s);  // every (split, k, j) cell is written, empty ranges write 0
+    const Geo g = Geo::make(p);
+    const int64_t ngemm = static_cast<int64_t>(g.Cg) * g.R * g.S;
+    if (tc) {
+      conv2d_bwd_weight_tc(p, dt, dy, x, static_cast<float*>(workspace), splits, s);
+    } else {
+      BwdWeightProb<T> pb;
+      pb.dy = static_cast<const T*>(dy); pb.x = static_cast<const T*>(x); pb.ws = static_cast<A*>(workspace);
+      pb.dyt = p.y; pb.xt = p.x; pb.g = g;
+      pb.M = g.Kg; pb.Ngemm = ngemm;
+      pb.Kred = p.y.n * p.y.h * p.y.w;
+      pb.chunk = ((pb.Kred + splits - 1) / splits + kKs - 1) / kKs * kKs;
+      pb.K = p.w.n;
+      launch_simt(pb, splits, s);  // every (split, k, j) cell is written, empty ranges write 0
+    }
     bwd_weight_reduce_kernel<T><<<blocks_for(welems, 256, kMaxGridBlocks), 256, 0, s>>>(
-        pb.ws, static_cast<T*>(dw), p.w, splits, pb.g.Cg, pb.g.S, pb.Ngemm);
+        static_cast<const A*>(workspace), static_cast<T*>(dw), p.w, splits, g.Cg, g.S, ngemm);
   });
 }
 

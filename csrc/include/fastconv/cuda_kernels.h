@@ -48,11 +48,20 @@ void conv2d_fwd_tc(const Conv2dParams& p, DType dt, const void* x, const void* w
 void conv2d_bwd_input_simt(const Conv2dParams& p, DType dt, const void* dy, const void* w, void* dx,
                            int sm_count, cudaStream_t stream);
 
-// grad_weight: split-K reduction over N*P*Q. Needs a workspace of
-// conv2d_bwd_weight_workspace(...) bytes (fp32, fp64 for double), written before read.
-int64_t conv2d_bwd_weight_workspace(const Conv2dParams& p, DType dt, int sm_count);
+// grad_weight: split-K reduction over N*P*Q into fp32 (fp64 for double) partials, then a
+// deterministic sum into dw (any strides). Tensor cores (fp16/bf16, fp32 as TF32 when allowed) when
+// dy and x are NHWC-contiguous, 16-byte aligned and Cg, Kg are multiples of the 16-byte vector;
+// CUDA cores otherwise. Workspace: conv2d_bwd_weight_workspace(...) bytes.
+int64_t conv2d_bwd_weight_workspace(const Conv2dParams& p, DType dt, bool allow_tf32, int sm_count);
 void conv2d_bwd_weight(const Conv2dParams& p, DType dt, const void* dy, const void* x, void* dw,
-                       void* workspace, int sm_count, cudaStream_t stream);
+                       void* workspace, bool allow_tf32, int sm_count, cudaStream_t stream);
+// Whether conv2d_bwd_weight can take the tensor-core path for these dtypes and channel counts
+// (given NHWC-contiguous, aligned dy and x).
+bool conv2d_bwd_weight_tc_eligible(const Conv2dParams& p, DType dt, bool allow_tf32);
+// Tensor-core part alone (conv2d_tc_kernels.cu): writes fp32 partials [splits][K][Cg*R*S].
+int conv2d_bwd_weight_tc_splits(const Conv2dParams& p, DType dt, int sm_count);
+void conv2d_bwd_weight_tc(const Conv2dParams& p, DType dt, const void* dy, const void* x, float* ws, int splits,
+                          cudaStream_t stream);
 
 // grad_bias[k] = sum over n, p, q of dy. Workspace: conv2d_bwd_bias_workspace bytes.
 int64_t conv2d_bwd_bias_workspace(const Tensor4& dy, DType dt, int sm_count);
