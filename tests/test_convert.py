@@ -10,7 +10,8 @@ import fastconv
 from fastconv import nn
 from test_sort_modules import close, randomize_bn
 
-TV = [("alexnet", {}, 63), ("resnet18", {}, 48), ("resnet34", {}, 32), ("resnet50", {}, 32),
+TV = [("alexnet", {}, 63), ("resnet18", {}, 48), pytest.param("resnet34", {}, 32, marks=pytest.mark.slow),
+      pytest.param("resnet50", {}, 32, marks=pytest.mark.slow),
       ("mobilenet_v2", {}, 32), ("googlenet", dict(aux_logits=False, init_weights=False), 40),
       pytest.param("vgg11", {}, 32, marks=pytest.mark.slow)]
 

@@ -6,7 +6,8 @@ import torchvision
 from fastconv import models
 from test_sort_modules import close, randomize_bn
 
-TV_NETS = [("resnet18", 64), ("resnet34", 64), ("resnet50", 64), ("alexnet", 63)]
+TV_NETS = [("resnet18", 48), pytest.param("resnet34", 32, marks=pytest.mark.slow),
+           pytest.param("resnet50", 32, marks=pytest.mark.slow), ("alexnet", 63)]
 
 
 @pytest.mark.parametrize("name,size", TV_NETS)
@@ -28,7 +29,7 @@ def test_state_dict_interchange_and_logits(name, size):
         close(back(x), ref, 1e-6)
 
 
-@pytest.mark.parametrize("name,size,train", [("resnet18", 32, True), ("resnet50", 32, False), ("alexnet", 63, False)])
+@pytest.mark.parametrize("name,size,train", [("resnet18", 16, True), pytest.param("resnet50", 32, False, marks=pytest.mark.slow), ("alexnet", 63, False)])
 def test_sort_variants_fuse_and_train(name, size, train):
     torch.manual_seed(1)
     net = randomize_bn(getattr(models, name)(sort=True, num_classes=7))
@@ -78,7 +79,7 @@ def test_fused_net_trains_unfused():
     b = models.cifar_resnet20(sort=True)
     b.load_state_dict(a.state_dict())
     b.fuse()
-    x = torch.randn(4, 3, 12, 12)
+    x = torch.randn(4, 3, 8, 8)
     close(b.train()(x), a.train()(x))
     for m in (a, b):
         m.zero_grad()
