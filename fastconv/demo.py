@@ -38,7 +38,8 @@ def add_arguments(p):
                    help=f"comma-separated out of {', '.join(BACKENDS)} (default all; --quick: no torch.compile)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per net (default 5; --quick 1)")
     p.add_argument("--train-size", type=int, default=16,
-                   help="side the 8x8 digits are upsampled to (default 16: a quarter of the work of 32; the 8x8 images lose nothing)")
+                   help="side the 8x8 digits are upsampled to (default 16: a quarter of the work of 32; "
+                        "the 8x8 images lose nothing)")
     p.add_argument("--train-batch", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--skip-train", action="store_true", help="benchmark only")
     p.add_argument("--skip-bench", action="store_true", help="train only")
@@ -141,7 +142,8 @@ def train_one(name, sort, train, test, epochs, batch, device, seed):
     acc = history[-1] if history else accuracy(model, *test)
     model.fuse()
     acc_fused = accuracy(model, *test)
-    return dict(model=name, sort=sort, epochs=epochs, train_seconds=train_s, train_cpu_seconds=train_cpu, test_accuracy=acc,
+    return dict(model=name, sort=sort, epochs=epochs, train_seconds=train_s, train_cpu_seconds=train_cpu,
+                test_accuracy=acc,
                 test_accuracy_fused=acc_fused, history=history, params=sum(p.numel() for p in model.parameters()))
 
 

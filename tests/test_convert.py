@@ -135,7 +135,8 @@ def test_patch_routes_functional_calls_and_restores():
         assert yi.tolist() == [0, 0, 0, 0, 1, 2]
         assert y5.equal(torch.nn.functional.max_pool2d(x, 2, return_indices=True)[1])
     routed = {k: v for k, v in p.counts.items() if not k.startswith("fallback")}
-    assert routed == {"conv2d": 2, "relu": 2, "max_pool2d": 1, "max_pool2d_with_indices": 1, "adaptive_avg_pool2d": 1, "avg_pool2d": 1}
+    assert routed == {"conv2d": 2, "relu": 2, "max_pool2d": 1, "max_pool2d_with_indices": 1,
+                      "adaptive_avg_pool2d": 1, "avg_pool2d": 1}
     assert p.counts["fallback:relu"] == 1
     before = dict(p.counts)
     net(x)
