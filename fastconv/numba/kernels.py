@@ -3,6 +3,7 @@ conv padding (top, bottom, left, right), combine 0/1/2, mode 0/1). NumPy arrays 
 of fastconv.numba.cpu; arrays exposing __cuda_array_interface__ (torch CUDA tensors, CuPy and Numba
 device arrays) run the numba.cuda kernels of fastconv.numba.gpu and return arrays of their own kind.
 Arguments are assumed valid (the public functions validate them)."""
+import contextlib
 import functools
 
 import numpy as np
@@ -33,6 +34,24 @@ def _dispatch(fn):
 def _cpu():
     from fastconv.numba import cpu  # imported on first use: loading the cached kernels takes a moment
     return cpu
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS that np.dot in numba code calls)
+        from threadpoolctl import ThreadpoolController
+        return ThreadpoolController()
+    except ImportError:
+        return None
+
+
+def _one_blas_thread():
+    """The conv kernels call BLAS between numba parallel regions; BLAS's own thread pool then competes
+    with numba's for the cores, and on a loaded machine its spinning threads made a conv 25x slower
+    than one BLAS thread. The limit holds only for the call (about 0.15 ms to set and restore)."""
+    ctl = _blas_controller()
+    return ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()
 
 
 def _c(a):
@@ -73,10 +92,11 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     y = np.empty((N, K, P, Q), x.dtype)
     res = _grouped(_c(residual), groups) if combine else np.zeros((1, 1, 1, 1), x.dtype)
     dt = x.dtype.type
-    _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
-                      *_conv_geometry(x, w, stride, padding, dilation, groups, P, Q), *_vec(bias, x),
-                      *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode), dt(eps),
-                      dt(0))
+    with _one_blas_thread():
+        _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
+                          *_conv_geometry(x, w, stride, padding, dilation, groups, P, Q), *_vec(bias, x),
+                          *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode), dt(eps),
+                          dt(0))
     return y
 
 
@@ -91,7 +111,8 @@ def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
     G, K = groups, w.shape[0]
     wt = np.ascontiguousarray(w.reshape(G, K // G, -1).transpose(0, 2, 1))
     geo = _conv_geometry(dx, w, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
-    _cpu().conv2d_bwd_input(_grouped(dy, G), wt, dx, _grouped(dx, G), *geo)
+    with _one_blas_thread():
+        _cpu().conv2d_bwd_input(_grouped(dy, G), wt, dx, _grouped(dx, G), *geo)
     return dx
 
 
@@ -101,8 +122,9 @@ def conv2d_bwd_weight(dy, x, weight_size, stride, padding, dilation, groups):
     dw = np.zeros(tuple(weight_size), dy.dtype)
     G, K = groups, dw.shape[0]
     geo = _conv_geometry(x, dw, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
-    _cpu().conv2d_bwd_weight(_grouped(dy, G), x, _grouped(x, G), dw.reshape(G, K // G, -1), *geo,
-                             dy.dtype.type(0))
+    with _one_blas_thread():
+        _cpu().conv2d_bwd_weight(_grouped(dy, G), x, _grouped(x, G), dw.reshape(G, K // G, -1), *geo,
+                                 dy.dtype.type(0))
     return dw
 
 
