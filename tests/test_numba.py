@@ -192,6 +192,20 @@ def test_opcheck_and_compile():
     assert xr.grad is not None and xr.grad.shape == x.shape
 
 
+@pytest.mark.parametrize("name,args", [
+    ("conv2d_fwd", lambda x: (x, torch.randn(4, 2, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1)),
+    ("conv2d_bwd_input", lambda x: (x, torch.randn(4, 3, 3, 3), [2, 3, 9, 9], [1, 1], [0, 0, 0, 0], [1, 1], 1)),
+    ("max_pool2d_bwd", lambda x: (x, torch.full(x.shape, 10**6, dtype=torch.int64), [2, 3, 16, 16])),
+    ("max_pool2d_fwd", lambda x: (x, [2, 2], [2, 2], [3, 3], [1, 1], False)),
+    ("sort_fwd", lambda x: (x, torch.randn(2, 3, 8, 7), 0, 0.01)),
+    ("relu_bwd", lambda x: (x, torch.randn(5))),
+])
+def test_raw_ops_check_arguments(name, args):
+    """The kernels do no bounds checks: inconsistent raw-op arguments must be refused before them."""
+    with pytest.raises((ValueError, RuntimeError)):
+        getattr(torch.ops.fastconv_numba, name)(*args(randn(2, 3, 8, 8)))
+
+
 def test_numpy_entry_points():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)

@@ -333,7 +333,7 @@ def _max_pool_fwd(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
 def max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode):
     from fastconv.numba.kernels import pool_out_hw
     (x,), (dx,), stream, zero = _prep(x)
-    shape = tuple(x.shape[:2]) + pool_out_hw(x, kernel_size, stride, padding, dilation, ceil_mode)
+    shape = tuple(x.shape[:2]) + pool_out_hw(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
     y, idx = _empty(x, shape), _empty(x, shape, np.int64)
     dy = _dev(y)
     _launch(_max_pool_fwd, dy.size, stream, dx, dy, _dev(idx), *kernel_size, *stride, *padding, *dilation,
@@ -430,7 +430,7 @@ def _avg(src, out_shape, backward, args):
 
 def avg_pool2d_fwd(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     from fastconv.numba.kernels import pool_out_hw
-    shape = tuple(x.shape[:2]) + pool_out_hw(x, kernel_size, stride, padding, (1, 1), ceil_mode)
+    shape = tuple(x.shape[:2]) + pool_out_hw(x.shape[2:], kernel_size, stride, padding, (1, 1), ceil_mode)
     return _avg(x, shape, False, (*kernel_size, *stride, *padding, bool(count_include_pad),
                                   int(divisor_override or 0), False))
 
