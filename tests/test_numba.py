@@ -169,7 +169,8 @@ def test_empty_batch():
 
 
 def test_opcheck_and_compile():
-    x, w, b = randn(2, 3, 7, 6, dtype=torch.float64), randn(4, 3, 3, 3, dtype=torch.float64), randn(4, dtype=torch.float64)
+    f64 = torch.float64
+    x, w, b = randn(2, 3, 7, 6, dtype=f64), randn(4, 3, 3, 3, dtype=f64), randn(4, dtype=f64)
     ops = torch.ops.fastconv_numba
     torch.library.opcheck(ops.conv2d_fwd, (x, w, b, [1, 1], [1, 1, 0, 2], [1, 1], 1))
     fake_only = ("test_schema", "test_faketensor")
