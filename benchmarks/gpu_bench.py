@@ -99,8 +99,18 @@ def tol_for(dtype, tf32):
     return TF32_TOL if (dtype == torch.float32 and tf32) else REL_TOL[dtype]
 
 
-def poison(t):
-    return t.fill_(float("nan"))
+def poison_allocator():
+    """Fill freed blocks of the caching allocator with NaN, so the next outputs start out as NaN and
+    an element a kernel forgets to write shows up as NaN instead of as a stale plausible value."""
+    blocks = [torch.full((1 << 16,), float("nan"), device="cuda") for _ in range(64)]  # small pool
+    blocks.append(torch.full((16 << 20,), float("nan"), device="cuda"))  # large pool
+    del blocks
+
+
+def set_nan(t):
+    """One NaN in t (any layout), so NaN propagation is checked."""
+    t[(0,) * (t.dim() - 1) + (1,)] = float("nan")
+    return t
 
 
 # ---------------------------------------------------------------- verification
@@ -167,6 +177,7 @@ def verify(chk, quick=False):
             for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
                 for cl in (False, True):
                     set_tf32(tf32)
+                    poison_allocator()
                     tag = f"conv{ci} {str(dtype)[6:]}{'/tf32' if tf32 else ''} {'cl' if cl else 'nchw'}"
                     fmt = torch.channels_last if cl else torch.contiguous_format
                     x = rnd(N, C, H, W, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
@@ -222,7 +233,7 @@ def verify(chk, quick=False):
             tag = f"{str(dtype)[6:]} {'cl' if cl else 'nchw'}"
             for C in (16, 3):
                 x = rnd(2, C, 13, 11, dtype=dtype).contiguous(memory_format=fmt)
-                x.view(-1)[5] = float("nan")
+                set_nan(x)
                 for (k, s, p, d, ceil) in [((3, 3), (2, 2), (1, 1), (1, 1), False), ((2, 3), (1, 2), (0, 1), (2, 1), True),
                                            ((3, 3), (3, 3), (0, 0), (1, 1), True)]:
                     y, idx = ops.max_pool2d_fwd(x, list(k), list(s), list(p), list(d), ceil)
@@ -260,7 +271,7 @@ def verify(chk, quick=False):
                 b = rnd(*shape, dtype=dtype)
                 if len(shape) == 4:
                     a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
-                a.view(-1)[3] = float("nan")
+                set_nan(a)
                 y = ops.relu_fwd(a)
                 chk.check(f"relu {tag} {shape}", torch.nan_to_num(y, nan=7.0), torch.nan_to_num(a.double().relu(), nan=7.0), 0)
                 g = rnd(*shape, dtype=dtype)

@@ -255,6 +255,40 @@ __global__ void __launch_bounds__(256) depthwise_kernel(const T* x, const T* w, 
   }
 }
 
+// ---- grad_input, direct gather for few channels per group (depthwise, RGB first layers), where a
+// 64-wide GEMM tile over Cg would be mostly padding: one thread per input element.
+template <typename T>
+__global__ void __launch_bounds__(256) bwd_input_direct_kernel(const T* dy, const T* w, T* dx, Tensor4 dyt, Tensor4 wt,
+                                                               Tensor4 dxt, Geo g, bool cl) {
+  const int64_t total = dxt.n * dxt.c * dxt.h * dxt.w;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, c, h, x, t = i;
+    if (cl) { c = t % dxt.c; t /= dxt.c; x = t % dxt.w; t /= dxt.w; h = t % dxt.h; n = t / dxt.h; }
+    else { x = t % dxt.w; t /= dxt.w; h = t % dxt.h; t /= dxt.h; c = t % dxt.c; n = t / dxt.c; }
+    const int64_t gi = c / g.Cg, cc = c - gi * g.Cg;
+    const T* dyb = dy + n * dyt.sn + gi * g.Kg * dyt.sc;
+    const T* wb = w + gi * g.Kg * wt.sn + cc * wt.sc;
+    Acc<T> acc = 0;
+    for (int r = 0; r < g.R; ++r) {
+      const int th = static_cast<int>(h) + g.ph - r * g.dh;
+      if (th < 0 || th % g.sh) continue;
+      const int p = th / g.sh;
+      if (p >= g.P) continue;
+      for (int s = 0; s < g.S; ++s) {
+        const int tw = static_cast<int>(x) + g.pw - s * g.dw;
+        if (tw < 0 || tw % g.sw) continue;
+        const int q = tw / g.sw;
+        if (q >= g.Q) continue;
+        const T* dyp = dyb + p * dyt.sh + q * dyt.sw;
+        const T* wp = wb + r * wt.sh + s * wt.sw;
+        for (int k = 0; k < g.Kg; ++k) acc += to_acc(ld(dyp + k * dyt.sc)) * to_acc(ld(wp + k * wt.sn));
+      }
+    }
+    dx[n * dxt.sn + c * dxt.sc + h * dxt.sh + x * dxt.sw] = from_acc<T>(acc);
+  }
+}
+
 // ---- grad_weight: sum the split partials into dw (any strides), w index order j = (r, s, c).
 template <typename T>
 __global__ void __launch_bounds__(256) bwd_weight_reduce_kernel(const Acc<T>* ws, T* dw, Tensor4 wt, int splits,
@@ -375,6 +409,14 @@ void conv2d_bwd_input_simt(const Conv2dParams& p, DType dt, const void* dy, cons
                            cudaStream_t s) {
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
+    const Geo g = Geo::make(p);
+    if (g.Cg < 16) {
+      const int64_t total = p.x.n * p.x.c * p.x.h * p.x.w;
+      bwd_input_direct_kernel<T><<<blocks_for(total, 256, kMaxGridBlocks), 256, 0, s>>>(
+          static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx), p.y, p.w, p.x, g,
+          p.x.sc == 1 && p.x.c > 1);
+      return;
+    }
     BwdDataProb<T> pb;
     pb.dy = static_cast<const T*>(dy); pb.w = static_cast<const T*>(w); pb.dx = static_cast<T*>(dx);
     pb.dyt = p.y; pb.wt = p.w; pb.dxt = p.x; pb.g = Geo::make(p);
