@@ -160,6 +160,9 @@ CONV_CASES = [
     (1, 8, 6, 6, 8, 11, 11, (3, 3), (5, 5, 5, 5), (1, 1), 1),
     (2, 256, 7, 7, 130, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (1, 16, 8, 8, 16, 3, 3, (4, 4), (1, 1, 1, 1), (1, 1), 1),
+    # big enough for the 128x128 and 128x64 tensor-core tiles (ragged M and N edges)
+    (8, 64, 37, 41, 200, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (8, 48, 33, 35, 96, 3, 3, (1, 1), (1, 2, 2, 1), (1, 1), 1),
 ]
 
 
@@ -447,8 +450,8 @@ def smoke():
             ops.relu_bwd(x, ops.relu_fwd(x))
             ops.sort_bwd(x, x, ops.sort_fwd(x, x, 0, 0.01), 1, 0.01)
     # the big tensor-core tile configs
-    for K in (64, 128, 256):
-        x = torch.randn(4, 64, 20, 20, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    for K in (64, 128, 256):  # M = 12800: 64x64, 128x64 and 128x128 tiles respectively
+        x = torch.randn(8, 64, 40, 40, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         w = torch.randn(K, 64, 3, 3, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         ops.conv2d_fwd(x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)
     torch.cuda.synchronize()
