@@ -289,6 +289,38 @@ __global__ void __launch_bounds__(256) bwd_input_direct_kernel(const T* dy, cons
   }
 }
 
+// ---- grad_weight for C/groups == 1 (depthwise): one block per (k, r, s) tap and split of N*P*Q,
+// a block reduction into the same [split][K][R*S] partials the GEMM path writes (a 64x64 GEMM tile
+// would be 1 x R*S useful cells).
+template <typename T>
+__global__ void __launch_bounds__(256) depthwise_wgrad_kernel(const T* dy, const T* x, Acc<T>* ws, Tensor4 dyt,
+                                                              Tensor4 xt, Geo g, int64_t chunk) {
+  using A = Acc<T>;
+  __shared__ A red[256];
+  const int RS = g.R * g.S;
+  const int64_t k = blockIdx.x / RS;
+  const int rs = static_cast<int>(blockIdx.x - k * RS), r = rs / g.S, s = rs % g.S;
+  const int64_t PQ = static_cast<int64_t>(g.P) * g.Q, rows = dyt.n * PQ;
+  const int64_t b = blockIdx.y * chunk, e = min(rows, b + chunk);
+  const T* dyb = dy + k * dyt.sc;
+  const T* xb = x + (k / g.Kg) * xt.sc;
+  A acc = 0;
+  for (int64_t i = b + threadIdx.x; i < e; i += 256) {
+    const int64_t n = i / PQ;
+    const int pq = static_cast<int>(i - n * PQ), p = pq / g.Q, q = pq % g.Q;
+    const int h = p * g.sh - g.ph + r * g.dh, w = q * g.sw - g.pw + s * g.dw;
+    if (inside(h, g.H) && inside(w, g.W))
+      acc += to_acc(ld(dyb + n * dyt.sn + p * dyt.sh + q * dyt.sw)) * to_acc(ld(xb + n * xt.sn + h * xt.sh + w * xt.sw));
+  }
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = 128; w > 0; w >>= 1) {
+    if (threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) ws[(blockIdx.y * dyt.c + k) * RS + rs] = red[0];
+}
+
 // ---- grad_weight: sum the split partials into dw (any strides), w index order j = (r, s, c).
 template <typename T>
 __global__ void __launch_bounds__(256) bwd_weight_reduce_kernel(const Acc<T>* ws, T* dw, Tensor4 wt, int splits,
@@ -361,8 +393,16 @@ int bias_splits(const Tensor4& t, int sm_count) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(s, 1024)));
 }
 
+int depthwise_wgrad_splits(const Conv2dParams& p, int sm_count) {
+  const int64_t taps = p.w.n * p.w.h * p.w.w, rows = p.y.n * p.y.h * p.y.w;
+  int64_t s = (4LL * sm_count + taps - 1) / taps;
+  s = std::min<int64_t>(s, (rows + 2047) / 2048);  // >= 8 rows per thread
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(s, 65535)));
+}
+
 int bwd_weight_splits(const Conv2dParams& p, int sm_count) {
   const Geo g = Geo::make(p);
+  if (g.Cg == 1) return depthwise_wgrad_splits(p, sm_count);
   const int64_t tiles = ((g.Kg + kTile - 1) / kTile) * ((static_cast<int64_t>(g.Cg) * g.R * g.S + kTile - 1) / kTile) * g.groups;
   const int64_t red = p.y.n * p.y.h * p.y.w;
   int64_t s = (2LL * sm_count + tiles - 1) / tiles;
@@ -460,6 +500,12 @@ void conv2d_bwd_weight(const Conv2dParams& p, DType dt, const void* dy, const vo
     const int64_t ngemm = static_cast<int64_t>(g.Cg) * g.R * g.S;
     if (tc) {
       conv2d_bwd_weight_tc(p, dt, dy, x, static_cast<float*>(workspace), splits, s);
+    } else if (g.Cg == 1) {
+      const int64_t rows = p.y.n * p.y.h * p.y.w;
+      const dim3 grid(static_cast<unsigned>(p.w.n * g.R * g.S), static_cast<unsigned>(splits));
+      depthwise_wgrad_kernel<T><<<grid, 256, 0, s>>>(static_cast<const T*>(dy), static_cast<const T*>(x),
+                                                     static_cast<A*>(workspace), p.y, p.x, g,
+                                                     (rows + splits - 1) / splits);
     } else {
       BwdWeightProb<T> pb;
       pb.dy = static_cast<const T*>(dy); pb.x = static_cast<const T*>(x); pb.ws = static_cast<A*>(workspace);
