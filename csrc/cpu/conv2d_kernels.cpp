@@ -68,16 +68,22 @@ void portable_tile(const TileArgs<T>& t) {
 }
 
 template <typename T>
+void portable_transpose(const T* src, int64_t rows, int64_t cols, int64_t lds, T* dst, int64_t ldd) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
+}
+
+template <typename T>
 MicroKernel<T> micro_kernel() {
-  return {16, 4, &portable_tile<T>};
+  return {16, 4, &portable_tile<T>, &portable_transpose<T>};
 }
 
 template <>
 MicroKernel<float> micro_kernel<float>() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {avx512::kKv, avx512::kMp, &avx512::conv_tile_f32};
-    case Isa::kAvx2: return {avx2::kKv, avx2::kMp, &avx2::conv_tile_f32};
-    default: return {16, 4, &portable_tile<float>};
+    case Isa::kAvx512: return {avx512::kKv, avx512::kMp, &avx512::conv_tile_f32, &avx512::transpose_f32};
+    case Isa::kAvx2: return {avx2::kKv, avx2::kMp, &avx2::conv_tile_f32, &avx2::transpose_f32};
+    default: return {16, 4, &portable_tile<float>, &portable_transpose<float>};
   }
 }
 
@@ -194,41 +200,54 @@ StoreFn<T> store_fn(const Epilogue<T>& ep) {
 }
 
 // ------------------------------------------------------------------------------------------ forward
-// Packed weights: [g][kb][r][s][c][kv] with wf(g, kk, c, r, s) giving the weight of group g, output
-// channel kk within the group, input channel c within the group; zero beyond Kg.
+// Input channels are split into blocks whose [r][s][c-block][kv] weight sub-panel fits in L1 beside
+// the row being computed; the micro-kernel then accumulates block after block into the row buffer.
+inline int64_t channel_block(int64_t Cg, int64_t R, int64_t S, int kv, int64_t elem) {
+  const int64_t budget = 160 << 10;
+  const int64_t blocks = ceil_div(R * S * Cg * kv * elem, budget);
+  return ceil_div(Cg, blocks);
+}
+
+// Packed weights: [g][kb][c-block][r][s][c][kv] with wf(g, kk, c, r, s) giving the weight of group g,
+// output channel kk within the group, input channel c within the group; zero beyond Kg.
 template <typename T, typename F>
-void pack_weights(T* out, int64_t G, int64_t Kg, int64_t Cg, int64_t R, int64_t S, int kv, F wf) {
+void pack_weights(T* out, int64_t G, int64_t Kg, int64_t Cg, int64_t R, int64_t S, int kv, int64_t cblk, F wf) {
   const int64_t KB = ceil_div(Kg, kv);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t g = 0; g < G; ++g)
     for (int64_t kb = 0; kb < KB; ++kb) {
       T* o = out + (g * KB + kb) * R * S * Cg * kv;
-      for (int64_t r = 0; r < R; ++r)
-        for (int64_t s = 0; s < S; ++s)
-          for (int64_t c = 0; c < Cg; ++c, o += kv)
-            for (int v = 0; v < kv; ++v) {
-              const int64_t kk = kb * kv + v;
-              o[v] = kk < Kg ? wf(g, kk, c, r, s) : T(0);
-            }
+      for (int64_t c0 = 0; c0 < Cg; c0 += cblk)
+        for (int64_t r = 0; r < R; ++r)
+          for (int64_t s = 0; s < S; ++s)
+            for (int64_t c = c0; c < std::min(Cg, c0 + cblk); ++c, o += kv)
+              for (int v = 0; v < kv; ++v) {
+                const int64_t kk = kb * kv + v;
+                o[v] = kk < Kg ? wf(g, kk, c, r, s) : T(0);
+              }
     }
 }
 
-// The forward convolution given packed weights; shared by conv2d_fwd and stride-1 bwd_input.
-template <typename T>
-void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const Epilogue<T>& ep,
-                 const MicroKernel<T>& mk) {
+// The forward convolution with weights given by wf (see pack_weights); shared by conv2d_fwd and the
+// stride-1 bwd_input.
+template <typename T, typename F>
+void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>& ep, const MicroKernel<T>& mk) {
   const Tensor4 &X = p.x, &Y = p.y;
   const int64_t N = X.n, C = X.c, G = p.groups, Cg = C / G, K = Y.c, Kg = K / G;
   const int64_t R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
   const int kv = mk.kv, mp = mk.mp;
   const int64_t KB = ceil_div(Kg, kv);
+  const int64_t cblk = channel_block(Cg, R, S, kv, sizeof(T)), ncb = ceil_div(Cg, cblk);
+  Buffer<T> wstore(G * KB * R * S * Cg * kv);
+  const T* wpack = wstore.get();
+  pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore(N * pd.sn());
   const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
   // With one group and no horizontal dilation the S taps of a kernel row are S*C consecutive
   // values of the padded copy (matching the packed [r][s][c] order): one long reduction per row.
-  const bool merge_s = p.dil_w == 1 && G == 1;
-  const int64_t nseg = merge_s ? R : R * S, seg_len = merge_s ? S * Cg : Cg;
+  const bool merge_s = p.dil_w == 1 && G == 1 && ncb == 1;
+  const int64_t nseg = merge_s ? R : R * S;
   std::vector<int64_t> seg(nseg);
   for (int64_t i = 0; i < nseg; ++i)
     seg[i] = merge_s ? i * p.dil_h * pd.sh() : ((i / S) * p.dil_h * pd.wp + (i % S) * p.dil_w) * C;
@@ -243,9 +262,12 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
   // Dynamic chunks of about one output row each: the cores are shared, and a static split makes the
   // whole call wait for whichever thread the OS parked.
   const int64_t chunk = weights_outer ? std::max<int64_t>(1, rows / 16) : cols;
+  // Tiles of one output row land in a [Q][kv] row buffer; the epilogue then runs on the L1-hot row,
+  // transposed first when the output is NCHW so every channel is stored as one contiguous run.
+  const bool nchw_out = Y.sc != 1;
 #pragma omp parallel
   {
-    Buffer<T> tile(static_cast<int64_t>(mp) * kv);
+    Buffer<T> rowbuf(Q * kv), rowt(nchw_out ? Q * kv : 0);
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t task = 0; task < rows * cols; ++task) {
       const int64_t row = weights_outer ? task % rows : task / cols;
@@ -254,17 +276,26 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
       const int64_t k0 = g * Kg + kb * kv;
       const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
       const T* arow = xp + n * pd.sn() + pr * p.stride_h * pd.sh() + g * Cg;
-      for (int64_t t = 0; t < tiles.count; ++t) {
-        const int64_t q0 = tiles.start(t);
-        const int np = tiles.np(t);
-        TileArgs<T> ta{arow + q0 * p.stride_w * C, p.stride_w * C, 1, seg.data(), nseg, seg_len,
-                       wpack + col * panel, tile.get(), np, false};
-        mk.fn(ta);
-        if (tab.affine)
-          for (int i = 0; i < np; ++i)
-            for (int v = 0; v < kvalid; ++v)
-              tile.get()[i * kv + v] = tile.get()[i * kv + v] * tab.alpha[k0 + v] + tab.beta[k0 + v];
-        store(tile.get(), kv, np, kvalid, y, n * Y.sn + k0 * Y.sc + pr * Y.sh + q0 * Y.sw, Y.sw, Y.sc, ep);
+      T* rb = rowbuf.get();
+      for (int64_t c0 = 0; c0 < Cg; c0 += cblk) {
+        const int64_t clen = std::min(cblk, Cg - c0);
+        for (int64_t t = 0; t < tiles.count; ++t) {
+          const int64_t q0 = tiles.start(t);
+          TileArgs<T> ta{arow + q0 * p.stride_w * C + c0, p.stride_w * C, 1, seg.data(), nseg,
+                         merge_s ? S * Cg : clen, wpack + col * panel + R * S * c0 * kv, rb + q0 * kv,
+                         tiles.np(t), c0 > 0};
+          mk.fn(ta);
+        }
+      }
+      if (tab.affine)
+        for (int64_t q = 0; q < Q; ++q)
+          for (int v = 0; v < kvalid; ++v) rb[q * kv + v] = rb[q * kv + v] * tab.alpha[k0 + v] + tab.beta[k0 + v];
+      const int64_t y0 = n * Y.sn + k0 * Y.sc + pr * Y.sh;
+      if (nchw_out) {
+        mk.transpose(rb, Q, kvalid, kv, rowt.get(), Q);
+        store(rowt.get(), static_cast<int>(Q), kvalid, static_cast<int>(Q), y, y0, Y.sc, Y.sw, ep);
+      } else {
+        store(rb, kv, static_cast<int>(Q), kvalid, y, y0, Y.sw, Y.sc, ep);
       }
     }
   }
@@ -275,14 +306,11 @@ void conv_packed(const Conv2dParams& p, const T* x, const T* wpack, T* y, const 
 template <typename T>
 void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
   if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0) return;
-  const MicroKernel<T> mk = micro_kernel<T>();
   const Tensor4& W = p.w;
-  const int64_t G = p.groups, Kg = W.n / G, Cg = W.c;
-  Buffer<T> wpack(G * ceil_div(Kg, mk.kv) * W.h * W.w * Cg * mk.kv);
-  pack_weights(wpack.get(), G, Kg, Cg, W.h, W.w, mk.kv, [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
+  const int64_t Kg = W.n / p.groups;
+  conv_with(p, x, [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
     return w[(g * Kg + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
-  });
-  conv_packed(p, x, wpack.get(), y, ep, mk);
+  }, y, ep, micro_kernel<T>());
 }
 
 template <typename T>
@@ -300,11 +328,9 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     q.w = Tensor4{C, Kg, R, S, 0, 0, 0, 0};
     q.pad_h0 = p.dil_h * (R - 1) - p.pad_h0;
     q.pad_w0 = p.dil_w * (S - 1) - p.pad_w0;
-    Buffer<T> wpack(G * ceil_div(Cg, kv) * R * S * Kg * kv);
-    pack_weights(wpack.get(), G, Cg, Kg, R, S, kv, [&](int64_t g, int64_t c, int64_t kk, int64_t r, int64_t s) {
+    conv_with(q, dy, [&](int64_t g, int64_t c, int64_t kk, int64_t r, int64_t s) {
       return w[(g * Kg + kk) * W.sn + c * W.sc + (R - 1 - r) * W.sh + (S - 1 - s) * W.sw];
-    });
-    conv_packed(q, dy, wpack.get(), dx, Epilogue<T>{}, mk);
+    }, dx, Epilogue<T>{}, mk);
     return;
   }
   // Strided: per output row, cols[q][(r, s, c)] = sum_k dy[q][k] * w[k][c][r][s], scatter-added into a

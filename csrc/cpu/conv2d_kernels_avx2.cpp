@@ -62,6 +62,38 @@ struct Table {
 void conv_tile_f32(const TileArgs<float>& t) { Table<0, 1, 2, 3, 4, 5>::fns[t.np - 1](t); }
 static_assert(kMp == 6, "the table above lists kMp entries");
 
+// 8x8 blocks through registers (unpack, shuffle, lane permute); edges element by element.
+void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd) {
+  int64_t i = 0;
+  for (; i + 8 <= rows; i += 8) {
+    int64_t j = 0;
+    for (; j + 8 <= cols; j += 8) {
+      const float* s = src + i * lds + j;
+      __m256 r[8], t[8], u[8];
+      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(s + k * lds);
+      for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]);
+      }
+      for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE);
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+      }
+      float* d = dst + j * ldd + i;
+      for (int k = 0; k < 4; ++k) {
+        _mm256_storeu_ps(d + k * ldd, _mm256_permute2f128_ps(u[k], u[k + 4], 0x20));
+        _mm256_storeu_ps(d + (k + 4) * ldd, _mm256_permute2f128_ps(u[k], u[k + 4], 0x31));
+      }
+    }
+    for (; j < cols; ++j)
+      for (int64_t k = i; k < i + 8; ++k) dst[j * ldd + k] = src[k * lds + j];
+  }
+  for (; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
+}
+
 }  // namespace avx2
 }  // namespace fastconv
 

@@ -64,67 +64,108 @@ inline int64_t channel_block(const Pool2dParams& p) {
 
 // ---------------------------------------------------------------- max pooling
 // Scan order and update rule of torch: row-major window, take v if v > max or v is NaN (so the
-// first maximum wins, and the last NaN if any).
+// first maximum wins, and the last NaN if any). One window over channels [0, cn) of a block; CN > 0
+// fixes the width at compile time so the running max and positions stay in registers.
+template <typename T, typename S, int CN, int CB>
+inline void max_window_cl(const Pool2dParams& p, const Windows& win, const Range& rh, const Range& rw,
+                          const T* __restrict xb, int64_t cn_run, T* __restrict yp, int64_t* __restrict ip) {
+  const int64_t cn = CN ? CN : cn_run;
+  T m[CB];
+  S s[CB];
+  const S first = static_cast<S>(rh.lo * p.x.w + rw.lo);
+  for (int64_t c = 0; c < cn; ++c) m[c] = -std::numeric_limits<T>::infinity(), s[c] = first;
+  for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh) {
+    for (int64_t iw = rw.lo; iw < rw.hi; iw += win.dw) {
+      const T* __restrict xp = xb + ih * p.x.sh + iw * p.x.sw;
+      const S at = static_cast<S>(ih * p.x.w + iw);
+      for (int64_t c = 0; c < cn; ++c) {
+        T v = xp[c];
+        bool take = (v > m[c]) | (v != v);
+        m[c] = take ? v : m[c];
+        s[c] = take ? at : s[c];
+      }
+    }
+  }
+  for (int64_t c = 0; c < cn; ++c) yp[c] = m[c], ip[c] = s[c];
+}
+
 template <typename T, typename S>
 void max_fwd_cl(const Pool2dParams& p, const Windows& win, const T* __restrict x, T* __restrict y,
                 int64_t* __restrict idx) {
-  const int64_t C = p.x.c, W = p.x.w, P = p.y.h, Q = p.y.w;
-  constexpr int64_t CB = 256;
+  const int64_t C = p.x.c, P = p.y.h, Q = p.y.w;
+  constexpr int CB = 128 / sizeof(T);  // four vectors of max + four of positions (AVX2)
   parallel_ranges(p.x.n * P, p.x.n * P * Q * C * p.kh * p.kw, [&](int64_t r0, int64_t r1) {
-    T m[CB];
-    S s[CB];
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / P, oh = r % P;
-      const Range& rh = win.h[oh];
       for (int64_t ow = 0; ow < Q; ++ow) {
-        const Range& rw = win.w[ow];
         const int64_t yo = n * p.y.sn + oh * p.y.sh + ow * p.y.sw;
-        for (int64_t c0 = 0; c0 < C; c0 += CB) {
-          const int64_t cn = std::min(CB, C - c0);
-          const S first = static_cast<S>(rh.lo * W + rw.lo);
-          for (int64_t c = 0; c < cn; ++c) m[c] = -std::numeric_limits<T>::infinity(), s[c] = first;
-          for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh) {
-            for (int64_t iw = rw.lo; iw < rw.hi; iw += win.dw) {
-              const T* __restrict xp = x + n * p.x.sn + ih * p.x.sh + iw * p.x.sw + c0;
-              const S at = static_cast<S>(ih * W + iw);
-              for (int64_t c = 0; c < cn; ++c) {
-                T v = xp[c];
-                bool take = (v > m[c]) | (v != v);
-                m[c] = take ? v : m[c];
-                s[c] = take ? at : s[c];
-              }
-            }
-          }
-          for (int64_t c = 0; c < cn; ++c) y[yo + c0 + c] = m[c], idx[yo + c0 + c] = s[c];
-        }
+        const T* xb = x + n * p.x.sn;
+        int64_t c0 = 0;
+        for (; c0 + CB <= C; c0 += CB)
+          max_window_cl<T, S, CB, CB>(p, win, win.h[oh], win.w[ow], xb + c0, CB, y + yo + c0, idx + yo + c0);
+        if (c0 < C)
+          max_window_cl<T, S, 0, CB>(p, win, win.h[oh], win.w[ow], xb + c0, C - c0, y + yo + c0, idx + yo + c0);
       }
     }
   });
 }
 
-template <typename T>
+// One plane row of outputs. Outputs [q0, q1) have their whole window inside the row, so their loop
+// over ow runs without clipping and vectorizes (SW: the stride as a constant, 0 = run time); the
+// window is still visited in row-major order per output, so ties and NaN resolve as in torch.
+template <typename T, typename S, int SW>
+void max_row_nchw(const Pool2dParams& p, const Windows& win, const T* __restrict xp, const Range& rh,
+                  T* __restrict yp, int64_t* __restrict ip, T* __restrict m, S* __restrict s) {
+  const int64_t W = p.x.w, Q = p.y.w, sw = SW ? SW : p.stride_w, pw = p.pad_w, dw = p.dil_w, kw = p.kw;
+  const int64_t q0 = std::min(Q, (pw + sw - 1) / sw);
+  const int64_t last = W - 1 - (kw - 1) * dw + pw;  // interior: ow * sw <= last
+  const int64_t q1 = last < 0 ? q0 : std::max(q0, std::min(Q, last / sw + 1));
+  auto scalar = [&](int64_t ow) {
+    const Range& rw = win.w[ow];
+    T best = -std::numeric_limits<T>::infinity();
+    int64_t at = rh.lo * W + rw.lo;
+    for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh)
+      for (int64_t iw = rw.lo; iw < rw.hi; iw += win.dw) {
+        T v = xp[ih * p.x.sh + iw];
+        if ((v > best) | (v != v)) best = v, at = ih * W + iw;
+      }
+    yp[ow] = best, ip[ow] = at;
+  };
+  for (int64_t ow = 0; ow < q0; ++ow) scalar(ow);
+  for (int64_t ow = q1; ow < Q; ++ow) scalar(ow);
+  if (q0 >= q1) return;
+  for (int64_t ow = q0; ow < q1; ++ow)
+    m[ow] = -std::numeric_limits<T>::infinity(), s[ow] = static_cast<S>(rh.lo * W + ow * sw - pw);
+  for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh) {
+    for (int64_t j = 0; j < kw; ++j) {
+      const int64_t off = j * dw - pw;
+      const T* __restrict row = xp + ih * p.x.sh;
+      const S base = static_cast<S>(ih * W + off);
+      for (int64_t ow = q0; ow < q1; ++ow) {
+        T v = row[off + ow * sw];
+        S at = base + static_cast<S>(ow * sw);
+        bool take = (v > m[ow]) | (v != v);
+        m[ow] = take ? v : m[ow];
+        s[ow] = take ? at : s[ow];
+      }
+    }
+  }
+  for (int64_t ow = q0; ow < q1; ++ow) yp[ow] = m[ow], ip[ow] = s[ow];
+}
+
+// NCHW: both tensors have unit stride along W (NCHW-contiguous, or C == 1).
+template <typename T, typename S>
 void max_fwd_nchw(const Pool2dParams& p, const Windows& win, const T* __restrict x, T* __restrict y,
                   int64_t* __restrict idx) {
-  const int64_t C = p.x.c, W = p.x.w, P = p.y.h, Q = p.y.w;
+  const int64_t C = p.x.c, P = p.y.h, Q = p.y.w;
+  auto row = p.stride_w == 1 ? max_row_nchw<T, S, 1> : p.stride_w == 2 ? max_row_nchw<T, S, 2> : max_row_nchw<T, S, 0>;
   parallel_ranges(p.x.n * C * P, p.x.n * C * P * Q * p.kh * p.kw, [&](int64_t r0, int64_t r1) {
+    std::vector<T> m(static_cast<size_t>(Q));
+    std::vector<S> s(static_cast<size_t>(Q));
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / (C * P), c = r / P % C, oh = r % P;
-      const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
       const int64_t yo = n * p.y.sn + c * p.y.sc + oh * p.y.sh;
-      const Range& rh = win.h[oh];
-      for (int64_t ow = 0; ow < Q; ++ow) {
-        const Range& rw = win.w[ow];
-        T m = -std::numeric_limits<T>::infinity();
-        int64_t s = rh.lo * W + rw.lo;
-        for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh) {
-          for (int64_t iw = rw.lo; iw < rw.hi; iw += win.dw) {
-            T v = xp[ih * p.x.sh + iw * p.x.sw];
-            if ((v > m) | (v != v)) m = v, s = ih * W + iw;
-          }
-        }
-        y[yo + ow * p.y.sw] = m;
-        idx[yo + ow * p.y.sw] = s;
-      }
+      row(p, win, x + n * p.x.sn + c * p.x.sc, win.h[oh], y + yo, idx + yo, m.data(), s.data());
     }
   });
 }
@@ -133,10 +174,13 @@ template <typename T>
 void max_pool2d_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
   if (p.y.n * p.y.c * p.y.h * p.y.w == 0) return;
   Windows win(Kind::kMax, p);
-  if (!channels_last(p)) return max_fwd_nchw(p, win, x, y, idx);
   // 32-bit window positions vectorize with float; planes past 2^31 elements take 64-bit ones.
-  if (sizeof(T) == 4 && p.x.h * p.x.w <= std::numeric_limits<int32_t>::max())
-    return max_fwd_cl<T, int32_t>(p, win, x, y, idx);
+  const bool narrow = sizeof(T) == 4 && p.x.h * p.x.w <= std::numeric_limits<int32_t>::max();
+  if (!channels_last(p)) {
+    if (narrow) return max_fwd_nchw<T, int32_t>(p, win, x, y, idx);
+    return max_fwd_nchw<T, int64_t>(p, win, x, y, idx);
+  }
+  if (narrow) return max_fwd_cl<T, int32_t>(p, win, x, y, idx);
   return max_fwd_cl<T, int64_t>(p, win, x, y, idx);
 }
 
@@ -144,7 +188,7 @@ template <typename T>
 void max_pool2d_bwd(const Pool2dParams& p, const T* gy, const int64_t* idx, T* gx) {
   const int64_t N = p.x.n, C = p.x.c, H = p.x.h, W = p.x.w, P = p.y.h, Q = p.y.w, HW = H * W;
   if (N * C * H * W == 0) return;
-  // Both layouts have sh == W * sw, so a flat plane index i sits at i * sw.
+  // Both layouts have sh == W * sw, so a flat plane index i sits at i * sw (sw = 1 for NCHW).
   const int64_t sw = p.x.sw;
   if (!channels_last(p)) {
     parallel_ranges(N * C, N * C * (HW + P * Q), [&](int64_t t0, int64_t t1) {
@@ -152,13 +196,13 @@ void max_pool2d_bwd(const Pool2dParams& p, const T* gy, const int64_t* idx, T* g
         const int64_t n = t / C, c = t % C;
         T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
         for (int64_t ih = 0; ih < H; ++ih)
-          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw * sw] = T(0);
+          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] = T(0);
         const int64_t* ip = idx + n * p.y.sn + c * p.y.sc;
         const T* gp = gy + n * p.y.sn + c * p.y.sc;
         for (int64_t oh = 0; oh < P; ++oh) {
           for (int64_t ow = 0; ow < Q; ++ow) {
-            const int64_t o = oh * p.y.sh + ow * p.y.sw, i = ip[o];
-            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) g[i * sw] += gp[o];
+            const int64_t o = oh * p.y.sh + ow, i = ip[o];
+            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) g[i] += gp[o];
           }
         }
       }
@@ -187,24 +231,53 @@ void max_pool2d_bwd(const Pool2dParams& p, const T* gy, const int64_t* idx, T* g
 }
 
 // ---------------------------------------------------------------- average pooling (plain and adaptive)
+// One output per NCHW plane whose window is the whole plane (global pooling): a plain contiguous
+// reduction / broadcast, far cheaper than the row machinery on small planes like 7x7.
+inline bool global_nchw(const Pool2dParams& p, const Windows& win) {
+  return !channels_last(p) && p.y.h == 1 && p.y.w == 1 && win.h[0].lo == 0 && win.h[0].hi == p.x.h &&
+         win.w[0].lo == 0 && win.w[0].hi == p.x.w && p.x.sh == p.x.w;
+}
+
 template <typename T>
 void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restrict y) {
   const int64_t N = p.x.n, C = p.x.c, P = p.y.h, Q = p.y.w;
   if (N * C * P * Q == 0) return;
   const Windows win(kind, p);
   const int64_t work = N * C * P * Q * std::max<int64_t>(1, (p.x.h / P + 1) * (p.x.w / Q + 1));
+  if (global_nchw(p, win)) {
+    const int64_t HW = p.x.h * p.x.w;
+    const T div = T(divisor(p, win.h[0], win.w[0]));
+    parallel_ranges(N * C, N * C * HW, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0, n = t0 / C, c = t0 % C; t < t1; ++t, c = c + 1 == C ? (++n, 0) : c + 1) {
+        const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < HW; ++i) sum += xp[i];
+        y[n * p.y.sn + c * p.y.sc] = sum / div;
+      }
+    });
+    return;
+  }
   if (!channels_last(p)) {
+    // Per output row: sum the window's input rows into a row buffer (vectorized along W), then
+    // each output adds its columns of that buffer.
     parallel_ranges(N * C * P, work, [&](int64_t r0, int64_t r1) {
+      std::vector<T> buf(static_cast<size_t>(p.x.w));
+      T* __restrict b = buf.data();
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / (C * P), c = r / P % C, oh = r % P;
         const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
         const Range& rh = win.h[oh];
+        for (int64_t iw = 0; iw < p.x.w; ++iw) b[iw] = 0;
+        for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
+          for (int64_t iw = 0; iw < p.x.w; ++iw) b[iw] += xp[ih * p.x.sh + iw];
+        T* __restrict yp = y + n * p.y.sn + c * p.y.sc + oh * p.y.sh;
         for (int64_t ow = 0; ow < Q; ++ow) {
           const Range& rw = win.w[ow];
           T sum = 0;
-          for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
-            for (int64_t iw = rw.lo; iw < rw.hi; ++iw) sum += xp[ih * p.x.sh + iw * p.x.sw];
-          y[n * p.y.sn + c * p.y.sc + oh * p.y.sh + ow * p.y.sw] = sum / T(divisor(p, rh, rw));
+#pragma omp simd reduction(+ : sum)
+          for (int64_t iw = rw.lo; iw < rw.hi; ++iw) sum += b[iw];
+          yp[ow] = sum / T(divisor(p, rh, rw));
         }
       }
     });
@@ -243,20 +316,31 @@ void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __rest
   if (N * C * H * W == 0) return;
   const Windows win(kind, p);
   const int64_t work = N * C * (H * W + P * Q * std::max<int64_t>(1, (H / P + 1) * (W / Q + 1)));
+  if (global_nchw(p, win)) {
+    const T div = T(divisor(p, win.h[0], win.w[0]));
+    parallel_ranges(N * C, N * C * H * W, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0, n = t0 / C, c = t0 % C; t < t1; ++t, c = c + 1 == C ? (++n, 0) : c + 1) {
+        const T v = gy[n * p.y.sn + c * p.y.sc] / div;
+        T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
+        for (int64_t i = 0; i < H * W; ++i) g[i] = v;
+      }
+    });
+    return;
+  }
   if (!channels_last(p)) {
     parallel_ranges(N * C, work, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n = t / C, c = t % C;
         T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
         for (int64_t ih = 0; ih < H; ++ih)
-          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw * p.x.sw] = T(0);
+          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] = T(0);
         for (int64_t oh = 0; oh < P; ++oh) {
           const Range& rh = win.h[oh];
           for (int64_t ow = 0; ow < Q; ++ow) {
             const Range& rw = win.w[ow];
-            const T v = gy[n * p.y.sn + c * p.y.sc + oh * p.y.sh + ow * p.y.sw] / T(divisor(p, rh, rw));
+            const T v = gy[n * p.y.sn + c * p.y.sc + oh * p.y.sh + ow] / T(divisor(p, rh, rw));
             for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
-              for (int64_t iw = rw.lo; iw < rw.hi; ++iw) g[ih * p.x.sh + iw * p.x.sw] += v;
+              for (int64_t iw = rw.lo; iw < rw.hi; ++iw) g[ih * p.x.sh + iw] += v;
           }
         }
       }

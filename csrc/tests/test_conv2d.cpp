@@ -140,6 +140,9 @@ int main() {
       {1, 4, 9, 14, 6, 3, 5, 1, 1, 0, 1, 2, 2, 2, 3, 2},        // dilation 2x3, even kernel
       {3, 1, 5, 5, 1, 5, 5, 1, 1, 0, 0, 0, 0, 1, 1, 1},         // single channel, output 1x1
       {1, 20, 6, 17, 40, 3, 3, 1, 1, 4, 2, 0, 5, 1, 1, 4},      // padding larger than the kernel
+      {1, 300, 4, 5, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},     // input channels split into blocks
+      {1, 2600, 2, 3, 5, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1},     // 1x1 with channel blocks
+      {1, 600, 4, 4, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},      // blocks within groups
       {0, 4, 6, 6, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},         // N = 0
   };
   const Isa isas[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvx512};

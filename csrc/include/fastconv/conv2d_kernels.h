@@ -44,15 +44,19 @@ struct MicroKernel {
   int kv;  // columns (output channels) per tile
   int mp;  // max rows (output pixels) per tile
   void (*fn)(const TileArgs<T>&);
+  // dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols (NCHW stores of finished tiles).
+  void (*transpose)(const T* src, int64_t rows, int64_t cols, int64_t lds, T* dst, int64_t ldd);
 };
 
 namespace avx2 {
 constexpr int kKv = 16, kMp = 6;
 void conv_tile_f32(const TileArgs<float>& t);
+void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
 }  // namespace avx2
 namespace avx512 {
 constexpr int kKv = 32, kMp = 12;
 void conv_tile_f32(const TileArgs<float>& t);
+void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
 }  // namespace avx512
 
 }  // namespace fastconv

@@ -4,7 +4,8 @@
 // p.x describes the input (for backward: grad_input), p.y the output (for backward: grad_output);
 // P, Q = p.y.h, p.y.w are the output sizes the caller computed (ceil_mode is folded into them).
 // Both tensors are NCHW-contiguous or both channels_last-contiguous: channels_last (p.x.sc == 1 and
-// p.y.sc == 1) is vectorized over C; NCHW works plane by plane. float and double (the torch layer
+// p.y.sc == 1) is vectorized over C; NCHW (unit stride along W, C == 1 channels_last included)
+// works plane row by plane row. float and double (the torch layer
 // runs bfloat16/float16 in float32).
 #pragma once
 #include <cstdint>
