@@ -184,48 +184,53 @@ void max_pool2d_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
   return max_fwd_cl<T, int64_t>(p, win, x, y, idx);
 }
 
+// Scatter of one task (an NCHW plane: cn = 1, or a channels_last channel block) into g, whose rows
+// are zeroed lazily: a row is cleared just before the first index that reaches it, so clearing and
+// accumulating hit the same cache-resident rows instead of two passes over the whole gradient.
+// Indices come in roughly increasing row order from the forward, but any order stays correct.
+template <typename T>
+void max_bwd_block(const Pool2dParams& p, const T* __restrict gy, const int64_t* __restrict idx, T* __restrict g,
+                   int64_t cn, int64_t ysw, int64_t xsw) {
+  const int64_t H = p.x.h, W = p.x.w, HW = H * W;
+  int64_t zeroed = 0;  // rows [0, zeroed) are cleared
+  auto zero_to = [&](int64_t rows) {
+    for (; zeroed < rows; ++zeroed)
+      for (int64_t iw = 0; iw < W; ++iw)
+        for (int64_t c = 0; c < cn; ++c) g[zeroed * p.x.sh + iw * xsw + c] = T(0);
+  };
+  for (int64_t oh = 0; oh < p.y.h; ++oh) {
+    for (int64_t ow = 0; ow < p.y.w; ++ow) {
+      const int64_t o = oh * p.y.sh + ow * ysw;
+      for (int64_t c = 0; c < cn; ++c) {
+        const int64_t i = idx[o + c];
+        if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(HW)) continue;  // see the header
+        if (i >= zeroed * W) zero_to(i / W + 1);
+        g[i * xsw + c] += gy[o + c];
+      }
+    }
+  }
+  zero_to(H);
+}
+
 template <typename T>
 void max_pool2d_bwd(const Pool2dParams& p, const T* gy, const int64_t* idx, T* gx) {
-  const int64_t N = p.x.n, C = p.x.c, H = p.x.h, W = p.x.w, P = p.y.h, Q = p.y.w, HW = H * W;
+  const int64_t N = p.x.n, C = p.x.c, H = p.x.h, W = p.x.w, P = p.y.h, Q = p.y.w;
   if (N * C * H * W == 0) return;
-  // Both layouts have sh == W * sw, so a flat plane index i sits at i * sw (sw = 1 for NCHW).
-  const int64_t sw = p.x.sw;
+  const int64_t work = N * C * (H * W + P * Q);
   if (!channels_last(p)) {
-    parallel_ranges(N * C, N * C * (HW + P * Q), [&](int64_t t0, int64_t t1) {
+    parallel_ranges(N * C, work, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t / C, c = t % C;
-        T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
-        for (int64_t ih = 0; ih < H; ++ih)
-          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] = T(0);
-        const int64_t* ip = idx + n * p.y.sn + c * p.y.sc;
-        const T* gp = gy + n * p.y.sn + c * p.y.sc;
-        for (int64_t oh = 0; oh < P; ++oh) {
-          for (int64_t ow = 0; ow < Q; ++ow) {
-            const int64_t o = oh * p.y.sh + ow, i = ip[o];
-            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) g[i] += gp[o];
-          }
-        }
+        const int64_t n = t / C, c = t % C, yo = n * p.y.sn + c * p.y.sc;
+        max_bwd_block(p, gy + yo, idx + yo, gx + n * p.x.sn + c * p.x.sc, 1, 1, 1);
       }
     });
     return;
   }
   const int64_t CB = channel_block(p), nb = (C + CB - 1) / CB;
-  parallel_ranges(N * nb, N * C * (HW + P * Q), [&](int64_t t0, int64_t t1) {
+  parallel_ranges(N * nb, work, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / nb, c0 = t % nb * CB, cn = std::min(CB, C - c0);
-      T* __restrict g = gx + n * p.x.sn + c0;
-      for (int64_t ih = 0; ih < H; ++ih)
-        for (int64_t iw = 0; iw < W; ++iw)
-          for (int64_t c = 0; c < cn; ++c) g[ih * p.x.sh + iw * sw + c] = T(0);
-      for (int64_t oh = 0; oh < P; ++oh) {
-        for (int64_t ow = 0; ow < Q; ++ow) {
-          const int64_t o = n * p.y.sn + oh * p.y.sh + ow * p.y.sw + c0;
-          for (int64_t c = 0; c < cn; ++c) {
-            const int64_t i = idx[o + c];
-            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) g[i * sw + c] += gy[o + c];
-          }
-        }
-      }
+      const int64_t n = t / nb, c0 = t % nb * CB, yo = n * p.y.sn + c0;
+      max_bwd_block(p, gy + yo, idx + yo, gx + n * p.x.sn + c0, std::min(CB, C - c0), p.y.sw, p.x.sw);
     }
   });
 }
