@@ -243,6 +243,15 @@ inline bool global_nchw(const Pool2dParams& p, const Windows& win) {
          win.w[0].lo == 0 && win.w[0].hi == p.x.w && p.x.sh == p.x.w;
 }
 
+// out[ow] = sum over j < kw of bp[ow * sw + j] (SW: the stride as a constant, 0 = run time).
+template <typename T, int SW>
+void hsum_row(const T* __restrict bp, T* __restrict out, int64_t Q, int64_t kw, int64_t sw_run) {
+  const int64_t sw = SW ? SW : sw_run;
+  for (int64_t ow = 0; ow < Q; ++ow) out[ow] = bp[ow * sw];
+  for (int64_t j = 1; j < kw; ++j)
+    for (int64_t ow = 0; ow < Q; ++ow) out[ow] += bp[ow * sw + j];
+}
+
 template <typename T>
 void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restrict y) {
   const int64_t N = p.x.n, C = p.x.c, P = p.y.h, Q = p.y.w;
@@ -265,10 +274,16 @@ void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restr
   }
   if (!channels_last(p)) {
     // Per output row: sum the window's input rows into a row buffer (vectorized along W), then
-    // each output adds its columns of that buffer.
+    // the window sums along the buffer. For plain average pooling the buffer carries pad_w zeros
+    // on the left and enough on the right for ceil_mode, so every window is a full kw wide and
+    // the sums vectorize across outputs; adaptive bins are summed one by one.
+    const bool plain = kind == Kind::kAvg;
+    const int64_t pw = plain ? p.pad_w : 0;
+    const int64_t len = plain ? std::max(pw + p.x.w, (Q - 1) * p.stride_w + p.kw) : p.x.w;
+    auto hsum = p.stride_w == 1 ? hsum_row<T, 1> : p.stride_w == 2 ? hsum_row<T, 2> : hsum_row<T, 0>;
     parallel_ranges(N * C * P, work, [&](int64_t r0, int64_t r1) {
-      std::vector<T> buf(static_cast<size_t>(p.x.w));
-      T* __restrict b = buf.data();
+      std::vector<T> buf(static_cast<size_t>(len), T(0)), sums(static_cast<size_t>(Q));
+      T* __restrict b = buf.data() + pw;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / (C * P), c = r / P % C, oh = r % P;
         const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
@@ -277,10 +292,14 @@ void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restr
         for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
           for (int64_t iw = 0; iw < p.x.w; ++iw) b[iw] += xp[ih * p.x.sh + iw];
         T* __restrict yp = y + n * p.y.sn + c * p.y.sc + oh * p.y.sh;
+        if (plain) {
+          hsum(buf.data(), sums.data(), Q, p.kw, p.stride_w);
+          for (int64_t ow = 0; ow < Q; ++ow) yp[ow] = sums[ow] / T(divisor(p, rh, win.w[ow]));
+          continue;
+        }
         for (int64_t ow = 0; ow < Q; ++ow) {
           const Range& rw = win.w[ow];
           T sum = 0;
-#pragma omp simd reduction(+ : sum)
           for (int64_t iw = rw.lo; iw < rw.hi; ++iw) sum += b[iw];
           yp[ow] = sum / T(divisor(p, rh, rw));
         }
@@ -333,21 +352,33 @@ void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __rest
     return;
   }
   if (!channels_last(p)) {
+    // Per output row: scatter its scaled gradients along W into one row buffer, then add that
+    // buffer (vectorized) to every input row of the row's window.
     parallel_ranges(N * C, work, [&](int64_t t0, int64_t t1) {
+      std::vector<T> buf(static_cast<size_t>(W));
+      T* __restrict b = buf.data();
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n = t / C, c = t % C;
         T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
-        for (int64_t ih = 0; ih < H; ++ih)
-          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] = T(0);
+        int64_t zeroed = 0;  // rows cleared just before first use (windows move down with oh)
+        auto zero_to = [&](int64_t rows) {
+          for (; zeroed < rows; ++zeroed)
+            for (int64_t iw = 0; iw < W; ++iw) g[zeroed * p.x.sh + iw] = T(0);
+        };
         for (int64_t oh = 0; oh < P; ++oh) {
           const Range& rh = win.h[oh];
+          zero_to(rh.hi);
+          const T* __restrict gp = gy + n * p.y.sn + c * p.y.sc + oh * p.y.sh;
+          for (int64_t iw = 0; iw < W; ++iw) b[iw] = T(0);
           for (int64_t ow = 0; ow < Q; ++ow) {
             const Range& rw = win.w[ow];
-            const T v = gy[n * p.y.sn + c * p.y.sc + oh * p.y.sh + ow] / T(divisor(p, rh, rw));
-            for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
-              for (int64_t iw = rw.lo; iw < rw.hi; ++iw) g[ih * p.x.sh + iw] += v;
+            const T v = gp[ow] / T(divisor(p, rh, rw));
+            for (int64_t iw = rw.lo; iw < rw.hi; ++iw) b[iw] += v;
           }
+          for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
+            for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] += b[iw];
         }
+        zero_to(H);
       }
     });
     return;
@@ -357,11 +388,15 @@ void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __rest
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nb, c0 = t % nb * CB, cn = std::min(CB, C - c0);
       T* __restrict g = gx + n * p.x.sn + c0;
-      for (int64_t ih = 0; ih < H; ++ih)
-        for (int64_t iw = 0; iw < W; ++iw)
-          for (int64_t c = 0; c < cn; ++c) g[ih * p.x.sh + iw * p.x.sw + c] = T(0);
+      int64_t zeroed = 0;
+      auto zero_to = [&](int64_t rows) {
+        for (; zeroed < rows; ++zeroed)
+          for (int64_t iw = 0; iw < W; ++iw)
+            for (int64_t c = 0; c < cn; ++c) g[zeroed * p.x.sh + iw * p.x.sw + c] = T(0);
+      };
       for (int64_t oh = 0; oh < P; ++oh) {
         const Range& rh = win.h[oh];
+        zero_to(rh.hi);
         for (int64_t ow = 0; ow < Q; ++ow) {
           const Range& rw = win.w[ow];
           const T inv = T(1) / T(divisor(p, rh, rw));
@@ -373,6 +408,7 @@ void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __rest
             }
         }
       }
+      zero_to(H);
     }
   });
 }
