@@ -1,7 +1,8 @@
 // Body of the pooling kernels, included once per ISA inside namespace fastconv::<isa> after all
 // standard headers (pool2d_kernels.cpp, pool2d_kernels_avx2.cpp, ...). The channels_last loops run
 // over contiguous channels with plain selects/adds so the compiler vectorizes them for the target.
-// Needs: <algorithm>, <cmath>, <cstdint>, <limits>, <vector>, fastconv/eltwise_kernels.h.
+// Needs: <immintrin.h>, <algorithm>, <cmath>, <cstdint>, <limits>, <type_traits>, <vector>,
+// fastconv/eltwise_kernels.h; FASTCONV_IMPL_AVX2 = 1 where the target has AVX2 (intrinsic paths).
 
 // One output row/column's window along one dimension: input positions lo, lo+step, ... < hi;
 // span = extent counted by count_include_pad (window clipped to input + padding, not to input).
@@ -252,6 +253,28 @@ void hsum_row(const T* __restrict bp, T* __restrict out, int64_t Q, int64_t kw, 
     for (int64_t ow = 0; ow < Q; ++ow) out[ow] += bp[ow * sw + j];
 }
 
+#if FASTCONV_IMPL_AVX2
+// Sums of 8 consecutive planes of hw floats: one vector accumulator per plane, then a transposing
+// reduction, so the horizontal step is shared by 8 planes (global pooling of 7x7 is that bound).
+inline void plane_sums8(const float* __restrict x, int64_t hw, float* __restrict out) {
+  __m256 a[8];
+  for (int k = 0; k < 8; ++k) a[k] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= hw; i += 8)
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_add_ps(a[k], _mm256_loadu_ps(x + k * hw + i));
+  if (i < hw) {
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hw - i)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_add_ps(a[k], _mm256_maskload_ps(x + k * hw + i, mask));
+  }
+  // hadd pairs within 128-bit lanes: low lanes hold planes 0-3 / 4-7 of the low halves, high lanes
+  // of the high halves; adding the two halves finishes all eight sums.
+  const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31)));
+}
+#endif
+
 template <typename T>
 void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restrict y) {
   const int64_t N = p.x.n, C = p.x.c, P = p.y.h, Q = p.y.w;
@@ -262,7 +285,20 @@ void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restr
     const int64_t HW = p.x.h * p.x.w;
     const T div = T(divisor(p, win.h[0], win.w[0]));
     parallel_ranges(N * C, N * C * HW, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0, n = t0 / C, c = t0 % C; t < t1; ++t, c = c + 1 == C ? (++n, 0) : c + 1) {
+      int64_t t = t0;
+#if FASTCONV_IMPL_AVX2
+      // Planes back to back (NCHW-contiguous): eight at a time with one horizontal reduction.
+      if constexpr (std::is_same_v<T, float>) {
+        if (p.x.sc == HW && p.x.sn == C * HW && p.y.sc == 1 && p.y.sn == C) {
+          float s8[8];
+          for (; t + 8 <= t1; t += 8) {
+            plane_sums8(x + t * HW, HW, s8);
+            for (int k = 0; k < 8; ++k) y[t + k] = s8[k] / div;
+          }
+        }
+      }
+#endif
+      for (int64_t n = t / C, c = t % C; t < t1; ++t, c = c + 1 == C ? (++n, 0) : c + 1) {
         const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
