@@ -416,13 +416,20 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   for (int64_t n = 0; n < N; ++n)
     for (int64_t gk = 0; gk < G * KB; ++gk) {
       const int64_t g = gk / KB, kb = gk % KB;
-      T* o = dyp.get() + n * img + gk * P * Q * kv;
-      for (int64_t pr = 0; pr < P; ++pr)
-        for (int64_t q = 0; q < Q; ++q, o += kv)
-          for (int v = 0; v < kv; ++v) {
-            const int64_t kk = kb * kv + v;
-            o[v] = kk < Kg ? dy[n * Y.sn + (g * Kg + kk) * Y.sc + pr * Y.sh + q * Y.sw] : T(0);
-          }
+      const int64_t kvalid = std::min<int64_t>(kv, Kg - kb * kv);
+      const T* src = dy + n * Y.sn + (g * Kg + kb * kv) * Y.sc;
+      for (int64_t pr = 0; pr < P; ++pr) {
+        T* o = dyp.get() + n * img + (gk * P + pr) * Q * kv;
+        const T* sr = src + pr * Y.sh;
+        if (kvalid < kv)
+          for (int64_t q = 0; q < Q; ++q) std::fill(o + q * kv + kvalid, o + (q + 1) * kv, T(0));
+        if (Y.sc == 1) {
+          for (int64_t q = 0; q < Q; ++q) std::memcpy(o + q * kv, sr + q * Y.sw, sizeof(T) * kvalid);
+        } else {
+          for (int64_t v = 0; v < kvalid; ++v)
+            for (int64_t q = 0; q < Q; ++q) o[q * kv + v] = sr[v * Y.sc + q * Y.sw];
+        }
+      }
     }
   std::vector<int64_t> seg(P);
   for (int64_t pr = 0; pr < P; ++pr) seg[pr] = pr * p.stride_h * pd.sh();
@@ -431,6 +438,8 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   const int64_t nth = omp_get_max_threads();
   const int64_t csplit = std::min<int64_t>(CT, ceil_div(4 * nth, base));
   const int64_t cper = ceil_div(CT, csplit);
+  // Output rows per step: the dy rows of one step stay in L1 while every channel tile reads them.
+  const int64_t pch = std::max<int64_t>(1, (16 << 10) / (Q * kv * static_cast<int64_t>(sizeof(T))));
 #pragma omp parallel
   {
     Buffer<T> part(cper * mp * kv);
@@ -441,13 +450,15 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
       const int64_t ct0 = cs * cper, ct1 = std::min(CT, ct0 + cper);
       if (ct0 >= ct1) continue;
       for (int64_t n = 0; n < N; ++n)
-        for (int64_t ct = ct0; ct < ct1; ++ct) {
-          const int np = static_cast<int>(std::min<int64_t>(mp, Cg - ct * mp));
-          TileArgs<T> ta{xp + n * pd.sn() + (r * p.dil_h * pd.wp + s * p.dil_w) * C + g * Cg + ct * mp, 1,
-                         p.stride_w * C, seg.data(), P, Q, dyp.get() + n * img + gk * P * Q * kv,
-                         part.get() + (ct - ct0) * mp * kv, np, n > 0};
-          mk.fn(ta);
-        }
+        for (int64_t p0 = 0; p0 < P; p0 += pch)
+          for (int64_t ct = ct0; ct < ct1; ++ct) {
+            const int np = static_cast<int>(std::min<int64_t>(mp, Cg - ct * mp));
+            TileArgs<T> ta{xp + n * pd.sn() + (r * p.dil_h * pd.wp + s * p.dil_w) * C + g * Cg + ct * mp, 1,
+                           p.stride_w * C, seg.data() + p0, std::min(pch, P - p0), Q,
+                           dyp.get() + n * img + (gk * P + p0) * Q * kv, part.get() + (ct - ct0) * mp * kv, np,
+                           n > 0 || p0 > 0};
+            mk.fn(ta);
+          }
       const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
       for (int64_t ct = ct0; ct < ct1; ++ct)
         for (int64_t i = 0; i < std::min<int64_t>(mp, Cg - ct * mp); ++i)
