@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "fastconv/common.h"
@@ -27,11 +28,13 @@ namespace {
 template <typename T>
 struct Buffer {
   std::unique_ptr<T, void (*)(void*)> mem{nullptr, std::free};
-  explicit Buffer(int64_t n, bool zero = false) {
-    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+  Buffer() = default;
+  explicit Buffer(int64_t n) { alloc(n); }
+  T* alloc(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
     mem.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
     if (!mem) throw std::bad_alloc();
-    if (zero) std::memset(mem.get(), 0, bytes);
+    return mem.get();
   }
   T* get() const { return mem.get(); }
 };
@@ -87,7 +90,7 @@ MicroKernel<float> micro_kernel<float>() {
   }
 }
 
-// Channels-last copy of x with zero padding: out[n][hp][wp][c] = x[n][c][hp - ph0][wp - pw0] (0 outside).
+// Channels-last copy of x (allocated in `store`) with zero padding: out[n][hp][wp][c] = x[n][c][hp - ph0][wp - pw0] (0 outside).
 // Also handles negative padding (cropping), which the stride-1 bwd_input needs.
 struct Padded {
   int64_t hp, wp, c;  // sizes of the copy
@@ -102,7 +105,7 @@ const T* pad_channels_last(const Tensor4& d, const T* x, int64_t ph0, int64_t pw
   if (ph0 == 0 && pw0 == 0 && pd.wp == d.w && pd.hp == d.h && d.sc == 1 && d.sw == d.c &&
       d.sh == d.w * d.c && d.sn == d.h * d.w * d.c)
     return x;
-  T* out = store.get();
+  T* out = store.alloc(d.n * pd.sn());
   const int64_t w_lo = std::max<int64_t>(0, pw0), w_hi = std::min<int64_t>(pd.wp, d.w + pw0);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < d.n; ++n)
@@ -242,7 +245,7 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
   const T* wpack = wstore.get();
   pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
-  Buffer<T> xstore(N * pd.sn());
+  Buffer<T> xstore;
   const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
   // With one group and no horizontal dilation the S taps of a kernel row are S*C consecutive
   // values of the padded copy (matching the packed [r][s][c] order): one long reduction per row.
@@ -348,7 +351,7 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
               j < ncol ? w[(g * Kg + kk) * W.sn + c * W.sc + (rs / S) * W.sh + (rs % S) * W.sw] : T(0);
         }
   const Padded pdy{P, Q, K};
-  Buffer<T> dystore(N * pdy.sn());
+  Buffer<T> dystore;
   const T* dyc = pad_channels_last(Y, dy, 0, 0, pdy, dystore);
   Buffer<T> acc(N * H * Wd * C);
   std::vector<int64_t> col_h(ncol), col_w(ncol), col_c(ncol);
@@ -407,7 +410,7 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   const int kv = mk.kv, mp = mk.mp;
   const int64_t KB = ceil_div(Kg, kv), CT = ceil_div(Cg, mp);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
-  Buffer<T> xstore(N * pd.sn());
+  Buffer<T> xstore;
   const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
   // dy packed per image as [g][kb][p][q][kv], zero beyond Kg.
   const int64_t img = G * KB * P * Q * kv;
