@@ -434,40 +434,60 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
         }
       }
     }
+  // Tasks own disjoint dw blocks (g, r, s, channel tile range) for every kb: no reduction across
+  // threads. Per output-row chunk a task gathers its input channels pixel-contiguous (xt), so the
+  // micro-kernel's broadcasts run along memory and one gather serves every kb panel.
+  const int64_t base = G * R * S;
+  const int64_t nth = omp_get_max_threads();
+  // Few splits: every split streams all of dy again.
+  const int64_t csplit = std::min<int64_t>(CT, ceil_div(2 * nth, base));
+  const int64_t cper = ceil_div(CT, csplit);
+  // Output rows per chunk: one kb panel of the chunk's dy rows stays in L1 while every tile reads it.
+  const int64_t pch = std::max<int64_t>(1, (16 << 10) / (Q * kv * static_cast<int64_t>(sizeof(T))));
+  // Too few channels to amortize the gather: broadcast straight from the padded copy (stride C).
+  const bool gather = Cg >= 16;
   std::vector<int64_t> seg(P);
   for (int64_t pr = 0; pr < P; ++pr) seg[pr] = pr * p.stride_h * pd.sh();
-  // Tasks own disjoint dw blocks (g, kb, r, s, channel tile range): no reduction across threads.
-  const int64_t base = G * KB * R * S;
-  const int64_t nth = omp_get_max_threads();
-  const int64_t csplit = std::min<int64_t>(CT, ceil_div(4 * nth, base));
-  const int64_t cper = ceil_div(CT, csplit);
-  // Output rows per step: the dy rows of one step stay in L1 while every channel tile reads them.
-  const int64_t pch = std::max<int64_t>(1, (16 << 10) / (Q * kv * static_cast<int64_t>(sizeof(T))));
+  const int64_t zero_seg = 0;
 #pragma omp parallel
   {
-    Buffer<T> part(cper * mp * kv);
+    Buffer<T> part(KB * cper * mp * kv), xt(gather ? cper * mp * pch * Q : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < base * csplit; ++task) {
       const int64_t cs = task % csplit, t2 = task / csplit;
-      const int64_t rs = t2 % (R * S), gk = t2 / (R * S), g = gk / KB, kb = gk % KB, r = rs / S, s = rs % S;
+      const int64_t rs = t2 % (R * S), g = t2 / (R * S), r = rs / S, s = rs % S;
       const int64_t ct0 = cs * cper, ct1 = std::min(CT, ct0 + cper);
       if (ct0 >= ct1) continue;
+      const int64_t c_lo = ct0 * mp, nc = std::min(Cg, ct1 * mp) - c_lo;
       for (int64_t n = 0; n < N; ++n)
-        for (int64_t p0 = 0; p0 < P; p0 += pch)
-          for (int64_t ct = ct0; ct < ct1; ++ct) {
-            const int np = static_cast<int>(std::min<int64_t>(mp, Cg - ct * mp));
-            TileArgs<T> ta{xp + n * pd.sn() + (r * p.dil_h * pd.wp + s * p.dil_w) * C + g * Cg + ct * mp, 1,
-                           p.stride_w * C, seg.data() + p0, std::min(pch, P - p0), Q,
-                           dyp.get() + n * img + (gk * P + p0) * Q * kv, part.get() + (ct - ct0) * mp * kv, np,
-                           n > 0 || p0 > 0};
-            mk.fn(ta);
-          }
-      const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
-      for (int64_t ct = ct0; ct < ct1; ++ct)
-        for (int64_t i = 0; i < std::min<int64_t>(mp, Cg - ct * mp); ++i)
-          for (int v = 0; v < kvalid; ++v)
-            dw[(g * Kg + kb * kv + v) * W.sn + (ct * mp + i) * W.sc + r * W.sh + s * W.sw] =
-                part.get()[((ct - ct0) * mp + i) * kv + v];
+        for (int64_t p0 = 0; p0 < P; p0 += pch) {
+          const int64_t rows = std::min(pch, P - p0), L = rows * Q;
+          for (int64_t pr = p0; pr < p0 + rows && gather; ++pr)
+            for (int64_t q = 0; q < Q; ++q) {
+              const T* src = xp + n * pd.sn() + ((pr * p.stride_h + r * p.dil_h) * pd.wp + q * p.stride_w + s * p.dil_w) * C +
+                             g * Cg + c_lo;
+              T* dst = xt.get() + (pr - p0) * Q + q;
+              for (int64_t c = 0; c < nc; ++c) dst[c * L] = src[c];
+            }
+          for (int64_t kb = 0; kb < KB; ++kb)
+            for (int64_t ct = ct0; ct < ct1; ++ct) {
+              const int np = static_cast<int>(std::min<int64_t>(mp, Cg - ct * mp));
+              const T* direct = xp + n * pd.sn() + (r * p.dil_h * pd.wp + s * p.dil_w) * C + g * Cg + ct * mp;
+              TileArgs<T> ta{gather ? xt.get() + (ct * mp - c_lo) * L : direct, gather ? L : 1,
+                             gather ? 1 : p.stride_w * C, gather ? &zero_seg : seg.data() + p0, gather ? 1 : rows,
+                             gather ? L : Q, dyp.get() + n * img + ((g * KB + kb) * P + p0) * Q * kv,
+                             part.get() + (kb * cper + ct - ct0) * mp * kv, np, n > 0 || p0 > 0};
+              mk.fn(ta);
+            }
+        }
+      for (int64_t kb = 0; kb < KB; ++kb) {
+        const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
+        for (int64_t ct = ct0; ct < ct1; ++ct)
+          for (int64_t i = 0; i < std::min<int64_t>(mp, Cg - ct * mp); ++i)
+            for (int v = 0; v < kvalid; ++v)
+              dw[(g * Kg + kb * kv + v) * W.sn + (ct * mp + i) * W.sc + r * W.sh + s * W.sw] =
+                  part.get()[((kb * cper + ct - ct0) * mp + i) * kv + v];
+      }
     }
   }
 }
