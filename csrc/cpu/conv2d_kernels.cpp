@@ -408,7 +408,12 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   }
   const MicroKernel<T> mk = micro_kernel<T>();
   const int kv = mk.kv, mp = mk.mp;
-  const int64_t KB = ceil_div(Kg, kv), CT = ceil_div(Cg, mp);
+  // Few channels: broadcast straight from the padded copy (stride C per pixel) instead of gathering
+  // them pixel-contiguous; then with one group and no horizontal dilation the (s, c) pairs of a
+  // kernel row are contiguous there and serve as the tile rows (first layers: 3 channels x 7 taps).
+  const bool gather = Cg >= 16, merge = !gather && G == 1 && p.dil_w == 1;
+  const int64_t St = merge ? 1 : S, Ct = merge ? S * Cg : Cg;  // taps per task, rows to tile
+  const int64_t KB = ceil_div(Kg, kv), CT = ceil_div(Ct, mp);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore;
   const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
@@ -437,15 +442,13 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   // Tasks own disjoint dw blocks (g, r, s, channel tile range) for every kb: no reduction across
   // threads. Per output-row chunk a task gathers its input channels pixel-contiguous (xt), so the
   // micro-kernel's broadcasts run along memory and one gather serves every kb panel.
-  const int64_t base = G * R * S;
+  const int64_t base = G * R * St;
   const int64_t nth = omp_get_max_threads();
   // Few splits: every split streams all of dy again.
   const int64_t csplit = std::min<int64_t>(CT, ceil_div(2 * nth, base));
   const int64_t cper = ceil_div(CT, csplit);
   // Output rows per chunk: one kb panel of the chunk's dy rows stays in L1 while every tile reads it.
   const int64_t pch = std::max<int64_t>(1, (16 << 10) / (Q * kv * static_cast<int64_t>(sizeof(T))));
-  // Too few channels to amortize the gather: broadcast straight from the padded copy (stride C).
-  const bool gather = Cg >= 16;
   std::vector<int64_t> seg(P);
   for (int64_t pr = 0; pr < P; ++pr) seg[pr] = pr * p.stride_h * pd.sh();
   const int64_t zero_seg = 0;
@@ -455,10 +458,10 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < base * csplit; ++task) {
       const int64_t cs = task % csplit, t2 = task / csplit;
-      const int64_t rs = t2 % (R * S), g = t2 / (R * S), r = rs / S, s = rs % S;
+      const int64_t rs = t2 % (R * St), g = t2 / (R * St), r = rs / St, s = rs % St;
       const int64_t ct0 = cs * cper, ct1 = std::min(CT, ct0 + cper);
       if (ct0 >= ct1) continue;
-      const int64_t c_lo = ct0 * mp, nc = std::min(Cg, ct1 * mp) - c_lo;
+      const int64_t c_lo = ct0 * mp, nc = std::min(Ct, ct1 * mp) - c_lo;
       for (int64_t n = 0; n < N; ++n)
         for (int64_t p0 = 0; p0 < P; p0 += pch) {
           const int64_t rows = std::min(pch, P - p0), L = rows * Q;
@@ -471,7 +474,7 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
             }
           for (int64_t kb = 0; kb < KB; ++kb)
             for (int64_t ct = ct0; ct < ct1; ++ct) {
-              const int np = static_cast<int>(std::min<int64_t>(mp, Cg - ct * mp));
+              const int np = static_cast<int>(std::min<int64_t>(mp, Ct - ct * mp));
               const T* direct = xp + n * pd.sn() + (r * p.dil_h * pd.wp + s * p.dil_w) * C + g * Cg + ct * mp;
               TileArgs<T> ta{gather ? xt.get() + (ct * mp - c_lo) * L : direct, gather ? L : 1,
                              gather ? 1 : p.stride_w * C, gather ? &zero_seg : seg.data() + p0, gather ? 1 : rows,
@@ -483,10 +486,12 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
       for (int64_t kb = 0; kb < KB; ++kb) {
         const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
         for (int64_t ct = ct0; ct < ct1; ++ct)
-          for (int64_t i = 0; i < std::min<int64_t>(mp, Cg - ct * mp); ++i)
+          for (int64_t i = 0; i < std::min<int64_t>(mp, Ct - ct * mp); ++i) {
+            const int64_t j = ct * mp + i, c = merge ? j % Cg : j, sj = merge ? j / Cg : s;
             for (int v = 0; v < kvalid; ++v)
-              dw[(g * Kg + kb * kv + v) * W.sn + (ct * mp + i) * W.sc + r * W.sh + s * W.sw] =
+              dw[(g * Kg + kb * kv + v) * W.sn + c * W.sc + r * W.sh + sj * W.sw] =
                   part.get()[((kb * cper + ct - ct0) * mp + i) * kv + v];
+          }
       }
     }
   }
