@@ -1,8 +1,9 @@
 """fastconv: hand-written C++/CUDA kernels for 2-D convolution, pooling, ReLU and SORT as torch ops."""
-from fastconv import nn
+from fastconv import models, nn
 from fastconv.backends import get_backend, set_backend, use_backend
 from fastconv.functional import (adaptive_avg_pool2d, avg_pool2d, conv2d, conv2d_fused, max_pool2d, relu,
                                  sort)
+from fastconv.convert import convert, fuse, patch
 
 __version__ = "0.1.0"
 
@@ -20,4 +21,5 @@ def info():
 
 
 __all__ = ["conv2d", "conv2d_fused", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "relu", "sort",
-           "nn", "info", "get_backend", "set_backend", "use_backend", "__version__"]
+           "nn", "models", "convert", "fuse", "patch", "info", "get_backend", "set_backend", "use_backend",
+           "__version__"]

@@ -1,4 +1,4 @@
-"""python -m fastconv info | bench [--quick] [--json FILE]"""
+"""python -m fastconv info | bench [--quick] [--json FILE] | demo [--quick] [...]"""
 import argparse
 import sys
 
@@ -12,12 +12,18 @@ def main(argv=None):
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
     bench.add_argument("--ops", default=None, help="comma-separated ops to time (default: all)")
+    from fastconv import demo as demo_mod
+    demo_mod.add_arguments(sub.add_parser("demo", help="train on digits, benchmark nets, write a report",
+                                          description=demo_mod.__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
     if args.cmd == "info":
         import fastconv
         for k, v in fastconv.info().items():
             print(f"{k:14s} {v}")
         return 0
+    if args.cmd == "demo":
+        return demo_mod.main(args)
     from fastconv import bench as bench_mod
     return bench_mod.main(args)
 

@@ -96,3 +96,36 @@ def _load_native():
 
 
 register("native", _load_native)
+
+
+def _load_numba():
+    try:
+        import numba  # noqa: F401
+    except ImportError as exc:
+        raise RuntimeError(f"fastconv: backend 'numba' needs the numba package ({exc}); pip install numba") from exc
+    from fastconv.numba import kernels, torch_ops
+    return torch_ops.define("fastconv_numba", kernels, torch_ops.numba_compute_dtype)
+
+
+def _load_reference():
+    try:
+        from fastconv import reference
+    except ImportError as exc:
+        raise RuntimeError(f"fastconv: backend 'reference' needs fastconv/reference.py, which failed to import "
+                           f"({exc})") from exc
+    import types
+
+    import torch
+
+    from fastconv.numba import torch_ops
+    impl = {name: getattr(reference, name, None) for name in torch_ops.SCHEMAS}
+    impl["conv2d_fused_fwd"] = impl["conv2d_fused_fwd"] or getattr(reference, "conv2d_fused", None)
+    missing = [name for name, fn in impl.items() if fn is None]
+    if missing:
+        raise RuntimeError(f"fastconv: backend 'reference': fastconv/reference.py lacks {', '.join(missing)}")
+    return torch_ops.define("fastconv_reference", types.SimpleNamespace(**impl), lambda dtype: torch.float64,
+                            host=True)
+
+
+register("numba", _load_numba)
+register("reference", _load_reference)

@@ -36,3 +36,261 @@ class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
 class ReLU(torch.nn.ReLU):
     def forward(self, input):
         return F.relu(input, inplace=self.inplace)
+
+
+class SORT(torch.nn.Module):
+    """Second-order response transform of two branches: forward(a, b) = fastconv.sort(a, b, mode, eps)."""
+
+    def __init__(self, mode="sqrt", eps=0.01):
+        super().__init__()
+        if mode not in F.SORT_MODES:
+            raise ValueError(f"fastconv.nn.SORT: 'mode' must be 'sqrt' or 'product', got {mode!r}")
+        self.mode, self.eps = mode, float(eps)
+
+    def forward(self, a, b):
+        return F.sort(a, b, self.mode, self.eps)
+
+    def extra_repr(self):
+        return f"mode={self.mode!r}, eps={self.eps}"
+
+
+# ---------------------------------------------------------------- inference fusion
+def foldable(bn):
+    """True if `bn` normalizes with its running statistics, i.e. is an affine map that can be folded."""
+    return (isinstance(bn, torch.nn.BatchNorm2d) and not bn.training and bn.track_running_stats
+            and bn.running_mean is not None)
+
+
+def bn_scale_shift(bn, conv_bias=None):
+    """Per-channel (scale, shift) with bn(conv(x) + conv_bias) == conv(x) * scale + shift (eval BN)."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    if conv_bias is not None:
+        shift = shift + conv_bias * scale
+    return scale, shift
+
+
+def _folded(bn, conv_bias):
+    """bn_scale_shift, cached on `bn` for inference: the key holds the storage and version counter of
+    every input, so an optimizer step, load_state_dict or .to() recomputes it. Not cached where
+    autograd must see the computation or under torch.compile (which folds it itself)."""
+    ts = (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv_bias)
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in ts)):
+        return bn_scale_shift(bn, conv_bias)
+    key = (bn.eps,) + tuple(None if t is None else (t.data_ptr(), t._version, t.dtype) for t in ts)
+    cached = bn.__dict__.get("_fastconv_folded")
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key,) + bn_scale_shift(bn, conv_bias)
+        bn.__dict__["_fastconv_folded"] = cached
+    return cached[1], cached[2]
+
+
+def conv_bn_act(conv, bn, x, *, relu=False, residual=None, combine=None, mode="sqrt", eps=0.01, fuse=True):
+    """relu?(combine(residual, bn(conv(x)))) - one fastconv.conv2d_fused call when `fuse` and the BN
+    (if any) can be folded, else the modules one after the other (training, or BN on batch stats).
+    `conv` is a Conv2d or a SORTConv2d (whose second branch takes the fused path)."""
+    if isinstance(conv, SORTConv2d):
+        if combine is not None:
+            raise ValueError("fastconv: a SORTConv2d cannot take a residual")
+        a = conv.branch_a(x)
+        return conv_bn_act(conv.branch_b, bn, x, relu=relu, residual=a, combine="sort", mode=conv.mode,
+                           eps=conv.eps, fuse=fuse)
+    if fuse and (bn is None or foldable(bn)):
+        scale = shift = None
+        bias = conv.bias
+        if bn is not None:
+            scale, shift = _folded(bn, conv.bias)
+            bias = None
+        return F.conv2d_fused(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+                              scale=scale, shift=shift, residual=residual, combine=combine, relu=relu,
+                              mode=mode, eps=eps)
+    y = conv(x)
+    if bn is not None:
+        y = bn(y)
+    if combine == "add":
+        y = y + residual
+    elif combine == "sort":
+        y = F.sort(residual, y, mode, eps)
+    return F.relu(y) if relu else y
+
+
+class Fusable:
+    """Mixin of modules with a fused inference path: it is taken while `fused` is set and the module
+    is in eval mode (BN folding uses running statistics, so training always runs unfused)."""
+    fused = False
+
+    def _use_fused(self):
+        return self.fused and not self.training
+
+
+class SORTConv2d(torch.nn.Module):
+    """Two parallel convolutions of the same input fused by SORT: sort(branch_a(x), branch_b(x)).
+    Drop-in for a Conv2d in chain-style nets (AlexNet-SORT); a following ReLU fuses into branch_b."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, mode="sqrt", eps=0.01):
+        super().__init__()
+        args = (in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.branch_a, self.branch_b = Conv2d(*args), Conv2d(*args)
+        self.mode, self.eps = mode, float(eps)
+        self.out_channels = out_channels
+
+    def forward(self, x):
+        return F.sort(self.branch_a(x), self.branch_b(x), self.mode, self.eps)
+
+
+class Sequential(Fusable, torch.nn.Sequential):
+    """nn.Sequential whose conv -> BatchNorm2d? -> ReLU? runs are computed by fastconv.conv2d_fused
+    in eval mode. Children and state_dict are those of the Sequential it replaces."""
+    _plan = ()
+
+    def fuse(self):
+        """Plan the fused groups over the current children; returns the number of groups."""
+        mods = list(self._modules.values())
+        plan, i = [], 0
+        while i < len(mods):
+            n, bn, relu = 1, None, False
+            if isinstance(mods[i], (Conv2d, SORTConv2d)):
+                if i + n < len(mods) and isinstance(mods[i + n], torch.nn.BatchNorm2d) \
+                        and mods[i + n].num_features == mods[i].out_channels:
+                    bn, n = i + n, n + 1
+                if i + n < len(mods) and type(mods[i + n]) in (torch.nn.ReLU, ReLU):
+                    relu, n = True, n + 1
+            plan.append((i, n, bn, relu))
+            i += n
+        self._plan = tuple(plan)
+        groups = sum(1 for p in plan if p[1] > 1)
+        self.fused = groups > 0
+        return groups
+
+    def forward(self, x):
+        if not self._use_fused():
+            return super().forward(x)
+        mods = list(self._modules.values())
+        for i, n, bn, relu in self._plan:
+            if n == 1:
+                x = mods[i](x)
+            else:
+                x = conv_bn_act(mods[i], None if bn is None else mods[bn], x, relu=relu)
+        return x
+
+
+class ConvBNReLU(Fusable, torch.nn.Module):
+    """relu(bn(conv(x))) with children `conv` and `bn` (the layout of torchvision's googlenet BasicConv2d)."""
+
+    def __init__(self, in_channels, out_channels, bn_eps=1e-5, **conv_kwargs):
+        super().__init__()
+        self.conv = Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
+        self.bn = torch.nn.BatchNorm2d(out_channels, eps=bn_eps)
+
+    def forward(self, x):
+        return conv_bn_act(self.conv, self.bn, x, relu=True, fuse=self._use_fused())
+
+
+def _conv3x3(cin, cout, stride=1, groups=1, dilation=1):
+    return Conv2d(cin, cout, 3, stride=stride, padding=dilation, groups=groups, bias=False, dilation=dilation)
+
+
+def _conv1x1(cin, cout, stride=1):
+    return Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+class _Block(Fusable, torch.nn.Module):
+    combine, mode, eps = "add", "sqrt", 0.01
+
+    def _set_combine(self, combine, mode, eps):
+        if combine not in ("add", "sort"):
+            raise ValueError(f"fastconv.nn: 'combine' must be 'add' or 'sort', got {combine!r}")
+        if mode not in F.SORT_MODES:
+            raise ValueError(f"fastconv.nn: 'mode' must be 'sqrt' or 'product', got {mode!r}")
+        self.combine, self.mode, self.eps = combine, mode, float(eps)
+
+    def _merge(self, identity, out):
+        out = out + identity if self.combine == "add" else F.sort(identity, out, self.mode, self.eps)
+        return self.relu(out)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        fuse = self._use_fused()
+        out = x
+        last = len(self._stages) - 1
+        for k, (conv, bn) in enumerate(self._stages):
+            conv, bn = getattr(self, conv), getattr(self, bn)
+            if k < last:
+                out = conv_bn_act(conv, bn, out, relu=True, fuse=fuse)
+            elif fuse:
+                out = conv_bn_act(conv, bn, out, relu=True, residual=identity, combine=self.combine,
+                                  mode=self.mode, eps=self.eps)
+            else:
+                out = self._merge(identity, bn(conv(out)))
+        return out
+
+    def extra_repr(self):
+        return f"combine={self.combine!r}" + (f", mode={self.mode!r}, eps={self.eps}" if self.combine == "sort" else "")
+
+
+class BasicBlock(_Block):
+    """torchvision's ResNet BasicBlock (same children and state_dict): relu(combine(identity, F(x)))
+    with F = conv3x3-bn-relu-conv3x3-bn and combine 'add' (ResNet) or 'sort' (SORT-ResNet)."""
+    expansion = 1
+    _stages = (("conv1", "bn1"), ("conv2", "bn2"))
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
+                 norm_layer=None, combine="add", mode="sqrt", eps=0.01):
+        super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        if dilation > 1:
+            raise NotImplementedError("Dilation > 1 not supported in BasicBlock")
+        norm_layer = norm_layer or torch.nn.BatchNorm2d
+        self.conv1 = _conv3x3(inplanes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = ReLU()
+        self.conv2 = _conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.downsample = downsample
+        self.stride = stride
+        self._set_combine(combine, mode, eps)
+
+
+class Bottleneck(_Block):
+    """torchvision's ResNet Bottleneck (v1.5: stride on the 3x3; same children and state_dict):
+    relu(combine(identity, F(x))), F = conv1x1-bn-relu-conv3x3-bn-relu-conv1x1-bn."""
+    expansion = 4
+    _stages = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None, groups=1, base_width=64, dilation=1,
+                 norm_layer=None, combine="add", mode="sqrt", eps=0.01):
+        super().__init__()
+        norm_layer = norm_layer or torch.nn.BatchNorm2d
+        width = int(planes * (base_width / 64.0)) * groups
+        self.conv1 = _conv1x1(inplanes, width)
+        self.bn1 = norm_layer(width)
+        self.conv2 = _conv3x3(width, width, stride, groups, dilation)
+        self.bn2 = norm_layer(width)
+        self.conv3 = _conv1x1(width, planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
+        self.relu = ReLU()
+        self.downsample = downsample
+        self.stride = stride
+        self._set_combine(combine, mode, eps)
+
+
+class SORTBasicBlock(BasicBlock):
+    """BasicBlock whose residual fusion is SORT: relu(sort(identity, F(x)))."""
+
+    def __init__(self, *args, mode="sqrt", eps=0.01, **kwargs):
+        super().__init__(*args, combine="sort", mode=mode, eps=eps, **kwargs)
+
+
+class SORTBottleneck(Bottleneck):
+    """Bottleneck whose residual fusion is SORT: relu(sort(identity, F(x)))."""
+
+    def __init__(self, *args, mode="sqrt", eps=0.01, **kwargs):
+        super().__init__(*args, combine="sort", mode=mode, eps=eps, **kwargs)

@@ -1,13 +1,23 @@
-"""Fake (shape/dtype/memory-format only) and autograd registrations of the native operators
-declared in csrc/ops.cpp. Every backward calls other registered operators, so autograd, opcheck and
-torch.compile see the same ops on every path."""
+"""Fake (shape/dtype/memory-format only) and autograd registrations of the operators declared in
+csrc/ops.cpp. Every backward calls other registered operators of the same namespace, so autograd,
+opcheck and torch.compile see the same ops on every path. `register(namespace)` applies them to any
+library defining the same schemas (torch.ops.fastconv here, the Python backends' namespaces too)."""
+import functools
+
 import torch
 
 from fastconv import _args as A
 from fastconv import _ext
 
-_ext.require_native()
-ops = torch.ops.fastconv
+_FAKES = {}
+_AUTOGRAD = {}
+
+
+def _fake(name):
+    def deco(fn):
+        _FAKES[name] = fn
+        return fn
+    return deco
 
 
 def _empty(like, shape, *fmt_from, dtype=None):
@@ -23,27 +33,27 @@ def conv_out_shape(input, weight, stride, padding, dilation):
 
 
 # ---------------------------------------------------------------- fakes
-@torch.library.register_fake("fastconv::conv2d_fwd")
+@_fake("conv2d_fwd")
 def _(input, weight, bias, stride, padding, dilation, groups):
     return _empty(input, conv_out_shape(input, weight, stride, padding, dilation), input, weight)
 
 
-@torch.library.register_fake("fastconv::conv2d_fused_fwd")
+@_fake("conv2d_fused_fwd")
 def _(input, weight, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu, mode, eps):
     return _empty(input, conv_out_shape(input, weight, stride, padding, dilation), input, weight)
 
 
-@torch.library.register_fake("fastconv::conv2d_bwd_input")
+@_fake("conv2d_bwd_input")
 def _(grad_out, weight, input_size, stride, padding, dilation, groups):
     return _empty(grad_out, input_size, grad_out)
 
 
-@torch.library.register_fake("fastconv::conv2d_bwd_weight")
+@_fake("conv2d_bwd_weight")
 def _(grad_out, input, weight_size, stride, padding, dilation, groups):
     return _empty(grad_out, weight_size, grad_out)
 
 
-@torch.library.register_fake("fastconv::conv2d_bwd_bias")
+@_fake("conv2d_bwd_bias")
 def _(grad_out):
     return grad_out.new_empty((grad_out.shape[1],))
 
@@ -54,53 +64,53 @@ def _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode):
             A.pool_out_size(w, kernel_size[1], padding[1], stride[1], dilation[1], ceil_mode))
 
 
-@torch.library.register_fake("fastconv::max_pool2d_fwd")
+@_fake("max_pool2d_fwd")
 def _(input, kernel_size, stride, padding, dilation, ceil_mode):
     shape = _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode)
     return _empty(input, shape, input), _empty(input, shape, input, dtype=torch.int64)
 
 
-@torch.library.register_fake("fastconv::max_pool2d_bwd")
+@_fake("max_pool2d_bwd")
 def _(grad_out, indices, input_size):
     return _empty(grad_out, input_size, grad_out)
 
 
-@torch.library.register_fake("fastconv::avg_pool2d_fwd")
+@_fake("avg_pool2d_fwd")
 def _(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     return _empty(input, _pool_shape(input, kernel_size, stride, padding, (1, 1), ceil_mode), input)
 
 
-@torch.library.register_fake("fastconv::avg_pool2d_bwd")
+@_fake("avg_pool2d_bwd")
 def _(grad_out, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     return _empty(grad_out, input_size, grad_out)
 
 
-@torch.library.register_fake("fastconv::adaptive_avg_pool2d_fwd")
+@_fake("adaptive_avg_pool2d_fwd")
 def _(input, output_size):
     return _empty(input, (input.shape[0], input.shape[1], output_size[0], output_size[1]), input)
 
 
-@torch.library.register_fake("fastconv::adaptive_avg_pool2d_bwd")
+@_fake("adaptive_avg_pool2d_bwd")
 def _(grad_out, input_size):
     return _empty(grad_out, input_size, grad_out)
 
 
-@torch.library.register_fake("fastconv::relu_fwd")
+@_fake("relu_fwd")
 def _(input):
     return _empty(input, input.shape, input)
 
 
-@torch.library.register_fake("fastconv::relu_bwd")
+@_fake("relu_bwd")
 def _(grad_out, result):
     return _empty(grad_out, grad_out.shape, grad_out)
 
 
-@torch.library.register_fake("fastconv::sort_fwd")
+@_fake("sort_fwd")
 def _(a, b, mode, eps):
     return _empty(a, a.shape, a)
 
 
-@torch.library.register_fake("fastconv::sort_bwd")
+@_fake("sort_bwd")
 def _(grad_out, a, b, mode, eps):
     return _empty(grad_out, grad_out.shape, grad_out), _empty(grad_out, grad_out.shape, grad_out)
 
@@ -113,7 +123,7 @@ def _conv_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _conv_grads(ctx, grad):
+def _conv_grads(ops, ctx, grad):
     """(grad_input, grad_weight, grad_bias) of a plain convolution given the grad of its output."""
     input, weight = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv
@@ -127,11 +137,11 @@ def _conv_grads(ctx, grad):
     return gi, gw, gb
 
 
-def _conv_backward(ctx, grad):
-    return _conv_grads(ctx, grad) + (None,) * 4
+def _conv_backward(ops, ctx, grad):
+    return _conv_grads(ops, ctx, grad) + (None,) * 4
 
 
-torch.library.register_autograd("fastconv::conv2d_fwd", _conv_backward, setup_context=_conv_setup)
+_AUTOGRAD["conv2d_fwd"] = (_conv_backward, _conv_setup)
 
 
 def _fused_setup(ctx, inputs, output):
@@ -140,7 +150,7 @@ def _fused_setup(ctx, inputs, output):
     ctx.fused = (bias, scale, shift, residual, combine, relu, mode, eps)
 
 
-def _fused_backward(ctx, grad):
+def _fused_backward(ops, ctx, grad):
     # Recompute instead of saving: the forward keeps nothing but its inputs.
     input, weight = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv
@@ -178,7 +188,7 @@ def _fused_backward(ctx, grad):
     return gi, gw, g_bias, None, None, None, None, g_scale, g_shift, g_res, None, None, None, None
 
 
-torch.library.register_autograd("fastconv::conv2d_fused_fwd", _fused_backward, setup_context=_fused_setup)
+_AUTOGRAD["conv2d_fused_fwd"] = (_fused_backward, _fused_setup)
 
 
 def _max_pool_setup(ctx, inputs, output):
@@ -187,12 +197,12 @@ def _max_pool_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _max_pool_backward(ctx, grad, _grad_indices):
+def _max_pool_backward(ops, ctx, grad, _grad_indices):
     (indices,) = ctx.saved_tensors
     return ops.max_pool2d_bwd(grad, indices, ctx.input_size), None, None, None, None, None
 
 
-torch.library.register_autograd("fastconv::max_pool2d_fwd", _max_pool_backward, setup_context=_max_pool_setup)
+_AUTOGRAD["max_pool2d_fwd"] = (_max_pool_backward, _max_pool_setup)
 
 
 def _avg_pool_setup(ctx, inputs, output):
@@ -200,35 +210,34 @@ def _avg_pool_setup(ctx, inputs, output):
     ctx.args = inputs[1:]
 
 
-def _avg_pool_backward(ctx, grad):
+def _avg_pool_backward(ops, ctx, grad):
     return (ops.avg_pool2d_bwd(grad, ctx.input_size, *ctx.args),) + (None,) * 6
 
 
-torch.library.register_autograd("fastconv::avg_pool2d_fwd", _avg_pool_backward, setup_context=_avg_pool_setup)
+_AUTOGRAD["avg_pool2d_fwd"] = (_avg_pool_backward, _avg_pool_setup)
 
 
 def _adaptive_setup(ctx, inputs, output):
     ctx.input_size = list(inputs[0].shape)
 
 
-def _adaptive_backward(ctx, grad):
+def _adaptive_backward(ops, ctx, grad):
     return ops.adaptive_avg_pool2d_bwd(grad, ctx.input_size), None
 
 
-torch.library.register_autograd("fastconv::adaptive_avg_pool2d_fwd", _adaptive_backward,
-                                setup_context=_adaptive_setup)
+_AUTOGRAD["adaptive_avg_pool2d_fwd"] = (_adaptive_backward, _adaptive_setup)
 
 
 def _relu_setup(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
-def _relu_backward(ctx, grad):
+def _relu_backward(ops, ctx, grad):
     (result,) = ctx.saved_tensors
     return ops.relu_bwd(grad, result)
 
 
-torch.library.register_autograd("fastconv::relu_fwd", _relu_backward, setup_context=_relu_setup)
+_AUTOGRAD["relu_fwd"] = (_relu_backward, _relu_setup)
 
 
 def _sort_setup(ctx, inputs, output):
@@ -237,10 +246,24 @@ def _sort_setup(ctx, inputs, output):
     ctx.sort = (mode, eps)
 
 
-def _sort_backward(ctx, grad):
+def _sort_backward(ops, ctx, grad):
     a, b = ctx.saved_tensors
     ga, gb = ops.sort_bwd(grad, a, b, *ctx.sort)
     return ga, gb, None, None
 
 
-torch.library.register_autograd("fastconv::sort_fwd", _sort_backward, setup_context=_sort_setup)
+_AUTOGRAD["sort_fwd"] = (_sort_backward, _sort_setup)
+
+
+def register(namespace):
+    """Register the fakes and autograd formulas above for the operators of `namespace`."""
+    ops = getattr(torch.ops, namespace)
+    for name, fn in _FAKES.items():
+        torch.library.register_fake(f"{namespace}::{name}", fn)
+    for name, (backward, setup) in _AUTOGRAD.items():
+        torch.library.register_autograd(f"{namespace}::{name}", functools.partial(backward, ops),
+                                        setup_context=setup)
+
+
+if _ext.native_available():
+    register("fastconv")

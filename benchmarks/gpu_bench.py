@@ -1,0 +1,577 @@
+"""GPU verification and benchmark of the fastconv CUDA operators against torch (cuDNN).
+
+Run on a CUDA machine after building the extension (benchmarks/gpu_check.sh does both):
+  python3 benchmarks/gpu_bench.py                 # verify, conv fwd, conv bwd, memory-bound ops
+  python3 benchmarks/gpu_bench.py --smoke         # every op once on small shapes (compute-sanitizer)
+Environment:
+  FASTCONV_BENCH_PARTS   comma list of verify,fwd,bwd,fused,mem (default all)
+  FASTCONV_BENCH_LAYERS  comma list of layer names (default the BASELINES.md suite)
+  FASTCONV_BENCH_DTYPES  comma list of fp16,bf16,fp32,tf32 (default fp16,bf16,fp32)
+  FASTCONV_BENCH_BATCH   batch size (default 128)
+  FASTCONV_BENCH_OUT     folder for bench.json (default $OUT or .)
+Timing: CUDA events around `inner` back-to-back calls after warm-up, median of the samples.
+Correctness of every timed config is checked first against F.conv2d in higher precision.
+The compact table is printed last.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import fastconv  # noqa: E402
+from fastconv import _args as A  # noqa: E402
+
+ops = None  # torch.ops.fastconv, bound in main()
+PEAK_TFLOPS = 778.0  # dense bf16/fp16 matmul measured on the H100 of BASELINES.md
+COPY_GBS = 2930.0    # device-to-device copy (read + write) of BASELINES.md
+
+# name: (C, H, K, R, stride, pad) as in BASELINES.md (square images and kernels)
+LAYERS = {
+    "r50_conv1": (3, 224, 64, 7, 2, 3),
+    "r50_l1_3x3": (64, 56, 64, 3, 1, 1),
+    "r50_l1_1x1": (64, 56, 256, 1, 1, 0),
+    "r50_l2_3x3": (128, 28, 128, 3, 1, 1),
+    "r50_l3_3x3": (256, 14, 256, 3, 1, 1),
+    "r50_l4_3x3": (512, 7, 512, 3, 1, 1),
+    "r50_l3_1x1": (1024, 14, 256, 1, 1, 0),
+    "alex_conv1": (3, 224, 64, 11, 4, 2),
+    "alex_conv2": (64, 27, 192, 5, 1, 2),
+    "alex_conv3": (192, 13, 384, 3, 1, 1),
+}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
+
+
+def env_list(name, default):
+    v = os.environ.get(name, "").strip()
+    return [s.strip() for s in v.split(",") if s.strip()] if v else list(default)
+
+
+def set_tf32(on):
+    torch.backends.cudnn.allow_tf32 = on
+    torch.backends.cuda.matmul.allow_tf32 = on
+
+
+def bench(fn, warmup=3, samples=15, inner=None, budget_s=1.5):
+    """Median milliseconds per call of fn (CUDA events around `inner` calls per sample)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    if inner is None:  # aim at >= ~1 ms per sample so event resolution and launch gaps do not matter
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        one = max(time.perf_counter() - t0, 1e-6)
+        inner = max(1, min(50, int(1e-3 / one)))
+        samples = max(3, min(samples, int(budget_s / (one * inner))))
+    times = []
+    for _ in range(samples):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(inner):
+            fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / inner)
+    times.sort()
+    return times[len(times) // 2], (times[-1] - times[0]) / max(times[len(times) // 2], 1e-9)
+
+
+def errors(out, ref):
+    out = out.double()
+    ref = ref.double()
+    finite = bool(torch.isfinite(out).all())
+    d = (out - ref).abs()
+    rel = (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref).clamp_min(1e-30)).item()
+    return d.max().item(), rel, finite
+
+
+REL_TOL = {torch.float16: 3e-3, torch.bfloat16: 2e-2, torch.float32: 1e-5, torch.float64: 1e-12}
+TF32_TOL = 3e-3
+
+
+def tol_for(dtype, tf32):
+    return TF32_TOL if (dtype == torch.float32 and tf32) else REL_TOL[dtype]
+
+
+def poison_allocator():
+    """Fill freed blocks of the caching allocator with NaN, so the next outputs start out as NaN and
+    an element a kernel forgets to write shows up as NaN instead of as a stale plausible value."""
+    blocks = [torch.full((1 << 16,), float("nan"), device="cuda") for _ in range(64)]  # small pool
+    blocks.append(torch.full((16 << 20,), float("nan"), device="cuda"))  # large pool
+    del blocks
+
+
+def leaf(t):
+    """A fresh float64 leaf copy of t (t.double() would alias a float64 t and accumulate its grads)."""
+    return t.detach().double().clone().requires_grad_()
+
+
+def set_nan(t):
+    """One NaN in t (any layout), so NaN propagation is checked."""
+    t[(0,) * (t.dim() - 1) + (1,)] = float("nan")
+    return t
+
+
+# ---------------------------------------------------------------- verification
+class Checker:
+    def __init__(self):
+        self.rows = []
+        self.failed = 0
+
+    def check(self, name, out, ref, tol):
+        mx, rel, finite = errors(out, ref)
+        ok = finite == bool(torch.isfinite(ref.double()).all()) and (rel <= tol or math.isnan(rel) and not finite)
+        if not finite and torch.isfinite(ref.double()).all():
+            ok = False
+        self.rows.append((name, mx, rel, ok))
+        if not ok:
+            self.failed += 1
+            print(f"  FAIL {name}: max abs {mx:.3e} rel {rel:.3e} (tol {tol:.1e}) finite={finite}", flush=True)
+        return ok
+
+    def flag(self, name, ok):
+        self.rows.append((name, 0.0, 0.0, bool(ok)))
+        if not ok:
+            self.failed += 1
+            print(f"  FAIL {name}", flush=True)
+        return ok
+
+
+def ref_conv(x, w, b, stride, pads, dil, groups):
+    """F.conv2d in float64 with fastconv's 4-value padding (top, bottom, left, right)."""
+    xd = F.pad(x.double(), (pads[2], pads[3], pads[0], pads[1]))
+    return F.conv2d(xd, w.double(), None if b is None else b.double(), stride, 0, dil, groups)
+
+
+CONV_CASES = [
+    # (N, C, H, W, K, R, S, stride, pads(t,b,l,r), dil, groups)
+    (2, 16, 9, 11, 24, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (3, 32, 13, 7, 40, 1, 1, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (2, 64, 15, 15, 72, 3, 3, (2, 2), (1, 1, 1, 1), (1, 1), 1),
+    (1, 24, 17, 19, 8, 5, 3, (1, 2), (2, 1, 0, 2), (2, 1), 1),
+    (2, 3, 23, 21, 16, 7, 7, (2, 2), (3, 3, 3, 3), (1, 1), 1),
+    (2, 5, 12, 10, 7, 3, 2, (1, 1), (1, 0, 0, 1), (1, 2), 1),
+    (2, 32, 10, 10, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 4),
+    (2, 48, 9, 9, 96, 3, 3, (1, 1), (2, 2, 2, 2), (2, 2), 3),
+    (2, 32, 11, 11, 32, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 32),
+    (2, 16, 11, 13, 48, 5, 5, (2, 2), (2, 2, 2, 2), (1, 1), 16),
+    (1, 1, 9, 9, 6, 3, 3, (1, 1), (0, 0, 0, 0), (1, 1), 1),
+    (1, 8, 6, 6, 8, 11, 11, (3, 3), (5, 5, 5, 5), (1, 1), 1),
+    (2, 256, 7, 7, 130, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (1, 16, 8, 8, 16, 3, 3, (4, 4), (1, 1, 1, 1), (1, 1), 1),
+    # big enough for the 128x128 and 128x64 tensor-core tiles (ragged M and N edges)
+    (8, 64, 37, 41, 200, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (8, 48, 33, 35, 96, 3, 3, (1, 1), (1, 2, 2, 1), (1, 1), 1),
+]
+
+
+def verify(chk, quick=False):
+    """Every op against torch in float64 on awkward shapes, every dtype, both layouts."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    dev = "cuda"
+
+    def rnd(*shape, dtype=torch.float32):
+        return (torch.rand(shape, generator=gen, device=dev) * 4 - 2).to(dtype)
+
+    cases = CONV_CASES[:4] if quick else CONV_CASES
+    for ci, (N, C, H, W, K, R, S, st, pads, dil, g) in enumerate(cases):
+        for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+                for cl in (False, True):
+                    set_tf32(tf32)
+                    poison_allocator()
+                    tag = f"conv{ci} {str(dtype)[6:]}{'/tf32' if tf32 else ''} {'cl' if cl else 'nchw'}"
+                    fmt = torch.channels_last if cl else torch.contiguous_format
+                    x = rnd(N, C, H, W, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+                    w = rnd(K, C // g, R, S, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+                    b = rnd(K, dtype=dtype).requires_grad_()
+                    y = ops.conv2d_fwd(x, w, b, list(st), list(pads), list(dil), g)
+                    ref = ref_conv(x, w, b, st, pads, dil, g)
+                    tol = tol_for(dtype, tf32)
+                    chk.check(tag + " fwd", y, ref, tol)
+                    chk.flag(tag + " fwd format", y.is_contiguous(memory_format=A.memory_format(x, w)))
+                    gy = rnd(*y.shape, dtype=dtype).contiguous(memory_format=fmt)
+                    gx = ops.conv2d_bwd_input(gy, w, list(x.shape), list(st), list(pads), list(dil), g)
+                    gw = ops.conv2d_bwd_weight(gy, x, list(w.shape), list(st), list(pads), list(dil), g)
+                    gb = ops.conv2d_bwd_bias(gy)
+                    xr, wr, br = leaf(x), leaf(w), leaf(b)
+                    ref_conv(xr, wr, br, st, pads, dil, g).backward(gy.double())
+                    chk.check(tag + " bwd_input", gx, xr.grad, tol)
+                    chk.check(tag + " bwd_weight", gw, wr.grad, tol)
+                    chk.check(tag + " bwd_bias", gb, br.grad, tol)
+    set_tf32(False)
+
+    # fused epilogue, every combine / relu / mode, fp16 (tensor cores) and fp32 (exact) in both layouts
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for cl in (False, True):
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            x = rnd(2, 32, 10, 9, dtype=dtype).contiguous(memory_format=fmt)
+            w = rnd(40, 32, 3, 3, dtype=dtype).contiguous(memory_format=fmt) * 0.2
+            b, sc, sh = rnd(40, dtype=dtype), rnd(40, dtype=dtype), rnd(40, dtype=dtype)
+            for combine in (0, 1, 2):
+                for relu in (False, True):
+                    for mode in ((0, 1) if combine == 2 else (0,)):
+                        res = rnd(2, 40, 10, 9, dtype=dtype).contiguous(memory_format=fmt) if combine else None
+                        y = ops.conv2d_fused_fwd(x, w, b, [1, 1], [1, 1, 1, 1], [1, 1], 1, sc, sh, res, combine,
+                                                 relu, mode, 0.01)
+                        z = ref_conv(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1) * sc.double().view(1, -1, 1, 1) \
+                            + sh.double().view(1, -1, 1, 1) + b.double().view(1, -1, 1, 1)
+                        if combine == 1:
+                            z = z + res.double()
+                        elif combine == 2:
+                            r = res.double()
+                            p = r.relu() * z.relu()
+                            z = r + z + ((p + 0.01).sqrt() if mode == 0 else p)
+                        if relu:
+                            z = z.relu()
+                        chk.check(f"fused {str(dtype)[6:]} {'cl' if cl else 'nchw'} c{combine} r{int(relu)} m{mode}", y,
+                                  z, 3 * REL_TOL[dtype])
+
+    # pooling, relu, sort (with NaN) in every dtype and layout
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        for cl in (False, True):
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            tag = f"{str(dtype)[6:]} {'cl' if cl else 'nchw'}"
+            for C in (16, 3):
+                x = rnd(2, C, 13, 11, dtype=dtype).contiguous(memory_format=fmt)
+                set_nan(x)
+                for (k, s, p, d, ceil) in [((3, 3), (2, 2), (1, 1), (1, 1), False), ((2, 3), (1, 2), (0, 1), (2, 1), True),
+                                           ((3, 3), (3, 3), (0, 0), (1, 1), True)]:
+                    y, idx = ops.max_pool2d_fwd(x, list(k), list(s), list(p), list(d), ceil)
+                    yr, ir = F.max_pool2d(x.double(), k, s, p, d, ceil, return_indices=True)
+                    chk.check(f"maxpool {tag} C{C} k{k}", torch.nan_to_num(y, nan=7.0), torch.nan_to_num(yr, nan=7.0), 0)
+                    chk.check(f"maxpool idx {tag} C{C} k{k}", idx, ir, 0)
+                    gy = rnd(*y.shape, dtype=dtype).contiguous(memory_format=fmt)
+                    gx = ops.max_pool2d_bwd(gy, idx, list(x.shape))
+                    gref = torch.zeros(x.shape, dtype=torch.float64, device=dev).view(2, C, -1)
+                    gref.scatter_add_(2, idx.reshape(2, C, -1), gy.double().reshape(2, C, -1))
+                    chk.check(f"maxpool bwd {tag} C{C} k{k}", gx, gref.view(x.shape), REL_TOL[dtype])
+                xa = rnd(2, C, 13, 11, dtype=dtype).contiguous(memory_format=fmt)
+                for (k, s, p, ceil, cip, div) in [((3, 3), (2, 2), (1, 1), False, True, None),
+                                                  ((3, 2), (2, 1), (1, 1), True, False, None),
+                                                  ((2, 2), (2, 2), (0, 0), True, True, 3)]:
+                    xr = leaf(xa)
+                    yr = F.avg_pool2d(xr, k, s, p, ceil, cip, div)
+                    y = ops.avg_pool2d_fwd(xa, list(k), list(s), list(p), ceil, cip, div)
+                    chk.check(f"avgpool {tag} C{C} k{k} cip{int(cip)}", y, yr, REL_TOL[dtype])
+                    gy = rnd(*y.shape, dtype=dtype).contiguous(memory_format=fmt)
+                    yr.backward(gy.double())
+                    gx = ops.avg_pool2d_bwd(gy, list(xa.shape), list(k), list(s), list(p), ceil, cip, div)
+                    chk.check(f"avgpool bwd {tag} C{C} k{k}", gx, xr.grad, REL_TOL[dtype])
+                for osz in ((1, 1), (5, 4), (13, 11), (20, 3)):
+                    xr = leaf(xa)
+                    yr = F.adaptive_avg_pool2d(xr, osz)
+                    y = ops.adaptive_avg_pool2d_fwd(xa, list(osz))
+                    chk.check(f"adaptive {tag} C{C} {osz}", y, yr, REL_TOL[dtype])
+                    gy = rnd(*y.shape, dtype=dtype).contiguous(memory_format=fmt)
+                    yr.backward(gy.double())
+                    gx = ops.adaptive_avg_pool2d_bwd(gy, list(xa.shape))
+                    chk.check(f"adaptive bwd {tag} C{C} {osz}", gx, xr.grad, REL_TOL[dtype])
+            for shape in ((2, 16, 7, 9), (1001,), (3, 5, 7)):
+                a = rnd(*shape, dtype=dtype)
+                b = rnd(*shape, dtype=dtype)
+                if len(shape) == 4:
+                    a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
+                set_nan(a)
+                y = ops.relu_fwd(a)
+                chk.check(f"relu {tag} {shape}", torch.nan_to_num(y, nan=7.0), torch.nan_to_num(a.double().relu(), nan=7.0), 0)
+                g = rnd(*shape, dtype=dtype)
+                chk.check(f"relu bwd {tag} {shape}", ops.relu_bwd(g, b),
+                          torch.where(b.double() <= 0, 0.0, g.double()), 0)
+                for mode in (0, 1):
+                    a2 = rnd(*shape, dtype=dtype)
+                    ar, br = leaf(a2), leaf(b)
+                    p = ar.relu() * br.relu()
+                    yr = ar + br + ((p + 0.01).sqrt() if mode == 0 else p)
+                    y = ops.sort_fwd(a2, b, mode, 0.01)
+                    chk.check(f"sort {tag} {shape} m{mode}", y, yr, REL_TOL[dtype])
+                    yr.backward(g.double())
+                    ga, gb = ops.sort_bwd(g, a2, b, mode, 0.01)
+                    chk.check(f"sort bwd a {tag} {shape} m{mode}", ga, ar.grad, 2 * REL_TOL[dtype])
+                    chk.check(f"sort bwd b {tag} {shape} m{mode}", gb, br.grad, 2 * REL_TOL[dtype])
+    torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- conv benchmarks
+def conv_flops(N, C, H, K, R, stride, pad):
+    P = (H + 2 * pad - R) // stride + 1
+    return 2.0 * N * K * P * P * C * R * R
+
+
+def bench_fwd(layers, dtypes, batch, results, chk):
+    torch.backends.cudnn.benchmark = True
+    for name in layers:
+        C, H, K, R, st, pad = LAYERS[name]
+        fl = conv_flops(batch, C, H, K, R, st, pad)
+        for dname in dtypes:
+            dtype = DTYPES[dname]
+            tf32 = dname == "tf32"
+            set_tf32(tf32)
+            fmt = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
+            x = torch.randn(batch, C, H, H, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+            w = (torch.randn(K, C, R, R, device="cuda", dtype=dtype) / math.sqrt(C * R * R)).contiguous(memory_format=fmt)
+            args = ([st, st], [pad] * 4, [1, 1], 1)
+            y = ops.conv2d_fwd(x, w, None, *args)
+            # correctness first: cuDNN in fp32 (exact) on the same rounded inputs; fp32 checked in fp64 on 8 images
+            set_tf32(False)
+            if dtype == torch.float32:
+                ref = F.conv2d(x[:8].double(), w.double(), None, st, pad)
+                ok = chk.check(f"bench {name} {dname}", y[:8], ref, tol_for(dtype, tf32))
+            else:
+                ref = F.conv2d(x.float(), w.float(), None, st, pad)
+                ok = chk.check(f"bench {name} {dname}", y, ref, tol_for(dtype, False))
+            mx, rel = chk.rows[-1][1], chk.rows[-1][2]
+            set_tf32(tf32)
+            del y, ref
+            t_ours, spread = bench(lambda: ops.conv2d_fwd(x, w, None, *args))
+            t_cudnn, _ = bench(lambda: F.conv2d(x, w, None, st, pad))
+            results.append(dict(part="fwd", layer=name, dtype=dname, ms=t_ours, cudnn_ms=t_cudnn,
+                                tflops=fl / t_ours / 1e9, cudnn_tflops=fl / t_cudnn / 1e9, ratio=t_cudnn / t_ours,
+                                peak_pct=100 * fl / t_ours / 1e9 / PEAK_TFLOPS, max_abs=mx, rel=rel, ok=ok,
+                                spread=spread))
+            print(f"  fwd {name:11s} {dname}: ours {t_ours:.3f} ms ({fl / t_ours / 1e9:.1f} TFLOP/s) cuDNN "
+                  f"{t_cudnn:.3f} ms ratio {t_cudnn / t_ours:.2f}  rel err {rel:.1e}", flush=True)
+            del x, w
+    set_tf32(False)
+
+
+def bench_bwd(layers, batch, results, chk):
+    torch.backends.cudnn.benchmark = True
+    set_tf32(False)
+    for name in layers:
+        C, H, K, R, st, pad = LAYERS[name]
+        fl = 2 * conv_flops(batch, C, H, K, R, st, pad)  # grad_input + grad_weight
+        dtype = torch.float16
+        fmt = torch.channels_last
+        x = torch.randn(batch, C, H, H, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+        w = (torch.randn(K, C, R, R, device="cuda", dtype=dtype) / math.sqrt(C * R * R)).contiguous(memory_format=fmt)
+        args = ([st, st], [pad] * 4, [1, 1], 1)
+        P = (H + 2 * pad - R) // st + 1
+        gy = torch.randn(batch, K, P, P, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+
+        def ours():
+            ops.conv2d_bwd_input(gy, w, list(x.shape), *args)
+            ops.conv2d_bwd_weight(gy, x, list(w.shape), *args)
+
+        def cudnn():
+            torch.ops.aten.convolution_backward(gy, x, w, None, [st, st], [pad, pad], [1, 1], False, [0, 0], 1,
+                                                [True, True, False])
+
+        gx = ops.conv2d_bwd_input(gy, w, list(x.shape), *args)
+        gw = ops.conv2d_bwd_weight(gy, x, list(w.shape), *args)
+        rx, rw, _ = torch.ops.aten.convolution_backward(gy.float(), x.float(), w.float(), None, [st, st], [pad, pad],
+                                                        [1, 1], False, [0, 0], 1, [True, True, False])
+        ok = chk.check(f"bench bwd_input {name}", gx, rx, 3 * REL_TOL[dtype])
+        ok = chk.check(f"bench bwd_weight {name}", gw, rw, 3 * REL_TOL[dtype]) and ok
+        del gx, gw, rx, rw
+        t_ours, spread = bench(ours)
+        t_cudnn, _ = bench(cudnn)
+        results.append(dict(part="bwd", layer=name, dtype="fp16", ms=t_ours, cudnn_ms=t_cudnn, tflops=fl / t_ours / 1e9,
+                            cudnn_tflops=fl / t_cudnn / 1e9, ratio=t_cudnn / t_ours,
+                            peak_pct=100 * fl / t_ours / 1e9 / PEAK_TFLOPS, ok=ok, spread=spread))
+        print(f"  bwd {name:11s} fp16: ours {t_ours:.3f} ms cuDNN {t_cudnn:.3f} ms ratio {t_cudnn / t_ours:.2f}", flush=True)
+        del x, w, gy
+
+
+def bench_fused(batch, results, chk):
+    """The SORT residual block: 1x1 conv (64 -> 256 on 56x56) + scale/shift + sort with the residual + relu,
+    fused in one fastconv kernel vs cuDNN conv followed by torch eager elementwise ops."""
+    torch.backends.cudnn.benchmark = True
+    set_tf32(False)
+    dt, cl = torch.float16, torch.channels_last
+    C, H, K = 64, 56, 256
+    x = torch.randn(batch, C, H, H, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    w = (torch.randn(K, C, 1, 1, device="cuda", dtype=dt) / 8).contiguous(memory_format=cl)
+    res = torch.randn(batch, K, H, H, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    sc = torch.rand(K, device="cuda", dtype=dt) + 0.5
+    sh = torch.randn(K, device="cuda", dtype=dt) * 0.1
+
+    def ours():
+        return ops.conv2d_fused_fwd(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, sc, sh, res, 2, True, 0, 0.01)
+
+    def theirs():
+        z = F.conv2d(x, w) * sc.view(1, -1, 1, 1) + sh.view(1, -1, 1, 1)
+        return F.relu(res + z + torch.sqrt(F.relu(res) * F.relu(z) + 0.01))
+
+    zr = F.conv2d(x.float(), w.float()) * sc.float().view(1, -1, 1, 1) + sh.float().view(1, -1, 1, 1)
+    r = res.float()
+    ref = F.relu(r + zr + torch.sqrt(F.relu(r) * F.relu(zr) + 0.01))
+    ok = chk.check("bench fused sort block", ours(), ref, 3 * REL_TOL[dt])
+    t_o, spread = bench(ours)
+    t_t, _ = bench(theirs)
+    fl = conv_flops(batch, C, H, K, 1, 1, 0)
+    nbytes = (x.numel() + 2 * res.numel()) * 2
+    results.append(dict(part="mem", layer="conv1x1+sort+relu", dtype="fp16", ms=t_o, cudnn_ms=t_t, ratio=t_t / t_o,
+                        gbs=nbytes / t_o / 1e6, torch_gbs=nbytes / t_t / 1e6,
+                        copy_pct=100 * nbytes / t_o / 1e6 / COPY_GBS, ok=ok, spread=spread))
+    print(f"  fused conv1x1+sort+relu: ours {t_o:.3f} ms ({fl / t_o / 1e9:.0f} TFLOP/s) cuDNN+eager {t_t:.3f} ms "
+          f"ratio {t_t / t_o:.2f}", flush=True)
+
+
+def bench_mem(batch, results, chk):
+    dt = torch.float16
+    cl = torch.channels_last
+    x = torch.randn(batch, 64, 112, 112, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    a = torch.randn(batch, 256, 56, 56, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    b = torch.randn_like(a)
+    big = torch.randn(batch, 2048, 7, 7, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    eb = x.element_size()
+    mp_out = x.numel() // 4
+
+    def sort_torch():
+        return F.relu(a + b + torch.sqrt(F.relu(a) * F.relu(b) + 0.01))
+
+    cases = [
+        ("relu", lambda: ops.relu_fwd(x), lambda: F.relu(x), 2 * x.numel() * eb),
+        ("sort_fwd", lambda: ops.sort_fwd(a, b, 0, 0.01), lambda: a + b + torch.sqrt(F.relu(a) * F.relu(b) + 0.01),
+         3 * a.numel() * eb),
+        ("sort+relu (2 ops)", lambda: ops.relu_fwd(ops.sort_fwd(a, b, 0, 0.01)), sort_torch, 3 * a.numel() * eb),
+        ("max_pool 3/2/1", lambda: ops.max_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], [1, 1], False),
+         lambda: F.max_pool2d(x, 3, 2, 1, return_indices=True), x.numel() * eb + mp_out * (eb + 8)),
+        ("max_pool noidx", None, lambda: F.max_pool2d(x, 3, 2, 1), None),
+        ("avg_pool 3/2/1", lambda: ops.avg_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], False, True, None),
+         lambda: F.avg_pool2d(x, 3, 2, 1), x.numel() * eb + mp_out * eb),
+        ("adaptive 7->1", lambda: ops.adaptive_avg_pool2d_fwd(big, [1, 1]), lambda: F.adaptive_avg_pool2d(big, 1),
+         big.numel() * eb),
+    ]
+    for name, ours, theirs, nbytes in cases:
+        if ours is None:
+            t, _ = bench(theirs)
+            print(f"  mem {name:16s}: torch {t:.3f} ms", flush=True)
+            continue
+        t_o, spread = bench(ours)
+        t_t, _ = bench(theirs)
+        results.append(dict(part="mem", layer=name, dtype="fp16", ms=t_o, cudnn_ms=t_t, ratio=t_t / t_o,
+                            gbs=nbytes / t_o / 1e6, torch_gbs=nbytes / t_t / 1e6,
+                            copy_pct=100 * nbytes / t_o / 1e6 / COPY_GBS, ok=True, spread=spread))
+        print(f"  mem {name:16s}: ours {t_o:.3f} ms ({nbytes / t_o / 1e6:.0f} GB/s) torch {t_t:.3f} ms "
+              f"ratio {t_t / t_o:.2f}", flush=True)
+    # correctness of the timed memory-bound ops
+    chk.check("bench relu", ops.relu_fwd(x), F.relu(x).double(), 0)
+    y, i = ops.max_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
+    yr, ir = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    chk.check("bench max_pool", y, yr, 0)
+    chk.check("bench sort", ops.sort_fwd(a, b, 0, 0.01), (lambda ad, bd: ad + bd + (ad.relu() * bd.relu() + 0.01).sqrt())(
+        a.double(), b.double()), REL_TOL[dt])
+
+
+def smoke():
+    """Each op once on small shapes, every dtype: the compute-sanitizer workload."""
+    dev = "cuda"
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        for cl in (False, True):
+            fmt = torch.channels_last if cl else torch.contiguous_format
+            for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+                set_tf32(tf32)
+                for (C, K, g, R, st) in ((16, 24, 1, 3, 1), (3, 8, 1, 3, 2), (16, 16, 16, 3, 1), (16, 32, 2, 1, 2)):
+                    x = torch.randn(2, C, 9, 7, device=dev, dtype=dtype).contiguous(memory_format=fmt)
+                    w = torch.randn(K, C // g, R, R, device=dev, dtype=dtype).contiguous(memory_format=fmt)
+                    bias = torch.randn(K, device=dev, dtype=dtype)
+                    y = ops.conv2d_fwd(x, w, bias, [st, st], [1, 1, 1, 1], [1, 1], g)
+                    r = torch.randn_like(y)
+                    ops.conv2d_fused_fwd(x, w, bias, [st, st], [1, 1, 1, 1], [1, 1], g, bias, bias, r, 2, True, 0, 0.01)
+                    ops.conv2d_bwd_input(y, w, list(x.shape), [st, st], [1, 1, 1, 1], [1, 1], g)
+                    ops.conv2d_bwd_weight(y, x, list(w.shape), [st, st], [1, 1, 1, 1], [1, 1], g)
+                    ops.conv2d_bwd_bias(y)
+            x = torch.randn(2, 16, 9, 7, device=dev, dtype=dtype).contiguous(memory_format=fmt)
+            y, i = ops.max_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+            ops.max_pool2d_bwd(y, i, list(x.shape))
+            y = ops.avg_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], True, False, None)
+            ops.avg_pool2d_bwd(y, list(x.shape), [3, 3], [2, 2], [1, 1], True, False, None)
+            y = ops.adaptive_avg_pool2d_fwd(x, [4, 3])
+            ops.adaptive_avg_pool2d_bwd(y, list(x.shape))
+            ops.relu_bwd(x, ops.relu_fwd(x))
+            ops.sort_bwd(x, x, ops.sort_fwd(x, x, 0, 0.01), 1, 0.01)
+    # the big tensor-core tile configs
+    for K in (64, 128, 256):  # M = 12800: 64x64, 128x64 and 128x128 tiles respectively
+        x = torch.randn(8, 64, 40, 40, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(K, 64, 3, 3, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+        ops.conv2d_fwd(x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+    torch.cuda.synchronize()
+    print("smoke: every op ran")
+
+
+def table(results, chk):
+    lines = []
+    fails = [r for r in chk.rows if not r[3]]
+    lines.append(f"verification: {len(chk.rows) - len(fails)}/{len(chk.rows)} checks passed"
+                 + (f"; FAILED: {', '.join(r[0] for r in fails[:12])}" + (" ..." if len(fails) > 12 else "") if fails else ""))
+    conv = [r for r in results if r["part"] in ("fwd", "bwd")]
+    if conv:
+        lines.append(f"{'part':4s} {'layer':11s} {'dtype':5s} {'ours ms':>8s} {'cuDNN ms':>8s} {'TFLOP/s':>8s} "
+                     f"{'cuDNN':>7s} {'ratio':>6s} {'%peak':>6s} {'rel err':>8s} ok")
+        for r in conv:
+            lines.append(f"{r['part']:4s} {r['layer']:11s} {r['dtype']:5s} {r['ms']:8.3f} {r['cudnn_ms']:8.3f} "
+                         f"{r['tflops']:8.1f} {r['cudnn_tflops']:7.1f} {r['ratio']:6.2f} {r['peak_pct']:6.1f} "
+                         f"{r.get('rel', float('nan')):8.1e} {'y' if r['ok'] else 'N'}")
+    mem = [r for r in results if r["part"] == "mem"]
+    if mem:
+        lines.append(f"{'memory-bound (fp16 CL)':22s} {'ours ms':>8s} {'torch ms':>8s} {'GB/s':>7s} {'%copy':>6s} {'ratio':>6s}")
+        for r in mem:
+            lines.append(f"{r['layer']:22s} {r['ms']:8.3f} {r['cudnn_ms']:8.3f} {r['gbs']:7.0f} {r['copy_pct']:6.1f} "
+                         f"{r['ratio']:6.2f}")
+    return "\n".join(lines)
+
+
+def main():
+    global ops
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer verification cases")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("gpu_bench: no CUDA device")
+    from fastconv import ops as _  # noqa: F401  (fake/autograd registrations; loads the extension)
+    ops = torch.ops.fastconv
+    info = fastconv.info()
+    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  cuDNN {torch.backends.cudnn.version()}  "
+          f"fastconv cuda_built={info.get('cuda_built')}", flush=True)
+    if args.smoke:
+        smoke()
+        return 0
+    parts = env_list("FASTCONV_BENCH_PARTS", ["verify", "fwd", "bwd", "fused", "mem"])
+    layers = env_list("FASTCONV_BENCH_LAYERS", LAYERS)
+    dtypes = env_list("FASTCONV_BENCH_DTYPES", ["fp16", "bf16", "fp32"])
+    batch = int(os.environ.get("FASTCONV_BENCH_BATCH", "128"))
+    out_dir = os.environ.get("FASTCONV_BENCH_OUT", os.environ.get("OUT", "."))
+    chk = Checker()
+    results = []
+    t0 = time.time()
+    for part in parts:
+        t = time.time()
+        try:
+            if part == "verify":
+                verify(chk, args.quick)
+            elif part == "fwd":
+                bench_fwd(layers, dtypes, batch, results, chk)
+            elif part == "bwd":
+                bench_bwd(layers, batch, results, chk)
+            elif part == "mem":
+                bench_mem(batch, results, chk)
+            elif part == "fused":
+                bench_fused(batch, results, chk)
+        except Exception as exc:  # keep the other parts and the table
+            import traceback
+            traceback.print_exc()
+            chk.rows.append((f"{part} crashed: {type(exc).__name__}: {str(exc)[:200]}", 0, 0, False))
+            chk.failed += 1
+            torch.cuda.synchronize()
+        print(f"[{part}] {time.time() - t:.1f} s", flush=True)
+    try:
+        with open(os.path.join(out_dir, "bench.json"), "w") as f:
+            json.dump(dict(results=results, checks=chk.rows), f, indent=1, default=str)
+    except OSError:
+        pass
+    print(f"total {time.time() - t0:.1f} s\n")
+    print(table(results, chk))
+    return 1 if chk.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Numba CPU backend against the native kernels (where built) and torch, timed in the same run,
+interleaved. First-call cost is reported separately: compile (empty numba cache) and load (warm
+cache), each measured in a fresh process.
+
+  python benchmarks/numba_bench.py [--repeats 7] [--batch 1] [--threads N] [--quick] [--json out.json]
+
+On a shared machine use --threads 1: with more threads than free cores every parallel region waits
+for its threads to be scheduled and all three implementations time at the scheduler's quantum.
+"""
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as TF
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import fastconv  # noqa: E402
+from fastconv import backends  # noqa: E402
+
+CONVS = [  # name, C, H, K, R, stride, pad
+    ("r50_l1_3x3", 64, 56, 64, 3, 1, 1),
+    ("r50_l1_1x1", 64, 56, 256, 1, 1, 0),
+    ("r50_l3_3x3", 256, 14, 256, 3, 1, 1),
+    ("r50_conv1_7x7s2", 3, 224, 64, 7, 2, 3),
+    ("alex_conv2_5x5", 64, 27, 192, 5, 1, 2),
+]
+
+
+def cases(batch, quick):
+    g = torch.Generator().manual_seed(0)
+    convs = CONVS[:2] if quick else CONVS
+    for name, c, h, k, r, s, p in convs:
+        x = torch.randn(batch, c, h, h, generator=g)
+        w = torch.randn(k, c, r, r, generator=g) / (c * r * r) ** 0.5
+        yield (f"conv2d {name}", lambda x=x, w=w, s=s, p=p: fastconv.conv2d(x, w, None, s, p),
+               lambda x=x, w=w, s=s, p=p: TF.conv2d(x, w, None, s, p))
+    x = torch.randn(batch, 64, 112, 112, generator=g)
+    y = torch.randn(batch, 64, 112, 112, generator=g)
+    yield ("max_pool2d 3x3s2", lambda: fastconv.max_pool2d(x, 3, 2, 1), lambda: TF.max_pool2d(x, 3, 2, 1))
+    yield ("avg_pool2d 2x2s2", lambda: fastconv.avg_pool2d(x, 2), lambda: TF.avg_pool2d(x, 2))
+    yield ("adaptive_avg_pool2d 1", lambda: fastconv.adaptive_avg_pool2d(x, 1), lambda: TF.adaptive_avg_pool2d(x, 1))
+    yield ("relu", lambda: fastconv.relu(x), lambda: TF.relu(x))
+    yield ("sort sqrt", lambda: fastconv.sort(x, y),
+           lambda: x + y + torch.sqrt(x.relu() * y.relu() + 0.01))
+
+
+def time_interleaved(fns, repeats, warmup=2):
+    """(median, min) seconds of each callable (None: skipped), round-robin so load drift hits all
+    alike; on a shared machine the minimum is the better estimate of the uncontended time."""
+    for _ in range(warmup):
+        for f in fns:
+            if f is not None:
+                f()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for f, acc in zip(fns, times):
+            if f is not None:
+                t0 = time.perf_counter()
+                f()
+                acc.append(time.perf_counter() - t0)
+    return [(statistics.median(t), min(t)) if t else None for t in times]
+
+
+def _under(backend, fn):
+    def run():
+        with fastconv.use_backend(backend):
+            return fn()
+    return run
+
+
+def _native_runs(fn):
+    if not backends.available("native"):
+        return False
+    try:
+        _under("native", fn)()
+        return True
+    except (NotImplementedError, RuntimeError):  # op declared but no CPU kernel yet
+        return False
+
+
+FIRST_CALL = """
+import time, torch, numpy as np
+t0 = time.perf_counter()
+import fastconv.numba as fnb
+from fastconv.numba import kernels
+t_import = time.perf_counter() - t0
+x = np.random.rand(1, 8, 16, 16).astype(np.{dt}); w = np.random.rand(8, 8, 3, 3).astype(np.{dt})
+out = {{"import": t_import}}
+for name, f in [("conv2d", lambda: fnb.conv2d(x, w, None, 1, 1)), ("max_pool2d", lambda: fnb.max_pool2d(x, 3, 2, 1)),
+                ("avg_pool2d", lambda: fnb.avg_pool2d(x, 2)), ("relu", lambda: fnb.relu(x)),
+                ("sort", lambda: fnb.sort(x, x))]:
+    t0 = time.perf_counter(); f(); t1 = time.perf_counter(); f(); t2 = time.perf_counter()
+    out[name] = (t1 - t0, t2 - t1)
+print(repr(out))
+"""
+
+
+def first_call(dtype="float32"):
+    """{'compile': {...}, 'cached': {...}}: first/second call seconds per op, fresh processes."""
+    res = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
+        for label in ("compile", "cached"):
+            out = subprocess.run([sys.executable, "-c", FIRST_CALL.format(dt=dtype)], env=env, cwd=ROOT,
+                                 capture_output=True, text=True, check=True)
+            res[label] = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 (our own repr output)
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-first-call", action="store_true")
+    ap.add_argument("--threads", type=int, help="threads for numba, torch and the native kernels (OpenMP)")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+          f"native {'yes' if backends.available('native') else 'no'}")
+    rows = []
+    if not args.no_first_call:
+        fc = first_call()
+        print("\nfirst call, fresh process (s): op, compile (empty cache) 1st / 2nd call, cached 1st / 2nd call")
+        print(f"  import fastconv.numba: {fc['compile']['import']:.2f} / cached {fc['cached']['import']:.2f}")
+        for op in ("conv2d", "max_pool2d", "avg_pool2d", "relu", "sort"):
+            c, w = fc["compile"][op], fc["cached"][op]
+            print(f"  {op:12s} {c[0]:8.2f} / {c[1] * 1e3:7.2f} ms   {w[0]:8.3f} / {w[1] * 1e3:7.2f} ms")
+        rows.append({"first_call": fc})
+    print("\nmedian (min) ms per call; ratios of the medians (of the minima)")
+    print(f"{'op':24s} {'numba':>17s} {'native':>17s} {'torch':>17s} {'numba/native':>13s} {'numba/torch':>13s}")
+
+    def ms(t):
+        return f"{t[0] * 1e3:8.2f} ({t[1] * 1e3:6.2f})" if t else f"{'n/a':>17s}"
+
+    def ratio(a, b):
+        return f"{a[0] / b[0]:5.2f} ({a[1] / b[1]:5.2f})" if a and b else f"{'n/a':>13s}"
+
+    for name, fn, ref in cases(args.batch, args.quick):
+        native_fn = _under("native", fn) if _native_runs(fn) else None
+        t_nb, t_nat, t_ref = time_interleaved([_under("numba", fn), native_fn, ref], args.repeats)
+        print(f"{name:24s} {ms(t_nb)} {ms(t_nat)} {ms(t_ref)} {ratio(t_nb, t_nat):>13s} {ratio(t_nb, t_ref):>13s}")
+        rows.append({"op": name, "numba_s": t_nb, "native_s": t_nat, "torch_s": t_ref})
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+// Elementwise kernels compiled for AVX512 (dispatched from eltwise_kernels.cpp).
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+#include "fastconv/eltwise_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+namespace fastconv {
+namespace avx512 {
+#include "eltwise_kernels_impl.h"
+
+#define FASTCONV_ELTWISE_INSTANTIATE(T)                                                           \
+  template void relu_fwd<T>(const T*, T*, int64_t);                                               \
+  template void relu_bwd<T>(const T*, const T*, T*, int64_t);                                     \
+  template void sort_fwd<T>(const T*, const T*, T*, int64_t, SortMode, double);                   \
+  template void sort_bwd<T>(const T*, const T*, const T*, T*, T*, int64_t, SortMode, double);
+FASTCONV_ELTWISE_INSTANTIATE(float)
+FASTCONV_ELTWISE_INSTANTIATE(double)
+FASTCONV_ELTWISE_INSTANTIATE(bf16)
+FASTCONV_ELTWISE_INSTANTIATE(fp16)
+}  // namespace avx512
+}  // namespace fastconv
+#pragma GCC pop_options

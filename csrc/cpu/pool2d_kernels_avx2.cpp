@@ -1,0 +1,22 @@
+// Pooling kernels compiled for AVX2 (dispatched from pool2d_kernels.cpp).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "fastconv/eltwise_kernels.h"
+#include "fastconv/pool2d_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace fastconv {
+namespace avx2 {
+#include "pool2d_kernels_impl.h"
+FASTCONV_POOL_INSTANTIATE(float)
+FASTCONV_POOL_INSTANTIATE(double)
+}  // namespace avx2
+}  // namespace fastconv
+#pragma GCC pop_options

@@ -1,0 +1,22 @@
+// Pooling kernels compiled for AVX512 (dispatched from pool2d_kernels.cpp).
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "fastconv/eltwise_kernels.h"
+#include "fastconv/pool2d_kernels.h"
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
+namespace fastconv {
+namespace avx512 {
+#include "pool2d_kernels_impl.h"
+FASTCONV_POOL_INSTANTIATE(float)
+FASTCONV_POOL_INSTANTIATE(double)
+}  // namespace avx512
+}  // namespace fastconv
+#pragma GCC pop_options

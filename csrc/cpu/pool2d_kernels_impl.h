@@ -1,0 +1,395 @@
+// Body of the pooling kernels, included once per ISA inside namespace fastconv::<isa> after all
+// standard headers (pool2d_kernels.cpp, pool2d_kernels_avx2.cpp, ...). The channels_last loops run
+// over contiguous channels with plain selects/adds so the compiler vectorizes them for the target.
+// Needs: <algorithm>, <cmath>, <cstdint>, <limits>, <vector>, fastconv/eltwise_kernels.h.
+
+// One output row/column's window along one dimension: input positions lo, lo+step, ... < hi;
+// span = extent counted by count_include_pad (window clipped to input + padding, not to input).
+struct Range {
+  int64_t lo, hi, span;
+};
+
+enum class Kind { kMax, kAvg, kAdaptive };
+
+inline std::vector<Range> ranges(Kind kind, int64_t out, int64_t size, int64_t k, int64_t s, int64_t pad,
+                                 int64_t d) {
+  std::vector<Range> r(static_cast<size_t>(out));
+  for (int64_t o = 0; o < out; ++o) {
+    int64_t lo, hi, span;
+    if (kind == Kind::kMax) {  // torch: skip leading padding in steps of the dilation
+      lo = o * s - pad;
+      hi = std::min(lo + (k - 1) * d + 1, size);
+      if (lo < 0) lo += (-lo + d - 1) / d * d;
+      span = 0;
+    } else if (kind == Kind::kAvg) {
+      lo = o * s - pad;
+      hi = std::min(lo + k, size + pad);
+      span = hi - lo;
+      lo = std::max<int64_t>(lo, 0);
+      hi = std::min(hi, size);
+    } else {
+      lo = o * size / out;
+      hi = ((o + 1) * size + out - 1) / out;
+      span = hi - lo;
+    }
+    r[static_cast<size_t>(o)] = {lo, hi, span};
+  }
+  return r;
+}
+
+struct Windows {
+  std::vector<Range> h, w;
+  int64_t dh = 1, dw = 1;
+  Windows(Kind kind, const Pool2dParams& p)
+      : h(ranges(kind, p.y.h, p.x.h, p.kh, p.stride_h, p.pad_h, p.dil_h)),
+        w(ranges(kind, p.y.w, p.x.w, p.kw, p.stride_w, p.pad_w, p.dil_w)) {
+    if (kind == Kind::kMax) dh = p.dil_h, dw = p.dil_w;
+  }
+};
+
+// torch's avg divisor: override, else the window clipped to input+padding, else the valid count.
+inline int64_t divisor(const Pool2dParams& p, const Range& rh, const Range& rw) {
+  if (p.divisor_override) return p.divisor_override;
+  if (p.count_include_pad) return rh.span * rw.span;
+  return (rh.hi - rh.lo) * (rw.hi - rw.lo);
+}
+
+inline bool channels_last(const Pool2dParams& p) { return p.x.c > 1 && p.x.sc == 1 && p.y.sc == 1; }
+
+// Channels per task of the channels_last backward (tasks own (n, channel block) so scatters never race).
+inline int64_t channel_block(const Pool2dParams& p) {
+  int64_t want = std::max<int64_t>(1, (2 * omp_get_max_threads() + p.x.n - 1) / p.x.n);
+  return std::max<int64_t>(16, (p.x.c + want - 1) / want);
+}
+
+// ---------------------------------------------------------------- max pooling
+// Scan order and update rule of torch: row-major window, take v if v > max or v is NaN (so the
+// first maximum wins, and the last NaN if any). One window over channels [0, cn) of a block; CN > 0
+// fixes the width at compile time so the running max and positions stay in registers.
+template <typename T, typename S, int CN, int CB>
+inline void max_window_cl(const Pool2dParams& p, const Windows& win, const Range& rh, const Range& rw,
+                          const T* __restrict xb, int64_t cn_run, T* __restrict yp, int64_t* __restrict ip) {
+  const int64_t cn = CN ? CN : cn_run;
+  T m[CB];
+  S s[CB];
+  const S first = static_cast<S>(rh.lo * p.x.w + rw.lo);
+  for (int64_t c = 0; c < cn; ++c) m[c] = -std::numeric_limits<T>::infinity(), s[c] = first;
+  for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh) {
+    for (int64_t iw = rw.lo; iw < rw.hi; iw += win.dw) {
+      const T* __restrict xp = xb + ih * p.x.sh + iw * p.x.sw;
+      const S at = static_cast<S>(ih * p.x.w + iw);
+      for (int64_t c = 0; c < cn; ++c) {
+        T v = xp[c];
+        bool take = (v > m[c]) | (v != v);
+        m[c] = take ? v : m[c];
+        s[c] = take ? at : s[c];
+      }
+    }
+  }
+  for (int64_t c = 0; c < cn; ++c) yp[c] = m[c], ip[c] = s[c];
+}
+
+template <typename T, typename S>
+void max_fwd_cl(const Pool2dParams& p, const Windows& win, const T* __restrict x, T* __restrict y,
+                int64_t* __restrict idx) {
+  const int64_t C = p.x.c, P = p.y.h, Q = p.y.w;
+  constexpr int CB = 128 / sizeof(T);  // four vectors of max + four of positions (AVX2)
+  parallel_ranges(p.x.n * P, p.x.n * P * Q * C * p.kh * p.kw, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / P, oh = r % P;
+      for (int64_t ow = 0; ow < Q; ++ow) {
+        const int64_t yo = n * p.y.sn + oh * p.y.sh + ow * p.y.sw;
+        const T* xb = x + n * p.x.sn;
+        int64_t c0 = 0;
+        for (; c0 + CB <= C; c0 += CB)
+          max_window_cl<T, S, CB, CB>(p, win, win.h[oh], win.w[ow], xb + c0, CB, y + yo + c0, idx + yo + c0);
+        if (c0 < C)
+          max_window_cl<T, S, 0, CB>(p, win, win.h[oh], win.w[ow], xb + c0, C - c0, y + yo + c0, idx + yo + c0);
+      }
+    }
+  });
+}
+
+// One plane row of outputs. Outputs [q0, q1) have their whole window inside the row, so their loop
+// over ow runs without clipping and vectorizes (SW: the stride as a constant, 0 = run time); the
+// window is still visited in row-major order per output, so ties and NaN resolve as in torch.
+template <typename T, typename S, int SW>
+void max_row_nchw(const Pool2dParams& p, const Windows& win, const T* __restrict xp, const Range& rh,
+                  T* __restrict yp, int64_t* __restrict ip, T* __restrict m, S* __restrict s) {
+  const int64_t W = p.x.w, Q = p.y.w, sw = SW ? SW : p.stride_w, pw = p.pad_w, dw = p.dil_w, kw = p.kw;
+  const int64_t q0 = std::min(Q, (pw + sw - 1) / sw);
+  const int64_t last = W - 1 - (kw - 1) * dw + pw;  // interior: ow * sw <= last
+  const int64_t q1 = last < 0 ? q0 : std::max(q0, std::min(Q, last / sw + 1));
+  auto scalar = [&](int64_t ow) {
+    const Range& rw = win.w[ow];
+    T best = -std::numeric_limits<T>::infinity();
+    int64_t at = rh.lo * W + rw.lo;
+    for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh)
+      for (int64_t iw = rw.lo; iw < rw.hi; iw += win.dw) {
+        T v = xp[ih * p.x.sh + iw];
+        if ((v > best) | (v != v)) best = v, at = ih * W + iw;
+      }
+    yp[ow] = best, ip[ow] = at;
+  };
+  for (int64_t ow = 0; ow < q0; ++ow) scalar(ow);
+  for (int64_t ow = q1; ow < Q; ++ow) scalar(ow);
+  if (q0 >= q1) return;
+  for (int64_t ow = q0; ow < q1; ++ow)
+    m[ow] = -std::numeric_limits<T>::infinity(), s[ow] = static_cast<S>(rh.lo * W + ow * sw - pw);
+  for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh) {
+    for (int64_t j = 0; j < kw; ++j) {
+      const int64_t off = j * dw - pw;
+      const T* __restrict row = xp + ih * p.x.sh;
+      const S base = static_cast<S>(ih * W + off);
+      for (int64_t ow = q0; ow < q1; ++ow) {
+        T v = row[off + ow * sw];
+        S at = base + static_cast<S>(ow * sw);
+        bool take = (v > m[ow]) | (v != v);
+        m[ow] = take ? v : m[ow];
+        s[ow] = take ? at : s[ow];
+      }
+    }
+  }
+  for (int64_t ow = q0; ow < q1; ++ow) yp[ow] = m[ow], ip[ow] = s[ow];
+}
+
+// NCHW: both tensors have unit stride along W (NCHW-contiguous, or C == 1).
+template <typename T, typename S>
+void max_fwd_nchw(const Pool2dParams& p, const Windows& win, const T* __restrict x, T* __restrict y,
+                  int64_t* __restrict idx) {
+  const int64_t C = p.x.c, P = p.y.h, Q = p.y.w;
+  auto row = p.stride_w == 1 ? max_row_nchw<T, S, 1> : p.stride_w == 2 ? max_row_nchw<T, S, 2> : max_row_nchw<T, S, 0>;
+  parallel_ranges(p.x.n * C * P, p.x.n * C * P * Q * p.kh * p.kw, [&](int64_t r0, int64_t r1) {
+    std::vector<T> m(static_cast<size_t>(Q));
+    std::vector<S> s(static_cast<size_t>(Q));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / (C * P), c = r / P % C, oh = r % P;
+      const int64_t yo = n * p.y.sn + c * p.y.sc + oh * p.y.sh;
+      row(p, win, x + n * p.x.sn + c * p.x.sc, win.h[oh], y + yo, idx + yo, m.data(), s.data());
+    }
+  });
+}
+
+template <typename T>
+void max_pool2d_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
+  if (p.y.n * p.y.c * p.y.h * p.y.w == 0) return;
+  Windows win(Kind::kMax, p);
+  // 32-bit window positions vectorize with float; planes past 2^31 elements take 64-bit ones.
+  const bool narrow = sizeof(T) == 4 && p.x.h * p.x.w <= std::numeric_limits<int32_t>::max();
+  if (!channels_last(p)) {
+    if (narrow) return max_fwd_nchw<T, int32_t>(p, win, x, y, idx);
+    return max_fwd_nchw<T, int64_t>(p, win, x, y, idx);
+  }
+  if (narrow) return max_fwd_cl<T, int32_t>(p, win, x, y, idx);
+  return max_fwd_cl<T, int64_t>(p, win, x, y, idx);
+}
+
+template <typename T>
+void max_pool2d_bwd(const Pool2dParams& p, const T* gy, const int64_t* idx, T* gx) {
+  const int64_t N = p.x.n, C = p.x.c, H = p.x.h, W = p.x.w, P = p.y.h, Q = p.y.w, HW = H * W;
+  if (N * C * H * W == 0) return;
+  // Both layouts have sh == W * sw, so a flat plane index i sits at i * sw (sw = 1 for NCHW).
+  const int64_t sw = p.x.sw;
+  if (!channels_last(p)) {
+    parallel_ranges(N * C, N * C * (HW + P * Q), [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = t / C, c = t % C;
+        T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
+        for (int64_t ih = 0; ih < H; ++ih)
+          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] = T(0);
+        const int64_t* ip = idx + n * p.y.sn + c * p.y.sc;
+        const T* gp = gy + n * p.y.sn + c * p.y.sc;
+        for (int64_t oh = 0; oh < P; ++oh) {
+          for (int64_t ow = 0; ow < Q; ++ow) {
+            const int64_t o = oh * p.y.sh + ow, i = ip[o];
+            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) g[i] += gp[o];
+          }
+        }
+      }
+    });
+    return;
+  }
+  const int64_t CB = channel_block(p), nb = (C + CB - 1) / CB;
+  parallel_ranges(N * nb, N * C * (HW + P * Q), [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nb, c0 = t % nb * CB, cn = std::min(CB, C - c0);
+      T* __restrict g = gx + n * p.x.sn + c0;
+      for (int64_t ih = 0; ih < H; ++ih)
+        for (int64_t iw = 0; iw < W; ++iw)
+          for (int64_t c = 0; c < cn; ++c) g[ih * p.x.sh + iw * sw + c] = T(0);
+      for (int64_t oh = 0; oh < P; ++oh) {
+        for (int64_t ow = 0; ow < Q; ++ow) {
+          const int64_t o = n * p.y.sn + oh * p.y.sh + ow * p.y.sw + c0;
+          for (int64_t c = 0; c < cn; ++c) {
+            const int64_t i = idx[o + c];
+            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) g[i * sw + c] += gy[o + c];
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------- average pooling (plain and adaptive)
+// One output per NCHW plane whose window is the whole plane (global pooling): a plain contiguous
+// reduction / broadcast, far cheaper than the row machinery on small planes like 7x7.
+inline bool global_nchw(const Pool2dParams& p, const Windows& win) {
+  return !channels_last(p) && p.y.h == 1 && p.y.w == 1 && win.h[0].lo == 0 && win.h[0].hi == p.x.h &&
+         win.w[0].lo == 0 && win.w[0].hi == p.x.w && p.x.sh == p.x.w;
+}
+
+template <typename T>
+void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restrict y) {
+  const int64_t N = p.x.n, C = p.x.c, P = p.y.h, Q = p.y.w;
+  if (N * C * P * Q == 0) return;
+  const Windows win(kind, p);
+  const int64_t work = N * C * P * Q * std::max<int64_t>(1, (p.x.h / P + 1) * (p.x.w / Q + 1));
+  if (global_nchw(p, win)) {
+    const int64_t HW = p.x.h * p.x.w;
+    const T div = T(divisor(p, win.h[0], win.w[0]));
+    parallel_ranges(N * C, N * C * HW, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0, n = t0 / C, c = t0 % C; t < t1; ++t, c = c + 1 == C ? (++n, 0) : c + 1) {
+        const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
+        T sum = 0;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < HW; ++i) sum += xp[i];
+        y[n * p.y.sn + c * p.y.sc] = sum / div;
+      }
+    });
+    return;
+  }
+  if (!channels_last(p)) {
+    // Per output row: sum the window's input rows into a row buffer (vectorized along W), then
+    // each output adds its columns of that buffer.
+    parallel_ranges(N * C * P, work, [&](int64_t r0, int64_t r1) {
+      std::vector<T> buf(static_cast<size_t>(p.x.w));
+      T* __restrict b = buf.data();
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t n = r / (C * P), c = r / P % C, oh = r % P;
+        const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
+        const Range& rh = win.h[oh];
+        for (int64_t iw = 0; iw < p.x.w; ++iw) b[iw] = 0;
+        for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
+          for (int64_t iw = 0; iw < p.x.w; ++iw) b[iw] += xp[ih * p.x.sh + iw];
+        T* __restrict yp = y + n * p.y.sn + c * p.y.sc + oh * p.y.sh;
+        for (int64_t ow = 0; ow < Q; ++ow) {
+          const Range& rw = win.w[ow];
+          T sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t iw = rw.lo; iw < rw.hi; ++iw) sum += b[iw];
+          yp[ow] = sum / T(divisor(p, rh, rw));
+        }
+      }
+    });
+    return;
+  }
+  constexpr int64_t CB = 256;
+  parallel_ranges(N * P, work, [&](int64_t r0, int64_t r1) {
+    T acc[CB];
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / P, oh = r % P;
+      const Range& rh = win.h[oh];
+      for (int64_t ow = 0; ow < Q; ++ow) {
+        const Range& rw = win.w[ow];
+        const T inv = T(1) / T(divisor(p, rh, rw));
+        T* __restrict yp = y + n * p.y.sn + oh * p.y.sh + ow * p.y.sw;
+        for (int64_t c0 = 0; c0 < C; c0 += CB) {
+          const int64_t cn = std::min(CB, C - c0);
+          for (int64_t c = 0; c < cn; ++c) acc[c] = 0;
+          for (int64_t ih = rh.lo; ih < rh.hi; ++ih) {
+            for (int64_t iw = rw.lo; iw < rw.hi; ++iw) {
+              const T* __restrict xp = x + n * p.x.sn + ih * p.x.sh + iw * p.x.sw + c0;
+              for (int64_t c = 0; c < cn; ++c) acc[c] += xp[c];
+            }
+          }
+          for (int64_t c = 0; c < cn; ++c) yp[c0 + c] = acc[c] * inv;
+        }
+      }
+    }
+  });
+}
+
+// gx = 0, then every output's gradient / divisor added over its window (windows may overlap).
+template <typename T>
+void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __restrict gx) {
+  const int64_t N = p.x.n, C = p.x.c, H = p.x.h, W = p.x.w, P = p.y.h, Q = p.y.w;
+  if (N * C * H * W == 0) return;
+  const Windows win(kind, p);
+  const int64_t work = N * C * (H * W + P * Q * std::max<int64_t>(1, (H / P + 1) * (W / Q + 1)));
+  if (global_nchw(p, win)) {
+    const T div = T(divisor(p, win.h[0], win.w[0]));
+    parallel_ranges(N * C, N * C * H * W, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0, n = t0 / C, c = t0 % C; t < t1; ++t, c = c + 1 == C ? (++n, 0) : c + 1) {
+        const T v = gy[n * p.y.sn + c * p.y.sc] / div;
+        T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
+        for (int64_t i = 0; i < H * W; ++i) g[i] = v;
+      }
+    });
+    return;
+  }
+  if (!channels_last(p)) {
+    parallel_ranges(N * C, work, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = t / C, c = t % C;
+        T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
+        for (int64_t ih = 0; ih < H; ++ih)
+          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] = T(0);
+        for (int64_t oh = 0; oh < P; ++oh) {
+          const Range& rh = win.h[oh];
+          for (int64_t ow = 0; ow < Q; ++ow) {
+            const Range& rw = win.w[ow];
+            const T v = gy[n * p.y.sn + c * p.y.sc + oh * p.y.sh + ow] / T(divisor(p, rh, rw));
+            for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
+              for (int64_t iw = rw.lo; iw < rw.hi; ++iw) g[ih * p.x.sh + iw] += v;
+          }
+        }
+      }
+    });
+    return;
+  }
+  const int64_t CB = channel_block(p), nb = (C + CB - 1) / CB;
+  parallel_ranges(N * nb, work, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / nb, c0 = t % nb * CB, cn = std::min(CB, C - c0);
+      T* __restrict g = gx + n * p.x.sn + c0;
+      for (int64_t ih = 0; ih < H; ++ih)
+        for (int64_t iw = 0; iw < W; ++iw)
+          for (int64_t c = 0; c < cn; ++c) g[ih * p.x.sh + iw * p.x.sw + c] = T(0);
+      for (int64_t oh = 0; oh < P; ++oh) {
+        const Range& rh = win.h[oh];
+        for (int64_t ow = 0; ow < Q; ++ow) {
+          const Range& rw = win.w[ow];
+          const T inv = T(1) / T(divisor(p, rh, rw));
+          const T* __restrict gp = gy + n * p.y.sn + oh * p.y.sh + ow * p.y.sw + c0;
+          for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
+            for (int64_t iw = rw.lo; iw < rw.hi; ++iw) {
+              T* __restrict gq = g + ih * p.x.sh + iw * p.x.sw;
+              for (int64_t c = 0; c < cn; ++c) gq[c] += gp[c] * inv;
+            }
+        }
+      }
+    }
+  });
+}
+
+template <typename T> void avg_pool2d_fwd(const Pool2dParams& p, const T* x, T* y) { avg_fwd(Kind::kAvg, p, x, y); }
+template <typename T> void avg_pool2d_bwd(const Pool2dParams& p, const T* gy, T* gx) { avg_bwd(Kind::kAvg, p, gy, gx); }
+// Adaptive bins divide by their own size: span = hi - lo, so count_include_pad gives it.
+inline Pool2dParams adaptive(Pool2dParams p) {
+  p.count_include_pad = true, p.divisor_override = 0;
+  return p;
+}
+template <typename T> void adaptive_avg_pool2d_fwd(const Pool2dParams& p, const T* x, T* y) {
+  avg_fwd(Kind::kAdaptive, adaptive(p), x, y);
+}
+template <typename T> void adaptive_avg_pool2d_bwd(const Pool2dParams& p, const T* gy, T* gx) {
+  avg_bwd(Kind::kAdaptive, adaptive(p), gy, gx);
+}
+
+#define FASTCONV_POOL_INSTANTIATE(T)                                                        \
+  template void max_pool2d_fwd<T>(const Pool2dParams&, const T*, T*, int64_t*);             \
+  template void max_pool2d_bwd<T>(const Pool2dParams&, const T*, const int64_t*, T*);       \
+  template void avg_pool2d_fwd<T>(const Pool2dParams&, const T*, T*);                       \
+  template void avg_pool2d_bwd<T>(const Pool2dParams&, const T*, T*);                       \
+  template void adaptive_avg_pool2d_fwd<T>(const Pool2dParams&, const T*, T*);              \
+  template void adaptive_avg_pool2d_bwd<T>(const Pool2dParams&, const T*, T*);

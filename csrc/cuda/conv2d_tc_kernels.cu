@@ -1,0 +1,514 @@
+// conv2d forward as an implicit GEMM on tensor cores (fp16 / bf16, and fp32 inputs as TF32), fp32
+// accumulation. GEMM view, per group g:  Y[m][k] = sum_kk X[m][kk] * W[k][kk] with
+//   m  = (n, p, q) over N*P*Q output pixels,   k = output channel within the group (Kg),
+//   kk = (r, s, c) over R*S*Cg, c fastest, so a 16-byte chunk of kk is 8 (4 for fp32) consecutive
+//   channels of one input pixel in NHWC and of one filter row in KRSC: no im2col buffer, every
+//   operand tile is gathered straight from x / w with cp.async (zero-fill for padding / tails).
+// Block tile BM x BN x BK (BK = 64 bytes of K per row), STAGES-deep cp.async ring in shared memory,
+// rows padded by 16 bytes (row pitch 80 bytes: the 8 rows an ldmatrix phase reads hit 8 distinct
+// 16-byte bank groups). Warps compute WM x WN with WMMA fragments. The epilogue stages the fp32
+// accumulators through shared memory (reusing the ring), applies the fused conv2d_fused epilogue and
+// writes 16-byte vectors when the output is NHWC-contiguous (coalesced), scalars otherwise.
+#include <mma.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "common.cuh"
+
+namespace fastconv {
+namespace cuda {
+namespace {
+
+using namespace nvcuda;
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int n = valid ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+// WMMA operand type and k-depth per element type: fp32 runs as TF32 (m16n16k8).
+template <typename T> struct MmaT { using In = T; static constexpr int kK = 16; };
+template <> struct MmaT<float> { using In = wmma::precision::tf32; static constexpr int kK = 8; };
+
+template <typename T> struct TcArgs {
+  const T* x;  // [N, H, W, C] contiguous
+  const T* w;  // [K, R, S, Cg] contiguous
+  T* y;        // strides in yt
+  Tensor4 yt;
+  int64_t M;        // N * P * Q
+  int H, W, C, Cg, Kg, S, PQ, Q, Kdim;
+  int sh, sw, ph, pw, dh, dw;
+  bool y_vec;  // y (and residual) NHWC-contiguous, Kg % vector == 0, aligned: vector epilogue
+  Epi<T> ep;
+};
+
+template <typename T, int BM, int BN, int WM, int WN, int STAGES>
+struct TcCfg {
+  static constexpr int kV = 16 / sizeof(T);            // elements per 16-byte chunk
+  static constexpr int kBK = 64 / sizeof(T);           // K-depth per stage: 64 bytes per row
+  static constexpr int kBKP = kBK + kV;                // padded row pitch (80 bytes)
+  static constexpr int kWarps = (BM / WM) * (BN / WN);
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kCPR = kBK / kV;                // chunks per row (4)
+  static constexpr int kRowStep = kThreads / kCPR;     // rows covered by one pass of the block
+  static constexpr int kAIt = BM / kRowStep, kBIt = BN / kRowStep;
+  static constexpr int kLdc = BN + 4;                  // fp32 epilogue pitch
+  static constexpr int kPipeBytes = STAGES * (BM + BN) * kBKP * static_cast<int>(sizeof(T));
+  static constexpr int kEpiBytes = BM * kLdc * 4;
+  static constexpr int kSmem = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
+  static_assert(BM % kRowStep == 0 && BN % kRowStep == 0, "tile rows must split evenly over the threads");
+  static_assert(WM % 16 == 0 && WN % 16 == 0 && kBK % MmaT<T>::kK == 0, "fragment tiling");
+};
+
+template <typename T, int BM, int BN, int WM, int WN, int STAGES>
+__global__ void __launch_bounds__(TcCfg<T, BM, BN, WM, WN, STAGES>::kThreads)
+conv_tc_kernel(const TcArgs<T> a) {
+  using Cfg = TcCfg<T, BM, BN, WM, WN, STAGES>;
+  using In = typename MmaT<T>::In;
+  constexpr int V = Cfg::kV, BK = Cfg::kBK, BKP = Cfg::kBKP, MK = MmaT<T>::kK;
+  constexpr int FM = WM / 16, FN = WN / 16;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sA = reinterpret_cast<T*>(smem_raw);  // [STAGES][BM][BKP]
+  T* sB = sA + STAGES * BM * BKP;          // [STAGES][BN][BKP]
+
+  const int tid = threadIdx.x, warp = tid / 32;
+  const int wm = warp / (BN / WN), wn = warp % (BN / WN);
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int n0 = blockIdx.y * BN, g = blockIdx.z;
+  const int kc = tid % Cfg::kCPR, row0 = tid / Cfg::kCPR;  // this thread's chunk column, first row
+
+  // Per-row gather state, fixed for the whole K loop: image base, top-left input corner.
+  int64_t a_base[Cfg::kAIt];
+  int a_h[Cfg::kAIt], a_w[Cfg::kAIt];
+#pragma unroll
+  for (int i = 0; i < Cfg::kAIt; ++i) {
+    const int64_t m = m0 + row0 + i * Cfg::kRowStep;
+    if (m < a.M) {
+      const int64_t n = m / a.PQ;
+      const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+      a_base[i] = n * a.H * a.W * a.C + static_cast<int64_t>(g) * a.Cg;
+      a_h[i] = p * a.sh - a.ph;
+      a_w[i] = q * a.sw - a.pw;
+    } else {
+      a_base[i] = 0;
+      a_h[i] = -(1 << 29);  // fails the bounds test for every tap: zero rows past M
+      a_w[i] = 0;
+    }
+  }
+  const T* b_ptr[Cfg::kBIt];
+  bool b_ok[Cfg::kBIt];
+#pragma unroll
+  for (int i = 0; i < Cfg::kBIt; ++i) {
+    const int nn = n0 + row0 + i * Cfg::kRowStep;
+    b_ok[i] = nn < a.Kg;
+    b_ptr[i] = a.w + (static_cast<int64_t>(g) * a.Kg + (b_ok[i] ? nn : 0)) * a.Kdim;
+  }
+
+  auto load_stage = [&](int stage, int kt) {
+    const int kk = kt * BK + kc * V;
+    const bool kok = kk < a.Kdim;
+    const int rs = kk / a.Cg, c = kk - rs * a.Cg;
+    const int r = rs / a.S, s = rs - r * a.S;
+    const int dr = r * a.dh, ds = s * a.dw;
+    T* dA = sA + (stage * BM + row0) * BKP + kc * V;
+#pragma unroll
+    for (int i = 0; i < Cfg::kAIt; ++i) {
+      const int h = a_h[i] + dr, w = a_w[i] + ds;
+      const bool ok = kok && static_cast<unsigned>(h) < static_cast<unsigned>(a.H) &&
+                      static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
+      const T* src = ok ? a.x + a_base[i] + (static_cast<int64_t>(h) * a.W + w) * a.C + c : a.x;
+      cp_async16(dA + i * Cfg::kRowStep * BKP, src, ok);
+    }
+    T* dB = sB + (stage * BN + row0) * BKP + kc * V;
+#pragma unroll
+    for (int i = 0; i < Cfg::kBIt; ++i) {
+      const bool ok = kok && b_ok[i];
+      cp_async16(dB + i * Cfg::kRowStep * BKP, ok ? b_ptr[i] + kk : a.w, ok);
+    }
+  };
+
+  wmma::fragment<wmma::accumulator, 16, 16, MK, float> acc[FM][FN];
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  const int KT = (a.Kdim + BK - 1) / BK;
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < KT) load_stage(st, st);
+    cp_async_commit();  // empty groups keep the group count uniform
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<STAGES - 2>();  // stage kt has landed (for this thread) ...
+    __syncthreads();              // ... for all threads; and stage kt-1 is no longer being read
+    const int nk = kt + STAGES - 1;
+    if (nk < KT) load_stage(nk % STAGES, nk);
+    cp_async_commit();
+    const T* tA = sA + ((kt % STAGES) * BM + wm * WM) * BKP;
+    const T* tB = sB + ((kt % STAGES) * BN + wn * WN) * BKP;
+#pragma unroll
+    for (int ks = 0; ks < BK; ks += MK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, MK, In, wmma::row_major> fa[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, MK, In, wmma::col_major> fb[FN];
+#pragma unroll
+      for (int i = 0; i < FM; ++i) {
+        wmma::load_matrix_sync(fa[i], tA + i * 16 * BKP + ks, BKP);
+        if constexpr (sizeof(T) == 4) {
+#pragma unroll
+          for (int t = 0; t < fa[i].num_elements; ++t) fa[i].x[t] = wmma::__float_to_tf32(fa[i].x[t]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < FN; ++j) {
+        wmma::load_matrix_sync(fb[j], tB + j * 16 * BKP + ks, BKP);
+        if constexpr (sizeof(T) == 4) {
+#pragma unroll
+          for (int t = 0; t < fb[j].num_elements; ++t) fb[j].x[t] = wmma::__float_to_tf32(fb[j].x[t]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the ring is reused for the accumulators below
+
+  float* sC = reinterpret_cast<float*>(smem_raw);
+  constexpr int LDC = Cfg::kLdc;
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j)
+      wmma::store_matrix_sync(sC + (wm * WM + i * 16) * LDC + wn * WN + j * 16, acc[i][j], LDC, wmma::mem_row_major);
+  __syncthreads();
+
+  const int64_t kbase = static_cast<int64_t>(g) * a.Kg;
+  if (a.y_vec) {
+    // Output NHWC-contiguous: element (m, g*Kg + n) at m*K + g*Kg + n; V channels per access.
+    constexpr int CPRow = BN / V;
+    const int64_t K = a.yt.c;
+    for (int id = tid; id < BM * CPRow; id += Cfg::kThreads) {
+      const int row = id / CPRow, cn = (id - row * CPRow) * V;
+      const int64_t m = m0 + row;
+      const int n = n0 + cn;
+      if (m >= a.M || n >= a.Kg) continue;
+      const int64_t off = m * K + kbase + n;
+      float v[V];
+#pragma unroll
+      for (int l = 0; l < V; ++l) v[l] = sC[row * LDC + cn + l];
+      if (!a.ep.trivial) {
+        Vec<T, V> r;
+        if (a.ep.combine) r = *reinterpret_cast<const Vec<T, V>*>(a.ep.residual + off);
+#pragma unroll
+        for (int l = 0; l < V; ++l) v[l] = a.ep.apply_r(v[l], kbase + n + l, a.ep.combine ? to_acc(r.v[l]) : 0.0f);
+      }
+      Vec<T, V> o;
+#pragma unroll
+      for (int l = 0; l < V; ++l) o.v[l] = from_acc<T>(v[l]);
+      *reinterpret_cast<Vec<T, V>*>(a.y + off) = o;
+    }
+  } else {
+    // Any output strides (NCHW): walk m fastest so consecutive threads write consecutive q.
+    for (int id = tid; id < BM * BN; id += Cfg::kThreads) {
+      const int row = id % BM, col = id / BM;
+      const int64_t m = m0 + row;
+      const int n = n0 + col;
+      if (m >= a.M || n >= a.Kg) continue;
+      const int64_t img = m / a.PQ;
+      const int pq = static_cast<int>(m - img * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+      const int64_t k = kbase + n;
+      const int64_t off = img * a.yt.sn + k * a.yt.sc + p * a.yt.sh + q * a.yt.sw;
+      a.y[off] = from_acc<T>(a.ep.apply(sC[row * LDC + col], k, off));
+    }
+  }
+}
+
+// Raise the dynamic shared-memory limit once per device for each instantiation.
+template <typename Kern> void ensure_smem(Kern kernel, int bytes) {
+  static std::atomic<unsigned long long> done{0};
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const unsigned long long bit = dev < 64 ? (1ull << dev) : 0ull;
+  if (bit && (done.load(std::memory_order_relaxed) & bit)) return;
+  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess && bit)
+    done.fetch_or(bit);
+}
+
+template <typename T, int BM, int BN, int WM, int WN, int STAGES>
+void launch_tc(const TcArgs<T>& a, int groups, cudaStream_t stream) {
+  using Cfg = TcCfg<T, BM, BN, WM, WN, STAGES>;
+  auto kernel = conv_tc_kernel<T, BM, BN, WM, WN, STAGES>;
+  ensure_smem(kernel, Cfg::kSmem);
+  const dim3 grid(static_cast<unsigned>((a.M + BM - 1) / BM), static_cast<unsigned>((a.Kg + BN - 1) / BN),
+                  static_cast<unsigned>(groups));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
+}
+
+template <typename T>
+void conv_tc(const Conv2dParams& p, const void* x, const void* w, void* y, const EpilogueArgs& ep, int sm_count,
+             cudaStream_t stream) {
+  TcArgs<T> a;
+  a.x = static_cast<const T*>(x);
+  a.w = static_cast<const T*>(w);
+  a.y = static_cast<T*>(y);
+  a.yt = p.y;
+  a.M = p.y.n * p.y.h * p.y.w;
+  a.H = static_cast<int>(p.x.h); a.W = static_cast<int>(p.x.w); a.C = static_cast<int>(p.x.c);
+  a.Cg = static_cast<int>(p.x.c / p.groups);
+  a.Kg = static_cast<int>(p.y.c / p.groups);
+  a.S = static_cast<int>(p.w.w);
+  a.PQ = static_cast<int>(p.y.h * p.y.w);
+  a.Q = static_cast<int>(p.y.w);
+  a.Kdim = static_cast<int>(p.w.h * p.w.w) * a.Cg;
+  a.sh = static_cast<int>(p.stride_h); a.sw = static_cast<int>(p.stride_w);
+  a.ph = static_cast<int>(p.pad_h0); a.pw = static_cast<int>(p.pad_w0);
+  a.dh = static_cast<int>(p.dil_h); a.dw = static_cast<int>(p.dil_w);
+  a.ep = Epi<T>::make(ep);
+  constexpr int V = kVec16<T>;
+  const Tensor4& t = p.y;
+  const bool nhwc = t.sc == 1 && t.sw == t.c && t.sh == t.w * t.c && t.sn == t.h * t.w * t.c;
+  auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
+  a.y_vec = nhwc && a.Kg % V == 0 && al(y) && (!ep.residual || al(ep.residual));
+  if (a.M == 0) return;
+  const int G = static_cast<int>(p.groups);
+  auto blocks = [&](int bm, int bn) { return ((a.M + bm - 1) / bm) * ((a.Kg + bn - 1) / bn) * G; };
+  // Largest tile that still gives every SM a block; 64-wide N tiles when Kg is small.
+  if (a.Kg > 64 && blocks(128, 128) >= sm_count)
+    launch_tc<T, 128, 128, 64, 32, 4>(a, G, stream);
+  else if (a.Kg > 32 && blocks(128, 64) >= sm_count)
+    launch_tc<T, 128, 64, 64, 32, 4>(a, G, stream);
+  else
+    launch_tc<T, 64, 64, 32, 32, 4>(a, G, stream);
+}
+
+// ---- grad_weight on tensor cores: per group, DW[k][j] = sum_m DY[m][k] * Xcol[m][j] with
+// m = (n, p, q) the reduction, k the output channel (Kg), j = (r, s, c), c fastest (Cg*R*S).
+// Both operands are stored m-major in shared memory (rows of m, channels contiguous): DY rows are
+// plain NHWC rows of grad_out, Xcol rows are gathered like the forward A operand, 16 bytes at a time.
+// A is then column-major (k x m) and B row-major (m x j) for WMMA. The m range is split over
+// blockIdx.z / groups; each split writes fp32 partials [split][K][Cg*R*S], summed afterwards.
+template <typename T> struct WgArgs {
+  const T* dy;  // [N, P, Q, K] contiguous
+  const T* x;   // [N, H, W, C] contiguous
+  float* ws;    // [splits][K][Ngemm]
+  int64_t M;    // N * P * Q
+  int64_t chunk;  // m per split, a multiple of the tile depth
+  int K, Kg, C, Cg, H, W, S, PQ, Q, Ngemm, groups;
+  int sh, sw, ph, pw, dh, dw;
+};
+
+template <typename T, int BM, int BN, int STAGES>
+struct WgCfg {
+  static constexpr int kV = 16 / sizeof(T);
+  static constexpr int kBK = 64 / sizeof(T);             // m rows per stage (32 fp16/bf16, 16 fp32)
+  static constexpr int kLdA = BM + kV, kLdB = BN + kV;  // +16 bytes: ldmatrix rows on distinct banks
+  static constexpr int kThreads = 256;                 // 8 warps: 2 (k) x 4 (j), warp tile 64 x 32
+  static constexpr int kWM = BM / 2, kWN = BN / 4;
+  static constexpr int kAChunks = kBK * BM / kV, kBChunks = kBK * BN / kV;
+  static constexpr int kPipeBytes = STAGES * kBK * (kLdA + kLdB) * static_cast<int>(sizeof(T));
+  static constexpr int kLdc = BN + 4;
+  static constexpr int kEpiBytes = BM * kLdc * 4;
+  static constexpr int kSmem = kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes;
+  static_assert(kAChunks % kThreads == 0 && kBChunks % kThreads == 0, "chunks split evenly over the threads");
+  static_assert(kBK % MmaT<T>::kK == 0, "fragment depth");
+};
+
+template <typename T, int BM, int BN, int STAGES>
+__global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgArgs<T> a) {
+  using Cfg = WgCfg<T, BM, BN, STAGES>;
+  using In = typename MmaT<T>::In;
+  constexpr int V = Cfg::kV, BK = Cfg::kBK, LDA = Cfg::kLdA, LDB = Cfg::kLdB, MK = MmaT<T>::kK;
+  constexpr int WM = Cfg::kWM, WN = Cfg::kWN, FM = WM / 16, FN = WN / 16;
+  constexpr int ACPR = BM / V, BCPR = BN / V;  // chunks per smem row
+  constexpr int AIT = Cfg::kAChunks / Cfg::kThreads, BIT = Cfg::kBChunks / Cfg::kThreads;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sA = reinterpret_cast<T*>(smem_raw);   // [STAGES][BK][LDA]  (m rows, k contiguous)
+  T* sB = sA + STAGES * BK * LDA;           // [STAGES][BK][LDB]  (m rows, j contiguous)
+
+  const int tid = threadIdx.x, warp = tid / 32, wm = warp / 4, wn = warp % 4;
+  const int g = blockIdx.z % a.groups, split = blockIdx.z / a.groups;
+  const int k0 = blockIdx.x * BM, j0 = blockIdx.y * BN;
+  const int64_t mb = split * a.chunk, me = min(a.M, mb + a.chunk);
+
+  // A chunks: fixed k column per thread (the same for every i since kThreads % ACPR == 0).
+  const int a_col = (tid % ACPR) * V;
+  const bool a_ok = k0 + a_col < a.Kg;
+  const T* a_src = a.dy + static_cast<int64_t>(g) * a.Kg + k0 + (a_ok ? a_col : 0);
+  // B chunks: fixed j column per thread; decode (r, s, c) once.
+  const int b_col = (tid % BCPR) * V;
+  const int jj = j0 + b_col;
+  const bool b_ok = jj < a.Ngemm;
+  const int b_rs = jj / a.Cg, b_c = jj - b_rs * a.Cg;
+  const int b_roff = (b_rs / a.S) * a.dh - a.ph, b_soff = (b_rs % a.S) * a.dw - a.pw;
+  const T* b_src = a.x + static_cast<int64_t>(g) * a.Cg + (b_ok ? b_c : 0);
+
+  auto load_stage = [&](int stage, int64_t m_base) {
+#pragma unroll
+    for (int i = 0; i < AIT; ++i) {
+      const int row = tid / ACPR + i * (Cfg::kThreads / ACPR);
+      const int64_t m = m_base + row;
+      const bool ok = a_ok && m < me;
+      cp_async16(sA + (stage * BK + row) * LDA + a_col, ok ? a_src + m * a.K : a.dy, ok);
+    }
+#pragma unroll
+    for (int i = 0; i < BIT; ++i) {
+      const int row = tid / BCPR + i * (Cfg::kThreads / BCPR);
+      const int64_t m = m_base + row;
+      bool ok = b_ok && m < me;
+      const T* src = a.x;
+      if (ok) {
+        const int64_t n = m / a.PQ;
+        const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+        const int h = p * a.sh + b_roff, w = q * a.sw + b_soff;
+        ok = static_cast<unsigned>(h) < static_cast<unsigned>(a.H) && static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
+        src = ok ? b_src + ((n * a.H + h) * a.W + w) * a.C : a.x;
+      }
+      cp_async16(sB + (stage * BK + row) * LDB + b_col, src, ok);
+    }
+  };
+
+  wmma::fragment<wmma::accumulator, 16, 16, MK, float> acc[FM][FN];
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+
+  const int KT = mb < me ? static_cast<int>((me - mb + BK - 1) / BK) : 0;
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < KT) load_stage(st, mb + static_cast<int64_t>(st) * BK);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    const int nk = kt + STAGES - 1;
+    if (nk < KT) load_stage(nk % STAGES, mb + static_cast<int64_t>(nk) * BK);
+    cp_async_commit();
+    const T* tA = sA + (kt % STAGES) * BK * LDA + wm * WM;
+    const T* tB = sB + (kt % STAGES) * BK * LDB + wn * WN;
+#pragma unroll
+    for (int ks = 0; ks < BK; ks += MK) {
+      wmma::fragment<wmma::matrix_a, 16, 16, MK, In, wmma::col_major> fa[FM];
+      wmma::fragment<wmma::matrix_b, 16, 16, MK, In, wmma::row_major> fb[FN];
+#pragma unroll
+      for (int i = 0; i < FM; ++i) {
+        wmma::load_matrix_sync(fa[i], tA + ks * LDA + i * 16, LDA);
+        if constexpr (sizeof(T) == 4) {
+#pragma unroll
+          for (int t = 0; t < fa[i].num_elements; ++t) fa[i].x[t] = wmma::__float_to_tf32(fa[i].x[t]);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < FN; ++j) {
+        wmma::load_matrix_sync(fb[j], tB + ks * LDB + j * 16, LDB);
+        if constexpr (sizeof(T) == 4) {
+#pragma unroll
+          for (int t = 0; t < fb[j].num_elements; ++t) fb[j].x[t] = wmma::__float_to_tf32(fb[j].x[t]);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < FM; ++i)
+#pragma unroll
+        for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+  float* sC = reinterpret_cast<float*>(smem_raw);
+  constexpr int LDC = Cfg::kLdc;
+#pragma unroll
+  for (int i = 0; i < FM; ++i)
+#pragma unroll
+    for (int j = 0; j < FN; ++j)
+      wmma::store_matrix_sync(sC + (wm * WM + i * 16) * LDC + wn * WN + j * 16, acc[i][j], LDC, wmma::mem_row_major);
+  __syncthreads();
+  // Every in-range cell is written, also by splits whose m range is empty (zeros).
+  float* out = a.ws + (static_cast<int64_t>(split) * a.K + static_cast<int64_t>(g) * a.Kg) * a.Ngemm;
+  for (int id = tid; id < BM * BN; id += Cfg::kThreads) {
+    const int row = id / BN, col = id - (id / BN) * BN;
+    if (k0 + row < a.Kg && j0 + col < a.Ngemm)
+      out[static_cast<int64_t>(k0 + row) * a.Ngemm + j0 + col] = sC[row * LDC + col];
+  }
+}
+
+constexpr int kWgBM = 128, kWgBN = 128, kWgStages = 4;
+
+template <typename T>
+int wgrad_splits(const Conv2dParams& p, int sm_count) {
+  const int64_t G = p.groups, Kg = p.y.c / G, Ng = p.w.h * p.w.w * (p.x.c / G);
+  const int64_t tiles = ((Kg + kWgBM - 1) / kWgBM) * ((Ng + kWgBN - 1) / kWgBN) * G;
+  const int64_t M = p.y.n * p.y.h * p.y.w;
+  int64_t s = (2LL * sm_count + tiles - 1) / tiles;
+  s = std::min<int64_t>(s, (M + 511) / 512);  // at least ~512 reduction rows per split
+  s = std::min<int64_t>(s, 65535 / G);
+  return static_cast<int>(std::max<int64_t>(1, s));
+}
+
+template <typename T>
+void wgrad_tc(const Conv2dParams& p, const void* dy, const void* x, float* ws, int splits, cudaStream_t stream) {
+  using Cfg = WgCfg<T, kWgBM, kWgBN, kWgStages>;
+  WgArgs<T> a;
+  a.dy = static_cast<const T*>(dy);
+  a.x = static_cast<const T*>(x);
+  a.ws = ws;
+  a.M = p.y.n * p.y.h * p.y.w;
+  a.groups = static_cast<int>(p.groups);
+  a.K = static_cast<int>(p.y.c); a.Kg = a.K / a.groups;
+  a.C = static_cast<int>(p.x.c); a.Cg = a.C / a.groups;
+  a.H = static_cast<int>(p.x.h); a.W = static_cast<int>(p.x.w);
+  a.S = static_cast<int>(p.w.w);
+  a.PQ = static_cast<int>(p.y.h * p.y.w); a.Q = static_cast<int>(p.y.w);
+  a.Ngemm = static_cast<int>(p.w.h * p.w.w) * a.Cg;
+  a.sh = static_cast<int>(p.stride_h); a.sw = static_cast<int>(p.stride_w);
+  a.ph = static_cast<int>(p.pad_h0); a.pw = static_cast<int>(p.pad_w0);
+  a.dh = static_cast<int>(p.dil_h); a.dw = static_cast<int>(p.dil_w);
+  a.chunk = ((a.M + splits - 1) / splits + Cfg::kBK - 1) / Cfg::kBK * Cfg::kBK;
+  auto kernel = wgrad_tc_kernel<T, kWgBM, kWgBN, kWgStages>;
+  ensure_smem(kernel, Cfg::kSmem);
+  const dim3 grid(static_cast<unsigned>((a.Kg + kWgBM - 1) / kWgBM), static_cast<unsigned>((a.Ngemm + kWgBN - 1) / kWgBN),
+                  static_cast<unsigned>(splits * a.groups));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
+}
+
+}  // namespace
+
+void conv2d_fwd_tc(const Conv2dParams& p, DType dt, const void* x, const void* w, void* y, const EpilogueArgs& ep,
+                   int sm_count, cudaStream_t stream) {
+  switch (dt) {
+    case DType::kF16: conv_tc<__half>(p, x, w, y, ep, sm_count, stream); break;
+    case DType::kBF16: conv_tc<__nv_bfloat16>(p, x, w, y, ep, sm_count, stream); break;
+    case DType::kF32: conv_tc<float>(p, x, w, y, ep, sm_count, stream); break;
+    default: break;  // no tensor-core path for fp64; conv2d_fwd_path never routes it here
+  }
+}
+
+}  // namespace cuda
+}  // namespace fastconv
+
+namespace fastconv {
+namespace cuda {
+
+int conv2d_bwd_weight_tc_splits(const Conv2dParams& p, DType dt, int sm_count) {
+  return dt == DType::kF32 ? wgrad_splits<float>(p, sm_count) : wgrad_splits<__half>(p, sm_count);
+}
+
+void conv2d_bwd_weight_tc(const Conv2dParams& p, DType dt, const void* dy, const void* x, float* ws, int splits,
+                          cudaStream_t stream) {
+  switch (dt) {
+    case DType::kF16: wgrad_tc<__half>(p, dy, x, ws, splits, stream); break;
+    case DType::kBF16: wgrad_tc<__nv_bfloat16>(p, dy, x, ws, splits, stream); break;
+    case DType::kF32: wgrad_tc<float>(p, dy, x, ws, splits, stream); break;
+    default: break;
+  }
+}
+
+}  // namespace cuda
+}  // namespace fastconv

@@ -1,0 +1,54 @@
+// Elementwise kernels over flat arrays (the host hands over dense storage in one layout): ReLU and
+// SORT, forward and backward. 16-bit types are converted to float32 per element on the fly.
+#pragma once
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "fastconv/common.h"
+
+namespace fastconv {
+
+// Storage types for torch's bfloat16 / float16 (same bit patterns); the kernels compute in float32.
+struct bf16 { uint16_t bits; };
+struct fp16 { uint16_t bits; };
+
+template <typename T> void relu_fwd(const T* x, T* y, int64_t n);
+// gx = result > 0 ? gy : 0 (NaN results pass the gradient, as torch's threshold_backward).
+template <typename T> void relu_bwd(const T* gy, const T* result, T* gx, int64_t n);
+// y = a + b + sqrt(relu(a)*relu(b) + eps) (kSqrt) or a + b + relu(a)*relu(b) (kProduct).
+template <typename T> void sort_fwd(const T* a, const T* b, T* y, int64_t n, SortMode mode, double eps);
+// (ga, gb) in one pass; derivative terms whose true value is 0 stay 0 even for eps = 0.
+template <typename T>
+void sort_bwd(const T* gy, const T* a, const T* b, T* ga, T* gb, int64_t n, SortMode mode, double eps);
+
+// Split [0, n) into one contiguous range per thread; `work` is the total cost in elements so
+// small jobs stay on the calling thread (an OpenMP fork costs about as much as ~50k simple ops).
+template <typename F>
+void parallel_ranges(int64_t n, int64_t work, F&& f) {
+  int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+  nt = static_cast<int>(std::min<int64_t>({nt, n, std::max<int64_t>(1, work / 32768)}));
+  if (nt <= 1) {
+    if (n > 0) f(int64_t(0), n);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    int64_t t = omp_get_thread_num(), k = omp_get_num_threads();
+    int64_t b = n * t / k, e = n * (t + 1) / k;
+    if (b < e) f(b, e);
+  }
+}
+
+}  // namespace fastconv
+
+// The kernel bodies (csrc/cpu/*_kernels_impl.h) are compiled once per code path inside namespace
+// fastconv::<isa> (portable, avx2, avx512) so that no inline or template symbol built for a wider
+// ISA can be picked by the linker for generic code; the generic file dispatches with this.
+#define FASTCONV_ISA_DISPATCH(fn, ...)                             \
+  switch (::fastconv::cpu_isa()) {                                 \
+    case ::fastconv::Isa::kAvx512: return avx512::fn(__VA_ARGS__); \
+    case ::fastconv::Isa::kAvx2: return avx2::fn(__VA_ARGS__);     \
+    default: return portable::fn(__VA_ARGS__);                     \
+  }

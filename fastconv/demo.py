@@ -1,0 +1,373 @@
+"""python -m fastconv demo: the end-to-end job.
+
+1. trains cifar_resnet20 and its SORT variant on scikit-learn's bundled digits (8x8 grey images,
+   upsampled; fixed stratified split 1437 train / 360 test, seed 0) with fastconv ops, and reports
+   their test accuracy (unfused and with the fused inference path);
+2. times inference of ResNet-18, ResNet-50 and AlexNet: fastconv (torchvision net converted and
+   fused by fastconv.convert) against torch eager and torch.compile, checking that logits agree;
+3. writes <out>/report.md (tables, machine, versions), results.json and PNG plots.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+BENCH_MODELS = ("resnet18", "resnet50", "alexnet")
+BACKENDS = ("fastconv", "torch eager", "torch.compile")
+
+
+def add_arguments(p):
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to train and benchmark (auto: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="benchmark dtype (training is always float32; default float32)")
+    p.add_argument("--batch", type=int, default=None, help="benchmark batch size (default 8 on CPU, 32 on CUDA)")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="benchmark image side (default 128 on CPU, 224 on CUDA; AlexNet needs >= 63)")
+    p.add_argument("--repeats", type=int, default=None, help="timed forward passes per model and backend "
+                   "(default 5 on CPU, 30 on CUDA), interleaved across backends")
+    p.add_argument("--models", default=",".join(BENCH_MODELS),
+                   help=f"comma-separated benchmark nets out of {', '.join(BENCH_MODELS)}")
+    p.add_argument("--backends", default=None,
+                   help=f"comma-separated out of {', '.join(BACKENDS)} (default all; --quick: no torch.compile)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs per net (default 6; --quick 1)")
+    p.add_argument("--train-size", type=int, default=32, help="side the 8x8 digits are upsampled to (default 32)")
+    p.add_argument("--train-batch", type=int, default=64, help="training batch size (default 64)")
+    p.add_argument("--skip-train", action="store_true", help="benchmark only")
+    p.add_argument("--skip-bench", action="store_true", help="train only")
+    p.add_argument("--out", default="fastconv-report", help="output directory (default fastconv-report)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run (< 1 min on 2 cores): 1 epoch on a 320-image subset at 16x16, "
+                        "benchmark ResNet-18/AlexNet at 64x64, batch 2, 2 repeats, no torch.compile")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _settle(args):
+    dev = args.device
+    if dev == "auto":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = dev == "cuda"
+    q = args.quick
+    args.device = torch.device(dev)
+    args.batch = args.batch or (2 if q else 32 if cuda else 8)
+    args.image_size = args.image_size or (64 if q else 224 if cuda else 128)
+    args.repeats = args.repeats or (2 if q else 30 if cuda else 5)
+    args.epochs = args.epochs if args.epochs is not None else (1 if q else 6)
+    if q:
+        args.train_size = min(args.train_size, 16)
+        if args.models == ",".join(BENCH_MODELS):
+            args.models = "resnet18,alexnet"
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in args.models:
+        if m not in BENCH_MODELS:
+            raise SystemExit(f"demo: unknown model {m!r}; choose from {', '.join(BENCH_MODELS)}")
+    backends = args.backends or ("fastconv,torch eager" if q else ",".join(BACKENDS))
+    args.backends = [b.strip() for b in backends.split(",") if b.strip()]
+    for b in args.backends:
+        if b not in BACKENDS:
+            raise SystemExit(f"demo: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    return args
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------- 1. training
+def digits_split(size, device, seed=0, limit=None):
+    """Digits as (N, 1, size, size) float tensors in [-1, 1]; fixed stratified 1437/360 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    y = torch.tensor(d.target)
+    tr, te = train_test_split(range(len(y)), test_size=360, random_state=seed, stratify=d.target)
+    if limit:
+        tr, te = tr[:limit], te[:max(limit // 4, 10)]
+    tr, te = torch.tensor(tr), torch.tensor(te)
+    return (x[tr].to(device), y[tr].to(device)), (x[te].to(device), y[te].to(device))
+
+
+@torch.no_grad()
+def accuracy(model, x, y, batch=256):
+    model.eval()
+    correct = sum((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(y), batch))
+    return correct / len(y)
+
+
+def train_one(name, sort, train, test, epochs, batch, device, seed):
+    from tqdm import tqdm
+
+    from fastconv import models
+    torch.manual_seed(seed)
+    model = models.cifar_resnet20(sort=sort, num_classes=10, in_channels=1).to(device)
+    xtr, ytr = train
+    steps = epochs * ((len(ytr) + batch - 1) // batch)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=steps, pct_start=0.25)
+    g = torch.Generator().manual_seed(seed)
+    history, t0 = [], time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(ytr), generator=g).to(device)
+        bar = tqdm(range(0, len(ytr), batch), desc=f"{name} epoch {epoch + 1}/{epochs}", unit="batch",
+                   file=sys.stdout, dynamic_ncols=True, mininterval=1.0)
+        for i in bar:
+            idx = perm[i:i + batch]
+            xb = xtr[idx]
+            # light augmentation: random shifts of up to 2 pixels (digits are centred)
+            dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=g))
+            xb = torch.roll(xb, shifts=(dy, dx), dims=(2, 3))
+            loss = torch.nn.functional.cross_entropy(model(xb), ytr[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        bar.close()
+        acc = accuracy(model, *test)
+        history.append(acc)
+        print(f"  {name}: epoch {epoch + 1} test accuracy {acc:.4f}", flush=True)
+    train_s = time.perf_counter() - t0
+    acc = history[-1] if history else accuracy(model, *test)
+    model.fuse()
+    acc_fused = accuracy(model, *test)
+    return dict(model=name, sort=sort, epochs=epochs, train_seconds=train_s, test_accuracy=acc,
+                test_accuracy_fused=acc_fused, history=history, params=sum(p.numel() for p in model.parameters()))
+
+
+# ---------------------------------------------------------------- 2. benchmark
+def _randomize_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
+    return model
+
+
+def bench_model(name, args, dtype):
+    import torchvision
+
+    import fastconv
+    torch.manual_seed(args.seed)
+    ref = _randomize_bn(getattr(torchvision.models, name)(weights=None)).eval()
+    ref = ref.to(args.device, dtype)
+    x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
+    fns, compile_s = {}, {}
+    for b in args.backends:
+        if b == "torch eager":
+            fns[b] = ref
+        elif b == "fastconv":
+            fns[b] = fastconv.convert(ref)
+        else:
+            fns[b] = torch.compile(ref)
+    out, times = {}, {b: [] for b in fns}
+    with torch.inference_mode():
+        for b, f in fns.items():  # first call: warm-up, and compilation for torch.compile
+            t0 = time.perf_counter()
+            out[b] = f(x).float()
+            _sync(args.device)
+            if b == "torch.compile":
+                compile_s[b] = time.perf_counter() - t0
+            f(x)
+        for _ in range(args.repeats):  # interleaved, so drifting machine load hits every backend alike
+            for b, f in fns.items():
+                _sync(args.device)
+                t0 = time.perf_counter()
+                f(x)
+                _sync(args.device)
+                times[b].append(time.perf_counter() - t0)
+    base = out.get("torch eager", next(iter(out.values())))
+    scale = base.abs().max().item()
+    rows = []
+    for b in fns:
+        med = statistics.median(times[b])
+        rows.append(dict(model=name, backend=b, batch=args.batch, image_size=args.image_size, dtype=str(dtype),
+                         ms_median=med * 1e3, ms_min=min(times[b]) * 1e3, images_per_s=args.batch / med,
+                         max_abs_diff=(out[b] - base).abs().max().item(), logit_scale=scale,
+                         agree=torch.allclose(out[b], base, rtol=2e-2 if dtype != torch.float32 else 1e-3,
+                                              atol=(5e-2 if dtype != torch.float32 else 1e-3) * max(scale, 1)),
+                         compile_seconds=compile_s.get(b)))
+    eager = next((r["ms_median"] for r in rows if r["backend"] == "torch eager"), None)
+    for r in rows:
+        r["speedup_vs_eager"] = eager / r["ms_median"] if eager else None
+    return rows
+
+
+# ---------------------------------------------------------------- 3. report
+def machine_info(device):
+    import fastconv
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "logical cores": os.cpu_count(), "torch threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import torchvision
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    try:
+        fi = fastconv.info()
+        info.update({"fastconv": fi.get("version"), "fastconv isa": fi.get("isa"),
+                     "fastconv omp threads": fi.get("omp_threads"), "fastconv cuda built": fi.get("cuda_built")})
+    except RuntimeError as exc:
+        info["fastconv"] = f"unavailable: {exc}"
+    return info
+
+
+def _table(rows, cols):
+    head = "| " + " | ".join(c for c, _ in cols) + " |"
+    sep = "|" + "|".join("---" for _ in cols) + "|"
+    body = ["| " + " | ".join(fmt(r) for _, fmt in cols) + " |" for r in rows]
+    return "\n".join([head, sep] + body)
+
+
+def plot(results, out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    files = []
+    bench = results.get("benchmark") or []
+    if bench:
+        models = list(dict.fromkeys(r["model"] for r in bench))
+        backends = list(dict.fromkeys(r["backend"] for r in bench))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        w = 0.8 / len(backends)
+        for i, b in enumerate(backends):
+            vals = [next((r["images_per_s"] for r in bench if r["model"] == m and r["backend"] == b), 0)
+                    for m in models]
+            ax.bar([j + i * w for j in range(len(models))], vals, w, label=b)
+        ax.set_xticks([j + w * (len(backends) - 1) / 2 for j in range(len(models))], models)
+        ax.set_ylabel("images / s (higher is better)")
+        r0 = bench[0]
+        ax.set_title(f"Inference throughput, {results['machine']['device']}, batch {r0['batch']}, "
+                     f"{r0['image_size']}x{r0['image_size']}, {r0['dtype'].replace('torch.', '')}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "throughput.png"), dpi=110)
+        plt.close(fig)
+        files.append("throughput.png")
+    train = results.get("training") or []
+    if train and any(t["history"] for t in train):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for t in train:
+            ax.plot(range(1, len(t["history"]) + 1), t["history"], marker="o", label=t["model"])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test accuracy")
+        ax.set_title("digits (360 test images)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "accuracy.png"), dpi=110)
+        plt.close(fig)
+        files.append("accuracy.png")
+    return files
+
+
+def write_report(results, out, plots):
+    lines = ["# fastconv demo report", "", f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} by "
+             f"`python -m fastconv demo {' '.join(results['argv'])}` in {results['total_seconds']:.0f} s.", ""]
+    lines += ["## Machine and versions", "", _table(list(results["machine"].items()),
+                                                   [("item", lambda r: r[0]), ("value", lambda r: str(r[1]))]), ""]
+    train = results.get("training")
+    if train:
+        s = results["train_setup"]
+        lines += ["## Training: cifar_resnet20 on scikit-learn digits", "",
+                  f"{s['train']} train / {s['test']} test images (8x8 upsampled to {s['size']}x{s['size']}, "
+                  f"1 channel, stratified split, seed {s['seed']}); SGD+Nesterov, OneCycle lr 0.1, batch "
+                  f"{s['batch']}, random shifts of up to 2 px; all convolutions, ReLUs, SORT and pooling run "
+                  "on fastconv (BatchNorm and the final Linear on torch).", "",
+                  _table(train, [("model", lambda r: r["model"]), ("params", lambda r: f"{r['params']:,}"),
+                                 ("epochs", lambda r: str(r["epochs"])),
+                                 ("train time (s)", lambda r: f"{r['train_seconds']:.1f}"),
+                                 ("test accuracy", lambda r: f"{r['test_accuracy']:.4f}"),
+                                 ("test accuracy, fused inference", lambda r: f"{r['test_accuracy_fused']:.4f}")]),
+                  ""]
+    bench = results.get("benchmark")
+    if bench:
+        r0 = bench[0]
+        lines += ["## Inference benchmark", "",
+                  f"torchvision nets (weights=None, eval, BatchNorm running stats randomized), batch {r0['batch']}, "
+                  f"{r0['image_size']}x{r0['image_size']}, {r0['dtype']}, device {results['machine']['device']}; "
+                  f"median of {results['bench_setup']['repeats']} forward passes interleaved across backends "
+                  "after one warm-up. fastconv = `fastconv.convert(model)` (convs, pools, ReLUs on fastconv; "
+                  "BatchNorm folded; conv->bn->(add)->relu as one fused kernel). Logits are compared with "
+                  "torch eager (max |diff| relative to the largest logit).", "",
+                  _table(bench, [("model", lambda r: r["model"]), ("backend", lambda r: r["backend"]),
+                                 ("ms / batch (median)", lambda r: f"{r['ms_median']:.1f}"),
+                                 ("ms (min)", lambda r: f"{r['ms_min']:.1f}"),
+                                 ("images / s", lambda r: f"{r['images_per_s']:.1f}"),
+                                 ("vs eager", lambda r: f"{r['speedup_vs_eager']:.2f}x" if r["speedup_vs_eager"]
+                                  else "-"),
+                                 ("logits agree", lambda r: f"{'yes' if r['agree'] else 'NO'} "
+                                  f"({r['max_abs_diff'] / max(r['logit_scale'], 1e-30):.1e})"),
+                                 ("compile (s)", lambda r: f"{r['compile_seconds']:.0f}"
+                                  if r["compile_seconds"] else "-")]), ""]
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    with open(os.path.join(out, "report.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def main(args):
+    t_start = time.perf_counter()
+    argv = getattr(args, "argv", None) or sys.argv[2:]
+    args = _settle(args)
+    os.makedirs(args.out, exist_ok=True)
+    results = {"argv": argv, "machine": machine_info(args.device)}
+    print(f"fastconv demo on {args.device} ({results['machine']['cpu']}, {torch.get_num_threads()} threads); "
+          f"report in {args.out}/", flush=True)
+    if not args.skip_train:
+        train, test = digits_split(args.train_size, args.device, args.seed, limit=320 if args.quick else None)
+        results["train_setup"] = dict(train=len(train[1]), test=len(test[1]), size=args.train_size, seed=args.seed,
+                                      batch=args.train_batch)
+        print(f"[1/3] training on digits: {len(train[1])} train / {len(test[1])} test, "
+              f"{args.train_size}x{args.train_size}, {args.epochs} epochs", flush=True)
+        results["training"] = [train_one(name, sort, train, test, args.epochs, args.train_batch, args.device,
+                                         args.seed)
+                               for name, sort in (("cifar_resnet20", False), ("cifar_resnet20-SORT", True))]
+        for r in results["training"]:
+            print(f"  {r['model']:20s} test accuracy {r['test_accuracy']:.4f} (fused inference "
+                  f"{r['test_accuracy_fused']:.4f}), {r['train_seconds']:.0f} s", flush=True)
+    if not args.skip_bench:
+        dtype = getattr(torch, args.dtype)
+        results["bench_setup"] = dict(repeats=args.repeats, batch=args.batch, image_size=args.image_size)
+        print(f"[2/3] inference benchmark: {', '.join(args.models)} x {', '.join(args.backends)}; batch "
+              f"{args.batch}, {args.image_size}x{args.image_size}, {args.dtype}, {args.repeats} repeats", flush=True)
+        results["benchmark"] = []
+        for name in args.models:
+            rows = bench_model(name, args, dtype)
+            results["benchmark"] += rows
+            for r in rows:
+                print(f"  {name:9s} {r['backend']:14s} {r['ms_median']:9.1f} ms  {r['images_per_s']:8.1f} img/s  "
+                      f"agree={r['agree']}", flush=True)
+    print("[3/3] writing the report", flush=True)
+    results["total_seconds"] = time.perf_counter() - t_start
+    plots = plot(results, args.out)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    write_report(results, args.out, plots)
+    print(f"done in {results['total_seconds']:.0f} s: {args.out}/report.md", flush=True)
+    bad = [r for r in results.get("benchmark", []) if not r["agree"]]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(add_arguments(argparse.ArgumentParser(description=__doc__)).parse_args()))

@@ -1,0 +1,319 @@
+"""Array-level operators with the argument lists of the schemas in csrc/ops.cpp (4-D NCHW arrays,
+conv padding (top, bottom, left, right), combine 0/1/2, mode 0/1). NumPy arrays run the CPU kernels
+of fastconv.numba.cpu; arrays exposing __cuda_array_interface__ (torch CUDA tensors, CuPy and Numba
+device arrays) run the numba.cuda kernels of fastconv.numba.gpu and return arrays of their own kind.
+Arguments are assumed valid (the public functions validate them)."""
+import contextlib
+import functools
+
+import numpy as np
+
+from fastconv import _args as A
+
+DTYPES = (np.float32, np.float64)
+
+
+def on_gpu(x):
+    """CUDA arrays of any library; also the CUDA simulator's arrays (NUMBA_ENABLE_CUDASIM=1)."""
+    if isinstance(x, np.ndarray):
+        return False
+    return hasattr(x, "__cuda_array_interface__") or type(x).__module__.startswith("numba.cuda")
+
+
+def _dispatch(fn):
+    """Check the arguments (the kernels do no bounds checks, so a raw-op call with inconsistent shapes
+    must not reach them), then route to the same-named function of fastconv.numba.gpu when the first
+    array is on a GPU."""
+    @functools.wraps(fn)
+    def op(*args):
+        _check(fn.__name__, args)
+        if on_gpu(args[0]):
+            from fastconv.numba import gpu
+            return getattr(gpu, fn.__name__)(*args)
+        return fn(*args)
+    return op
+
+
+def _need(cond, name, msg):
+    if not cond:
+        raise ValueError(f"fastconv.numba.{name}: {msg}")
+
+
+def _shape(a):
+    return tuple(int(s) for s in a.shape)
+
+
+def _check_conv(name, x_shape, w_shape, stride, padding, dilation, groups):
+    """Consistent 4-D conv geometry; returns the output size (P, Q)."""
+    _need(len(x_shape) == 4 and len(w_shape) == 4, name, f"input {x_shape} and weight {w_shape} must be 4-D")
+    _need(len(stride) == 2 and len(padding) == 4 and len(dilation) == 2, name, "stride[2], padding[4], dilation[2]")
+    _need(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0 and groups >= 1, name,
+          f"stride {stride} and dilation {dilation} must be positive, padding {padding} >= 0, groups {groups} >= 1")
+    _need(x_shape[1] == w_shape[1] * groups and w_shape[0] % groups == 0 and min(w_shape) > 0, name,
+          f"input {x_shape}, weight {w_shape} and groups {groups} do not match")
+    pq = (A.conv_out_size(x_shape[2], padding[0], padding[1], dilation[0], w_shape[2], stride[0]),
+          A.conv_out_size(x_shape[3], padding[2], padding[3], dilation[1], w_shape[3], stride[1]))
+    _need(min(pq) > 0, name, f"output size {pq} must be positive")
+    return pq
+
+
+def _check_pool(name, shape, kernel_size, stride, padding, dilation):
+    _need(len(shape) == 4 and min(shape[1:]) > 0, name, f"input {shape} must be 4-D with non-zero C, H, W")
+    _need(min(kernel_size) >= 1 and min(stride) >= 1 and min(dilation) >= 1, name, "sizes must be positive")
+    _need(all(0 <= padding[i] <= ((kernel_size[i] - 1) * dilation[i] + 1) // 2 for i in range(2)), name,
+          f"padding {padding} must be in [0, half the effective kernel size]")
+
+
+def _check(name, args):
+    a0 = args[0]
+    if name == "conv2d_fused_fwd":
+        x, w, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu, mode, eps = args
+        p, q = _check_conv(name, _shape(x), _shape(w), stride, padding, dilation, groups)
+        for t, tn in ((bias, "bias"), (scale, "scale"), (shift, "shift")):
+            _need(t is None or _shape(t) == (w.shape[0],), name, f"'{tn}' must have shape ({w.shape[0]},)")
+        _need(combine in (0, 1, 2) and mode in (0, 1), name, f"combine {combine} / mode {mode} out of range")
+        out = (x.shape[0], w.shape[0], p, q)
+        _need(combine == 0 or (residual is not None and _shape(residual) == out), name,
+              f"residual must have the output's shape {out}")
+    elif name in ("conv2d_bwd_input", "conv2d_bwd_weight"):
+        dy, t, size, stride, padding, dilation, groups = args
+        size = tuple(size)
+        xs, ws = (size, _shape(t)) if name == "conv2d_bwd_input" else (_shape(t), size)
+        p, q = _check_conv(name, xs, ws, stride, padding, dilation, groups)
+        _need(_shape(dy) == (xs[0], ws[0], p, q), name, f"grad_out {_shape(dy)} != output shape {(xs[0], ws[0], p, q)}")
+    elif name in ("conv2d_bwd_bias", "max_pool2d_bwd", "avg_pool2d_bwd", "adaptive_avg_pool2d_bwd"):
+        _need(len(a0.shape) == 4, name, f"grad_out must be 4-D, got {_shape(a0)}")
+        if name != "conv2d_bwd_bias":
+            size = tuple(args[2] if name == "max_pool2d_bwd" else args[1])
+            _need(len(size) == 4 and size[:2] == _shape(a0)[:2], name,
+                  f"input_size {size} does not match grad_out {_shape(a0)}")
+        if name == "max_pool2d_bwd":
+            idx = args[1]
+            _need(_shape(idx) == _shape(a0), name, "indices must have grad_out's shape")
+            if isinstance(idx, np.ndarray) and idx.size:
+                _need(0 <= idx.min() and idx.max() < size[2] * size[3], name, "indices out of range")
+        if name == "avg_pool2d_bwd":
+            _check_pool(name, size, args[2], args[3], args[4], (1, 1))
+            _need(_shape(a0)[2:] == pool_out_hw(size[2:], *args[2:5], (1, 1), args[5]), name,
+                  "grad_out does not match the pooled size")
+    elif name == "max_pool2d_fwd":
+        _check_pool(name, _shape(a0), *args[1:5])
+    elif name == "avg_pool2d_fwd":
+        _check_pool(name, _shape(a0), *args[1:4], (1, 1))
+    elif name == "adaptive_avg_pool2d_fwd":
+        _need(len(a0.shape) == 4 and min(_shape(a0)[1:]) > 0 and min(args[1]) >= 1, name,
+              f"input {_shape(a0)} must be 4-D with non-zero C, H, W and output_size {args[1]} positive")
+    else:  # elementwise
+        arrays = [a for a in args if not isinstance(a, (int, float))]
+        _need(all(_shape(a) == _shape(a0) for a in arrays), name, "arrays must have the same shape")
+        if name.startswith("sort"):
+            _need(args[-2] in (0, 1), name, f"mode {args[-2]} must be 0 (sqrt) or 1 (product)")
+
+
+def _cpu():
+    from fastconv.numba import cpu  # imported on first use: loading the cached kernels takes a moment
+    return cpu
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS that np.dot in numba code calls)
+        from threadpoolctl import ThreadpoolController
+        return ThreadpoolController()
+    except ImportError:
+        return None
+
+
+def _one_blas_thread():
+    """The conv kernels call BLAS between numba parallel regions; BLAS's own thread pool then competes
+    with numba's for the cores, and on a loaded machine its spinning threads made a conv 25x slower
+    than one BLAS thread. The limit holds only for the call (about 0.15 ms to set and restore)."""
+    ctl = _blas_controller()
+    return ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()
+
+
+def _c(a):
+    if a.dtype not in DTYPES:
+        raise TypeError(f"fastconv.numba: arrays must be float32 or float64, got {a.dtype}")
+    return np.ascontiguousarray(a)
+
+
+def _vec(t, like):
+    """Optional per-channel vector -> (array, present) with one compiled signature either way."""
+    return (_c(t), True) if t is not None else (np.zeros(1, like.dtype), False)
+
+
+def conv_out_hw(x, w, stride, padding, dilation):
+    return (A.conv_out_size(x.shape[2], padding[0], padding[1], dilation[0], w.shape[2], stride[0]),
+            A.conv_out_size(x.shape[3], padding[2], padding[3], dilation[1], w.shape[3], stride[1]))
+
+
+def _conv_geometry(x, w, stride, padding, dilation, groups, P, Q):
+    R, S = w.shape[2], w.shape[3]
+    direct = R == 1 and S == 1 and tuple(stride) == (1, 1) and tuple(padding) == (0, 0, 0, 0)
+    return (int(R), int(S), int(stride[0]), int(stride[1]), int(padding[0]), int(padding[2]),
+            int(dilation[0]), int(dilation[1]), int(P), int(Q), direct)
+
+
+def _grouped(a, groups):
+    """(N, C, H, W) -> (N, G, C/G, H*W) view."""
+    n, c, h, w = a.shape
+    return a.reshape(n, groups, c // groups, h * w)
+
+
+@_dispatch
+def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu,
+                     mode, eps):
+    x, w = _c(x), _c(w)
+    N, K = x.shape[0], w.shape[0]
+    P, Q = conv_out_hw(x, w, stride, padding, dilation)
+    y = np.empty((N, K, P, Q), x.dtype)
+    res = _grouped(_c(residual), groups) if combine else np.zeros((1, 1, 1, 1), x.dtype)
+    dt = x.dtype.type
+    with _one_blas_thread():
+        _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
+                          *_conv_geometry(x, w, stride, padding, dilation, groups, P, Q), *_vec(bias, x),
+                          *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode), dt(eps),
+                          dt(0))
+    return y
+
+
+def conv2d_fwd(x, w, bias, stride, padding, dilation, groups):
+    return conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, None, None, None, 0, False, 0, 0.0)
+
+
+@_dispatch
+def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
+    dy, w = _c(dy), _c(w)
+    dx = np.zeros(tuple(input_size), dy.dtype)
+    G, K = groups, w.shape[0]
+    wt = np.ascontiguousarray(w.reshape(G, K // G, -1).transpose(0, 2, 1))
+    geo = _conv_geometry(dx, w, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
+    with _one_blas_thread():
+        _cpu().conv2d_bwd_input(_grouped(dy, G), wt, dx, _grouped(dx, G), *geo)
+    return dx
+
+
+@_dispatch
+def conv2d_bwd_weight(dy, x, weight_size, stride, padding, dilation, groups):
+    dy, x = _c(dy), _c(x)
+    dw = np.zeros(tuple(weight_size), dy.dtype)
+    G, K = groups, dw.shape[0]
+    geo = _conv_geometry(x, dw, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
+    with _one_blas_thread():
+        _cpu().conv2d_bwd_weight(_grouped(dy, G), x, _grouped(x, G), dw.reshape(G, K // G, -1), *geo,
+                                 dy.dtype.type(0))
+    return dw
+
+
+@_dispatch
+def conv2d_bwd_bias(dy):
+    dy = _c(dy)
+    db = np.empty(dy.shape[1], dy.dtype)
+    _cpu().conv2d_bwd_bias(dy.reshape(dy.shape[0], dy.shape[1], -1), db, dy.dtype.type(0))
+    return db
+
+
+def _planes(a):
+    n, c, h, w = a.shape
+    return a.reshape(n * c, h, w)
+
+
+def pool_out_hw(hw, kernel_size, stride, padding, dilation, ceil_mode):
+    return tuple(A.pool_out_size(int(hw[i]), kernel_size[i], padding[i], stride[i], dilation[i], ceil_mode)
+                 for i in range(2))
+
+
+@_dispatch
+def max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode):
+    x = _c(x)
+    shape = x.shape[:2] + pool_out_hw(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    y = np.empty(shape, x.dtype)
+    idx = np.empty(shape, np.int64)
+    _cpu().max_pool2d_fwd(_planes(x), _planes(y), _planes(idx), *map(int, (*kernel_size, *stride, *padding,
+                                                                            *dilation)), x.dtype.type(-np.inf))
+    return y, idx
+
+
+@_dispatch
+def max_pool2d_bwd(dy, indices, input_size):
+    dy, idx = _c(dy), np.ascontiguousarray(indices, np.int64)
+    n, c = dy.shape[:2]
+    dx = np.zeros(tuple(input_size), dy.dtype)
+    _cpu().max_pool2d_bwd(dy.reshape(n * c, -1), idx.reshape(n * c, -1), dx.reshape(n * c, -1))
+    return dx
+
+
+def _avg_args(kernel_size, stride, padding, count_include_pad, divisor_override):
+    return (*map(int, (*kernel_size, *stride, *padding)), bool(count_include_pad), int(divisor_override or 0))
+
+
+@_dispatch
+def avg_pool2d_fwd(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    x = _c(x)
+    y = np.empty(x.shape[:2] + pool_out_hw(x.shape[2:], kernel_size, stride, padding, (1, 1), ceil_mode), x.dtype)
+    _cpu().avg_pool2d_fwd(_planes(x), _planes(y), *_avg_args(kernel_size, stride, padding, count_include_pad,
+                                                              divisor_override), x.dtype.type(0))
+    return y
+
+
+@_dispatch
+def avg_pool2d_bwd(dy, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    dy = _c(dy)
+    dx = np.zeros(tuple(input_size), dy.dtype)
+    _cpu().avg_pool2d_bwd(_planes(dy), _planes(dx), *_avg_args(kernel_size, stride, padding, count_include_pad,
+                                                                divisor_override))
+    return dx
+
+
+@_dispatch
+def adaptive_avg_pool2d_fwd(x, output_size):
+    x = _c(x)
+    y = np.empty(x.shape[:2] + tuple(output_size), x.dtype)
+    _cpu().adaptive_avg_pool2d(_planes(x), _planes(y), False, x.dtype.type(0))
+    return y
+
+
+@_dispatch
+def adaptive_avg_pool2d_bwd(dy, input_size):
+    dy = _c(dy)
+    dx = np.zeros(tuple(input_size), dy.dtype)
+    _cpu().adaptive_avg_pool2d(_planes(dy), _planes(dx), True, dy.dtype.type(0))
+    return dx
+
+
+# Elementwise operators work on any shape (flattened; inputs share one shape and memory order).
+@_dispatch
+def relu_fwd(x):
+    x = _c(x)
+    y = np.empty_like(x)
+    _cpu().relu_fwd(x.reshape(-1), y.reshape(-1), x.dtype.type(0))
+    return y
+
+
+@_dispatch
+def relu_bwd(dy, result):
+    dy, r = _c(dy), _c(result)
+    dx = np.empty_like(dy)
+    _cpu().relu_bwd(dy.reshape(-1), r.reshape(-1), dx.reshape(-1), dy.dtype.type(0))
+    return dx
+
+
+@_dispatch
+def sort_fwd(a, b, mode, eps):
+    a, b = _c(a), _c(b)
+    y = np.empty_like(a)
+    dt = a.dtype.type
+    _cpu().sort_fwd(a.reshape(-1), b.reshape(-1), y.reshape(-1), int(mode), dt(eps), dt(0))
+    return y
+
+
+@_dispatch
+def sort_bwd(dy, a, b, mode, eps):
+    dy, a, b = _c(dy), _c(a), _c(b)
+    ga, gb = np.empty_like(dy), np.empty_like(dy)
+    dt = dy.dtype.type
+    _cpu().sort_bwd(dy.reshape(-1), a.reshape(-1), b.reshape(-1), ga.reshape(-1), gb.reshape(-1), int(mode),
+                    dt(eps), dt(0), dt(1), dt(0.5))
+    return ga, gb

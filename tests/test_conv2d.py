@@ -1,0 +1,192 @@
+"""fastconv.conv2d forward and backward against torch.nn.functional.conv2d and the NumPy reference."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastconv
+from fastconv import reference as R
+from conftest import (DEVICES, DTYPES, ISAS, assert_close, check_op, conv_pads, isa_path, layout_args, make, rand,
+                      same_format)
+
+# (N, C, H, W, K, R, S, stride, padding, dilation, groups, bias)
+CASES = {
+    "basic3x3": (2, 3, 9, 9, 4, 3, 3, 1, 1, 1, 1, True),
+    "prime": (1, 5, 13, 11, 7, 3, 5, (2, 1), (1, 2), 1, 1, True),
+    "1x1": (2, 7, 5, 6, 3, 1, 1, 1, 0, 1, 1, False),
+    "1x1_stride2": (1, 4, 7, 7, 6, 1, 1, 2, 0, 1, 1, True),
+    "11x11": (1, 3, 19, 17, 5, 11, 11, 4, 2, 1, 1, True),
+    "stride_gt_kernel": (2, 3, 17, 15, 4, 2, 2, 5, 1, 1, 1, True),
+    "dilation": (1, 4, 15, 13, 3, 3, 3, 1, 2, (2, 3), 1, False),
+    "groups": (2, 6, 8, 9, 9, 3, 3, 1, 1, 1, 3, True),
+    "depthwise": (1, 5, 10, 7, 5, 3, 3, (1, 2), 1, 1, 5, True),
+    "depthwise_mult": (2, 3, 9, 9, 6, 5, 5, 2, 2, 1, 3, False),
+    "channels1": (3, 1, 12, 12, 1, 3, 3, 1, 0, 1, 1, True),
+    "pad_limit": (1, 3, 4, 5, 2, 3, 3, 1, 2, 1, 1, True),  # padding = kernel - 1: border rows see one tap
+    "pad_exceeds": (1, 2, 3, 3, 2, 3, 3, 2, 3, 1, 1, True),  # padding beyond the kernel: pure-bias rows
+    "same_even": (2, 3, 8, 7, 4, 4, 2, 1, "same", 1, 1, True),  # asymmetric: extra row/col bottom/right
+    "same_dilated": (1, 3, 9, 10, 2, 4, 3, 1, "same", (2, 3), 1, True),
+    "valid": (2, 3, 9, 8, 4, 3, 5, 1, "valid", 1, 1, True),
+    "kernel_eq_input": (2, 3, 5, 4, 3, 5, 4, 1, 0, 1, 1, True),
+    "wide_channels": (1, 33, 6, 6, 17, 3, 3, 1, 1, 1, 1, True),
+}
+
+
+def run_conv(case, dtype, device="cpu", layout="nchw", grad=True, seed=0):
+    n, c, h, w, k, r, s, stride, padding, dilation, groups, bias = case
+    rng = np.random.default_rng(seed)
+    arrays = [rand(rng, (n, c, h, w)), rand(rng, (k, c // groups, r, s))] + ([rand(rng, (k,))] if bias else [])
+    sp = (stride, stride) if isinstance(stride, int) else stride
+    dp = (dilation, dilation) if isinstance(dilation, int) else dilation
+    pads = conv_pads(padding, (r, s), dp)
+
+    def fast(x, wt, b=None):
+        return fastconv.conv2d(x, wt, b, stride, padding, dilation, groups)
+
+    def ref(x, wt, b=None):
+        return F.conv2d(x, wt, b, stride, padding, dilation, groups)
+
+    def ref_fwd(x, wt, b=None):
+        return R.conv2d_fwd(x, wt, b, sp, pads, dp, groups)
+
+    def ref_bwd(g, x, wt, b=None):
+        out = [R.conv2d_bwd_input(g, wt, x.shape, sp, pads, dp, groups),
+               R.conv2d_bwd_weight(g, x, wt.shape, sp, pads, dp, groups)]
+        return out + ([R.conv2d_bwd_bias(g)] if b is not None else [])
+
+    p = (h + pads[0] + pads[1] - dp[0] * (r - 1) - 1) // sp[0] + 1
+    q = (w + pads[2] + pads[3] - dp[1] * (s - 1) - 1) // sp[1] + 1
+    red = (c // groups) * r * s
+    return check_op(fast, ref, arrays, dtype, device, layout, grad=[grad] * len(arrays), ref_fwd=ref_fwd,
+                    ref_bwd=ref_bwd, reduction=red, grad_reduction=max(red, n * p * q, (k // groups) * r * s),
+                    rng=rng, layouts=layout_args(layout, len(arrays)))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_cases_isa(name, isa):
+    run_conv(CASES[name], torch.float32)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("device", DEVICES)
+def test_cases_float64(name, device):
+    run_conv(CASES[name], torch.float64, device)
+
+
+LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise"]
+
+
+@pytest.mark.parametrize("name", LAYOUT_CASES)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "x_cl", "w_cl", "sliced", "permuted"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("device", DEVICES)
+def test_layouts_dtypes(name, layout, dtype, device):
+    if dtype == torch.float16 and device == "cpu" and layout != "nchw" and name != "prime":
+        pytest.skip("float16 on CPU: one case per layout is enough")
+    run_conv(CASES[name], dtype, device, layout)
+
+
+@settings(deadline=None, max_examples=30)
+@given(data=st.data())
+def test_hypothesis(data):
+    groups = data.draw(st.sampled_from([1, 1, 2, 3]), "groups")
+    cpg, kpg = data.draw(st.integers(1, 4), "cpg"), data.draw(st.integers(1, 4), "kpg")
+    r, s = data.draw(st.integers(1, 5), "r"), data.draw(st.integers(1, 5), "s")
+    stride = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+    dilation = (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)))
+    if stride == (1, 1) and data.draw(st.booleans(), "same"):
+        padding = "same"
+    else:
+        padding = (data.draw(st.integers(0, 3)), data.draw(st.integers(0, 3)))
+    pads = conv_pads(padding, (r, s), dilation)
+    h = max(1, dilation[0] * (r - 1) + 1 - pads[0] - pads[1]) + data.draw(st.integers(0, 12), "h_extra")
+    w = max(1, dilation[1] * (s - 1) + 1 - pads[2] - pads[3]) + data.draw(st.integers(0, 12), "w_extra")
+    n = data.draw(st.integers(1, 3), "n")
+    case = (n, cpg * groups, h, w, kpg * groups, r, s, stride, padding, dilation, groups, data.draw(st.booleans()))
+    dtype = data.draw(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), "dtype")
+    layout = data.draw(st.sampled_from(["nchw", "channels_last", "x_cl", "sliced", "permuted"]), "layout")
+    with isa_path(data.draw(st.sampled_from(["avx2", "portable"]), "isa")):
+        run_conv(case, dtype, "cpu", layout, seed=data.draw(st.integers(0, 2**16)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_unbatched(device):
+    rng = np.random.default_rng(1)
+    x = make(rand(rng, (3, 10, 9)), torch.float32, device, requires_grad=True)
+    wt = make(rand(rng, (4, 3, 3, 2)), torch.float32, device, requires_grad=True)
+    y = fastconv.conv2d(x, wt, None, 2, "valid")
+    x2, w2 = x.detach().clone().requires_grad_(), wt.detach().clone().requires_grad_()
+    e = F.conv2d(x2, w2, None, 2, "valid")
+    assert y.shape == e.shape == (4, 4, 4)
+    assert_close(y, e, torch.float32, 18)
+    g = torch.randn_like(y)
+    y.backward(g)
+    e.backward(g)
+    assert_close(x.grad, x2.grad, torch.float32, 12)
+    assert_close(wt.grad, w2.grad, torch.float32, 20)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_empty_batch(device, channels_last):
+    x = torch.randn(0, 3, 8, 7, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    wt = torch.randn(5, 3, 3, 3, device=device)
+    b = torch.randn(5, device=device)
+    x.requires_grad_(), wt.requires_grad_(), b.requires_grad_()
+    y = fastconv.conv2d(x, wt, b, 1, 1)
+    e = F.conv2d(x, wt, b, 1, 1)
+    assert y.shape == e.shape == (0, 5, 8, 7) and y.dtype == e.dtype
+    same_format(y, e)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.equal(wt.grad, torch.zeros_like(wt)) and torch.equal(b.grad, torch.zeros_like(b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_inf_propagate(device):
+    rng = np.random.default_rng(3)
+    x = rand(rng, (1, 2, 7, 7))
+    x[0, 0, 3, 3] = np.nan
+    x[0, 1, 0, 6] = np.inf
+    wt = rand(rng, (3, 2, 3, 3))
+    xt, wtt = make(x, torch.float32, device), make(wt, torch.float32, device)
+    y = fastconv.conv2d(xt, wtt, None, 1, 1)
+    e = F.conv2d(xt, wtt, None, 1, 1)
+    assert torch.equal(torch.isnan(y), torch.isnan(e)), "NaN positions differ from torch"
+    assert torch.equal(torch.isinf(y), torch.isinf(e)), "Inf positions differ from torch"
+    finite = torch.isfinite(e)
+    assert_close(y[finite], e[finite], torch.float32, 18)
+
+
+@pytest.mark.parametrize("case", [(1, 2, 5, 6, 3, 3, 2, 1, 1, 1, 1, True), (1, 4, 6, 5, 2, 2, 3, 2, (1, 0), (1, 2), 2, True),
+                                  (1, 3, 5, 5, 3, 3, 3, 1, "same", 1, 3, False), (1, 2, 6, 6, 2, 4, 4, 1, "same", 1, 1, True)])
+def test_gradcheck(case):
+    n, c, h, w, k, r, s, stride, padding, dilation, groups, bias = case
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, h, w, dtype=torch.float64, generator=gen, requires_grad=True)
+    wt = torch.randn(k, c // groups, r, s, dtype=torch.float64, generator=gen, requires_grad=True)
+    b = torch.randn(k, dtype=torch.float64, generator=gen, requires_grad=True) if bias else None
+    args = (x, wt, b) if bias else (x, wt)
+    assert torch.autograd.gradcheck(
+        lambda *a: fastconv.conv2d(a[0], a[1], a[2] if bias else None, stride, padding, dilation, groups), args)
+
+
+def test_isa_paths_agree():
+    """Every available code path gives the same result up to float32 rounding on one larger case."""
+    rng = np.random.default_rng(9)
+    x = make(rand(rng, (2, 16, 23, 19)), torch.float32)
+    wt = make(rand(rng, (24, 16, 3, 3)), torch.float32)
+    outs = {}
+    for name in ISAS:
+        C = __import__("fastconv._C", fromlist=["_C"])
+        before = C.get_isa()
+        if C.set_isa(name):
+            outs[name] = fastconv.conv2d(x, wt, None, 1, 1)
+        C.set_isa(before)
+    base = F.conv2d(x, wt, None, 1, 1)
+    for name, y in outs.items():
+        assert_close(y, base, torch.float32, 16 * 9, what=f"isa {name}")

@@ -1,0 +1,33 @@
+"""The main job: `python -m fastconv demo --quick` runs end to end and writes its report."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_demo_help_documents_options():
+    out = subprocess.run([sys.executable, "-m", "fastconv", "demo", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout
+    for opt in ("--device", "--dtype", "--batch", "--models", "--out", "--epochs", "--quick"):
+        assert opt in out
+
+
+@pytest.mark.slow
+def test_demo_quick_writes_report(tmp_path):
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "fastconv", "demo", "--quick", "--device", "cpu", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("report.md", "results.json", "throughput.png", "accuracy.png"):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    assert {r["model"] for r in results["training"]} == {"cifar_resnet20", "cifar_resnet20-SORT"}
+    assert {(r["model"], r["backend"]) for r in results["benchmark"]} == {
+        (m, b) for m in ("resnet18", "alexnet") for b in ("fastconv", "torch eager")}
+    assert all(r["agree"] for r in results["benchmark"])
+    report = (out / "report.md").read_text()
+    assert "## Training" in report and "## Inference benchmark" in report and "throughput.png" in report

@@ -1,0 +1,40 @@
+"""fastconv.info() and `python -m fastconv info` report version, build flags, CPU features, code path,
+OpenMP threads and whether CUDA was built."""
+import subprocess
+import sys
+
+import fastconv
+from conftest import isa_path
+
+KEYS = ["version", "build_flags", "cpu_features", "isa", "omp_threads", "cuda_built"]
+
+
+def test_info_dict():
+    d = fastconv.info()
+    for k in KEYS:
+        assert k in d, f"fastconv.info() lacks {k!r}: {d}"
+    assert d["version"] == fastconv.__version__
+    assert d["isa"] in ("portable", "avx2", "avx512")
+    assert isinstance(d["omp_threads"], int) and d["omp_threads"] >= 1
+    assert isinstance(d["cuda_built"], bool)
+    assert d["backend"]
+
+
+def test_info_follows_set_isa():
+    with isa_path("portable"):
+        assert fastconv.info()["isa"] == "portable"
+
+
+def test_set_isa_rejects_unknown():
+    import pytest
+    from fastconv import _ext
+    with pytest.raises(ValueError, match="name"):
+        _ext.require_native().set_isa("sse9")
+
+
+def test_cli_info():
+    out = subprocess.run([sys.executable, "-m", "fastconv", "info"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for k in KEYS:
+        assert k in out.stdout, f"`python -m fastconv info` lacks {k!r}:\n{out.stdout}"
+    assert fastconv.__version__ in out.stdout

@@ -1,0 +1,298 @@
+"""The numba backend (torch.ops.fastconv_numba.* and the NumPy entry points of fastconv.numba) against
+torch.nn.functional and, when present, the NumPy float64 reference; the backend registry."""
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import fastconv
+from fastconv import backends
+
+pytest.importorskip("numba")
+import fastconv.numba as fnb  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.fixture(autouse=True)
+def _numba_backend():
+    with fastconv.use_backend("numba"):
+        yield
+
+
+def tol(dtype):
+    return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+
+
+def grads(fn, *inputs, seed=0):
+    """Output and gradients of sum(fn(*inputs) * g) for a fixed random g."""
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in inputs]
+    out = fn(*leaves)
+    out = out[0] if isinstance(out, tuple) else out
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    (out * g).sum().backward()
+    return [out.detach()] + [t.grad for t in leaves if t is not None]
+
+
+def assert_same(fc, ref, *inputs, dtype):
+    for a, b in zip(grads(fc, *inputs), grads(ref, *inputs)):
+        torch.testing.assert_close(a, b, **tol(dtype))
+
+
+def randn(*shape, dtype=torch.float32):
+    return torch.randn(*shape, dtype=dtype)
+
+
+CONVS = [  # (N, C, H, W), (K, C/groups, R, S), stride, padding, dilation, groups
+    ((2, 3, 11, 13), (5, 3, 3, 3), 1, 1, 1, 1),
+    ((1, 4, 9, 7), (6, 2, 1, 1), 1, 0, 1, 2),
+    ((2, 6, 12, 10), (6, 2, 3, 2), (2, 3), (0, 2), (2, 1), 3),
+    ((1, 1, 13, 13), (1, 1, 11, 11), 1, 5, 1, 1),
+    ((3, 3, 8, 9), (4, 3, 2, 2), 3, 0, 1, 1),       # stride > kernel
+    ((1, 4, 10, 7), (4, 1, 3, 3), 1, "same", 2, 4),  # depthwise, dilated 'same'
+    ((1, 2, 6, 6), (3, 2, 4, 4), 1, "same", 1, 1),   # even kernel: asymmetric padding
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,ws,stride,padding,dilation,groups", CONVS)
+def test_conv2d(xs, ws, stride, padding, dilation, groups, dtype):
+    x, w, b = randn(*xs, dtype=dtype), randn(*ws, dtype=dtype), randn(ws[0], dtype=dtype)
+    args = (stride, padding, dilation, groups)
+    assert_same(lambda x, w, b: fastconv.conv2d(x, w, b, *args), lambda x, w, b: TF.conv2d(x, w, b, *args),
+                x, w, b, dtype=dtype)
+
+
+@pytest.mark.parametrize("combine,mode,relu", [(None, "sqrt", False), ("add", "sqrt", True),
+                                               ("sort", "sqrt", True), ("sort", "product", False)])
+def test_conv2d_fused(combine, mode, relu):
+    dtype = torch.float64
+    x, w, b = randn(2, 4, 9, 8, dtype=dtype), randn(6, 2, 3, 3, dtype=dtype), randn(6, dtype=dtype)
+    scale, shift = randn(6, dtype=dtype), randn(6, dtype=dtype)
+    res = randn(2, 6, 5, 4, dtype=dtype) if combine else None
+
+    def ref(x, w, b, scale, shift, *r):
+        z = TF.conv2d(x, w, None, 2, 1, 1, 2) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1) + b.view(1, -1, 1, 1)
+        if combine == "add":
+            z = z + r[0]
+        elif combine == "sort":
+            a, c = r[0], z
+            z = a + c + (torch.sqrt(a.relu() * c.relu() + 0.01) if mode == "sqrt" else a.relu() * c.relu())
+        return z.relu() if relu else z
+
+    def fc(x, w, b, scale, shift, *r):
+        return fastconv.conv2d_fused(x, w, b, 2, 1, 1, 2, scale=scale, shift=shift, residual=r[0] if r else None,
+                                     combine=combine, relu=relu, mode=mode)
+
+    inputs = (x, w, b, scale, shift) + ((res,) if combine else ())
+    assert_same(fc, ref, *inputs, dtype=dtype)
+    y = fnb.conv2d_fused(*[t.numpy() for t in (x, w, b)], 2, 1, 1, 2, scale=scale.numpy(), shift=shift.numpy(),
+                         residual=None if res is None else res.numpy(), combine=combine, relu=relu, mode=mode)
+    torch.testing.assert_close(torch.from_numpy(y), ref(*inputs))
+
+
+POOLS = [((2, 3, 9, 11), 3, 2, 1, 1, False), ((1, 2, 8, 7), (2, 3), (3, 1), (1, 0), (2, 1), True),
+         ((1, 1, 5, 5), 5, None, 2, 1, True), ((3, 2, 6, 6), 1, 2, 0, 1, False)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,k,s,p,d,ceil", POOLS)
+def test_max_pool2d(shape, k, s, p, d, ceil, dtype):
+    x = randn(*shape, dtype=dtype)
+    x[0, 0, 1, 1] = float("nan")
+    x[-1, -1, 2, 2] = float("-inf")
+    y, i = fastconv.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+    ry, ri = TF.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+    torch.testing.assert_close(y, ry, equal_nan=True)
+    assert torch.equal(i, ri)
+    xf = torch.randn_like(x)  # gradients on NaN-free data
+    assert_same(lambda x: fastconv.max_pool2d(x, k, s, p, d, ceil), lambda x: TF.max_pool2d(x, k, s, p, d, ceil),
+                xf, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,k,s,p,ceil,cip,div", [((2, 3, 9, 11), 3, 2, 1, False, True, None),
+                                                      ((1, 2, 8, 7), (2, 3), (3, 1), (1, 0), True, False, None),
+                                                      ((1, 2, 7, 7), 3, 2, 1, True, True, 5)])
+def test_avg_pool2d(shape, k, s, p, ceil, cip, div, dtype):
+    args = (k, s, p, ceil, cip, div)
+    assert_same(lambda x: fastconv.avg_pool2d(x, *args), lambda x: TF.avg_pool2d(x, *args),
+                randn(*shape, dtype=dtype), dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,out", [((2, 3, 9, 11), (4, 5)), ((1, 2, 7, 5), 1), ((1, 1, 3, 4), (6, None))])
+def test_adaptive_avg_pool2d(shape, out, dtype):
+    assert_same(lambda x: fastconv.adaptive_avg_pool2d(x, out), lambda x: TF.adaptive_avg_pool2d(x, out),
+                randn(*shape, dtype=dtype), dtype=dtype)
+
+
+def torch_sort(a, b, mode="sqrt", eps=0.01):
+    return a + b + (torch.sqrt(a.relu() * b.relu() + eps) if mode == "sqrt" else a.relu() * b.relu())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (17,), (3, 1, 4)])
+def test_elementwise(shape, dtype):
+    a, b = randn(*shape, dtype=dtype), randn(*shape, dtype=dtype)
+    assert_same(fastconv.relu, TF.relu, a, dtype=dtype)
+    for mode in ("sqrt", "product"):
+        assert_same(lambda a, b: fastconv.sort(a, b, mode), lambda a, b: torch_sort(a, b, mode), a, b, dtype=dtype)
+    nan = torch.tensor([float("nan"), -1.0, 2.0], dtype=dtype)
+    torch.testing.assert_close(fastconv.relu(nan), TF.relu(nan), equal_nan=True)
+
+
+def test_channels_last_and_low_precision():
+    x = randn(2, 4, 9, 8).contiguous(memory_format=torch.channels_last)
+    w = randn(6, 4, 3, 3)
+    y = fastconv.conv2d(x, w, None, 1, 1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, TF.conv2d(x, w, None, 1, 1), rtol=1e-4, atol=1e-4)
+    for fn in (fastconv.relu, lambda t: fastconv.max_pool2d(t, 2), lambda t: fastconv.sort(t, t)):
+        assert fn(x).is_contiguous(memory_format=torch.channels_last)
+    xb = x.to(torch.bfloat16)
+    yb = fastconv.relu(xb)
+    assert yb.dtype == torch.bfloat16 and torch.equal(yb, TF.relu(xb))
+
+
+def test_empty_batch():
+    x = randn(0, 3, 8, 8)
+    assert fastconv.conv2d(x, randn(4, 3, 3, 3)).shape == (0, 4, 6, 6)
+    assert fastconv.max_pool2d(x, 2).shape == (0, 3, 4, 4)
+    assert fastconv.relu(x).shape == x.shape
+
+
+def test_opcheck_and_compile():
+    f64 = torch.float64
+    x, w, b = randn(2, 3, 7, 6, dtype=f64), randn(4, 3, 3, 3, dtype=f64), randn(4, dtype=f64)
+    ops = torch.ops.fastconv_numba
+    torch.library.opcheck(ops.conv2d_fwd, (x, w, b, [1, 1], [1, 1, 0, 2], [1, 1], 1))
+    fake_only = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.max_pool2d_fwd, (x, [2, 2], [2, 2], [0, 0], [1, 1], False), test_utils=fake_only)
+    torch.library.opcheck(ops.sort_fwd, (x, torch.randn_like(x), 0, 0.01), test_utils=fake_only)
+    torch.autograd.gradcheck(lambda x, w, b: fastconv.conv2d(x, w, b, 1, 1),
+                             [t.clone().requires_grad_() for t in (x, w, b)])
+
+    def block(x):
+        y = fastconv.conv2d(x, w, b, padding=1)
+        return fastconv.avg_pool2d(fastconv.sort(fastconv.relu(y), y), 2)
+
+    torch._dynamo.reset()
+    xr = x.clone().requires_grad_()
+    out = torch.compile(block, fullgraph=True, backend="aot_eager")(xr)
+    with fastconv.use_backend("numba"):
+        want = block(x)
+    torch.testing.assert_close(out, want)
+    out.sum().backward()
+    assert xr.grad is not None and xr.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("name,args", [
+    ("conv2d_fwd", lambda x: (x, torch.randn(4, 2, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1)),
+    ("conv2d_bwd_input", lambda x: (x, torch.randn(4, 3, 3, 3), [2, 3, 9, 9], [1, 1], [0, 0, 0, 0], [1, 1], 1)),
+    ("max_pool2d_bwd", lambda x: (x, torch.full(x.shape, 10**6, dtype=torch.int64), [2, 3, 16, 16])),
+    ("max_pool2d_fwd", lambda x: (x, [2, 2], [2, 2], [3, 3], [1, 1], False)),
+    ("sort_fwd", lambda x: (x, torch.randn(2, 3, 8, 7), 0, 0.01)),
+    ("relu_bwd", lambda x: (x, torch.randn(5))),
+])
+def test_raw_ops_check_arguments(name, args):
+    """The kernels do no bounds checks: inconsistent raw-op arguments must be refused before them."""
+    with pytest.raises((ValueError, RuntimeError)):
+        getattr(torch.ops.fastconv_numba, name)(*args(randn(2, 3, 8, 8)))
+
+
+def test_numpy_entry_points():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 9, 10)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    t = torch.from_numpy
+    y = fnb.conv2d(x, w, None, 2, "valid")
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    torch.testing.assert_close(t(y), TF.conv2d(t(x), t(w), None, 2), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(t(fnb.conv2d(x[0], w, padding=1)), TF.conv2d(t(x[0]), t(w), padding=1),
+                               rtol=1e-4, atol=1e-4)
+    y, i = fnb.max_pool2d(x, 3, 2, 1, return_indices=True)
+    ry, ri = TF.max_pool2d(t(x), 3, 2, 1, return_indices=True)
+    assert torch.equal(t(y), ry) and torch.equal(t(i), ri)
+    torch.testing.assert_close(t(fnb.avg_pool2d(x, 3, 2, 1, True, False)), TF.avg_pool2d(t(x), 3, 2, 1, True, False))
+    torch.testing.assert_close(t(fnb.adaptive_avg_pool2d(x, (4, None))), TF.adaptive_avg_pool2d(t(x), (4, None)))
+    torch.testing.assert_close(t(fnb.relu(x)), TF.relu(t(x)))
+    torch.testing.assert_close(t(fnb.sort(x, x[::-1].copy(), "product")), torch_sort(t(x), t(x).flip(0), "product"))
+    with pytest.raises(TypeError, match="'weight'"):
+        fnb.conv2d(x, w.astype(np.float64))
+    with pytest.raises(TypeError, match="NumPy array"):
+        fnb.relu([1.0, 2.0])
+    with pytest.raises(ValueError, match="groups"):
+        fnb.conv2d(x, w, groups=2)
+    with pytest.raises(ValueError, match="residual"):
+        fnb.conv2d_fused(x, w, combine="add")
+
+
+def test_cache_files_written():
+    cache = ROOT / "fastconv" / "numba" / "__pycache__"
+    names = [p.name for p in cache.glob("cpu.*.nbi")]
+    assert any(n.startswith("cpu.conv2d_fwd") for n in names), names
+
+
+REF_CALLS = {
+    "conv2d": (lambda x, w, b: fastconv.conv2d(x, w, b, (2, 1), (1, 2), (1, 2), 1), (2, 3, 9, 8), (4, 3, 3, 2), (4,)),
+    "conv2d_fused": (lambda x, w, b, r: fastconv.conv2d_fused(x, w, b, 1, 1, scale=b, shift=b, residual=r,
+                                                               combine="sort", relu=True),
+                     (1, 2, 6, 5), (3, 2, 3, 3), (3,), (1, 3, 6, 5)),
+    "max_pool2d": (lambda x: fastconv.max_pool2d(x, 3, 2, 1, 2, True), (2, 3, 9, 8)),
+    "avg_pool2d": (lambda x: fastconv.avg_pool2d(x, 3, 2, 1, True, False), (2, 3, 9, 8)),
+    "adaptive_avg_pool2d": (lambda x: fastconv.adaptive_avg_pool2d(x, (4, 3)), (2, 3, 9, 8)),
+    "relu": (fastconv.relu, (2, 3, 4, 5)),
+    "sort": (lambda a, b: fastconv.sort(a, b, "sqrt", 0.05), (2, 3, 4, 5), (2, 3, 4, 5)),
+}
+
+
+@pytest.mark.parametrize("op", list(REF_CALLS))
+def test_against_numpy_reference(op):
+    if not backends.available("reference"):
+        with pytest.raises(RuntimeError, match="reference"):
+            backends.set_backend("reference")
+        pytest.skip("fastconv/reference.py is not available")
+    fn, *shapes = REF_CALLS[op]
+    inputs = [randn(*s, dtype=torch.float64) for s in shapes]
+    ours = grads(fn, *inputs)
+    with fastconv.use_backend("reference"):
+        ref = grads(fn, *inputs)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_schemas_match_native():
+    if not backends.available("native"):
+        pytest.skip("native extension not built")
+    from fastconv.numba.torch_ops import SCHEMAS
+    for name in SCHEMAS:
+        native = getattr(torch.ops.fastconv, name).default._schema
+        ours = getattr(torch.ops.fastconv_numba, name).default._schema
+        assert str(native).split("(", 1)[1] == str(ours).split("(", 1)[1], name
+
+
+def test_backend_selection():
+    assert fastconv.get_backend() == "numba"
+    assert fastconv.info()["backend"] == "numba"
+    with fastconv.use_backend("numba"):
+        assert backends.current_ops() is torch.ops.fastconv_numba
+    with pytest.raises(ValueError, match="unknown backend"):
+        fastconv.set_backend("nope")
+    with pytest.raises(ValueError, match="unknown backend"):
+        with fastconv.use_backend("nope"):
+            pass
+    assert fastconv.get_backend() == "numba"
+    env = dict(os.environ, FASTCONV_BACKEND="numba", PYTHONPATH=str(ROOT))
+    code = "import fastconv; print(fastconv.get_backend(), fastconv.info()['backend'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.split() == ["numba", "numba"], out.stderr
+    env["FASTCONV_BACKEND"] = "nope"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode != 0 and "unknown backend" in out.stderr
