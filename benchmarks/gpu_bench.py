@@ -4,7 +4,7 @@ Run on a CUDA machine after building the extension (benchmarks/gpu_check.sh does
   python3 benchmarks/gpu_bench.py                 # verify, conv fwd, conv bwd, memory-bound ops
   python3 benchmarks/gpu_bench.py --smoke         # every op once on small shapes (compute-sanitizer)
 Environment:
-  FASTCONV_BENCH_PARTS   comma list of verify,fwd,bwd,mem (default all)
+  FASTCONV_BENCH_PARTS   comma list of verify,fwd,bwd,fused,mem (default all)
   FASTCONV_BENCH_LAYERS  comma list of layer names (default the BASELINES.md suite)
   FASTCONV_BENCH_DTYPES  comma list of fp16,bf16,fp32,tf32 (default fp16,bf16,fp32)
   FASTCONV_BENCH_BATCH   batch size (default 128)
@@ -99,8 +99,23 @@ def tol_for(dtype, tf32):
     return TF32_TOL if (dtype == torch.float32 and tf32) else REL_TOL[dtype]
 
 
-def poison(t):
-    return t.fill_(float("nan"))
+def poison_allocator():
+    """Fill freed blocks of the caching allocator with NaN, so the next outputs start out as NaN and
+    an element a kernel forgets to write shows up as NaN instead of as a stale plausible value."""
+    blocks = [torch.full((1 << 16,), float("nan"), device="cuda") for _ in range(64)]  # small pool
+    blocks.append(torch.full((16 << 20,), float("nan"), device="cuda"))  # large pool
+    del blocks
+
+
+def leaf(t):
+    """A fresh float64 leaf copy of t (t.double() would alias a float64 t and accumulate its grads)."""
+    return t.detach().double().clone().requires_grad_()
+
+
+def set_nan(t):
+    """One NaN in t (any layout), so NaN propagation is checked."""
+    t[(0,) * (t.dim() - 1) + (1,)] = float("nan")
+    return t
 
 
 # ---------------------------------------------------------------- verification
@@ -150,6 +165,9 @@ CONV_CASES = [
     (1, 8, 6, 6, 8, 11, 11, (3, 3), (5, 5, 5, 5), (1, 1), 1),
     (2, 256, 7, 7, 130, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
     (1, 16, 8, 8, 16, 3, 3, (4, 4), (1, 1, 1, 1), (1, 1), 1),
+    # big enough for the 128x128 and 128x64 tensor-core tiles (ragged M and N edges)
+    (8, 64, 37, 41, 200, 3, 3, (1, 1), (1, 1, 1, 1), (1, 1), 1),
+    (8, 48, 33, 35, 96, 3, 3, (1, 1), (1, 2, 2, 1), (1, 1), 1),
 ]
 
 
@@ -167,6 +185,7 @@ def verify(chk, quick=False):
             for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
                 for cl in (False, True):
                     set_tf32(tf32)
+                    poison_allocator()
                     tag = f"conv{ci} {str(dtype)[6:]}{'/tf32' if tf32 else ''} {'cl' if cl else 'nchw'}"
                     fmt = torch.channels_last if cl else torch.contiguous_format
                     x = rnd(N, C, H, W, dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
@@ -181,8 +200,7 @@ def verify(chk, quick=False):
                     gx = ops.conv2d_bwd_input(gy, w, list(x.shape), list(st), list(pads), list(dil), g)
                     gw = ops.conv2d_bwd_weight(gy, x, list(w.shape), list(st), list(pads), list(dil), g)
                     gb = ops.conv2d_bwd_bias(gy)
-                    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-                    br = b.detach().double().requires_grad_()
+                    xr, wr, br = leaf(x), leaf(w), leaf(b)
                     ref_conv(xr, wr, br, st, pads, dil, g).backward(gy.double())
                     chk.check(tag + " bwd_input", gx, xr.grad, tol)
                     chk.check(tag + " bwd_weight", gw, wr.grad, tol)
@@ -222,7 +240,7 @@ def verify(chk, quick=False):
             tag = f"{str(dtype)[6:]} {'cl' if cl else 'nchw'}"
             for C in (16, 3):
                 x = rnd(2, C, 13, 11, dtype=dtype).contiguous(memory_format=fmt)
-                x.view(-1)[5] = float("nan")
+                set_nan(x)
                 for (k, s, p, d, ceil) in [((3, 3), (2, 2), (1, 1), (1, 1), False), ((2, 3), (1, 2), (0, 1), (2, 1), True),
                                            ((3, 3), (3, 3), (0, 0), (1, 1), True)]:
                     y, idx = ops.max_pool2d_fwd(x, list(k), list(s), list(p), list(d), ceil)
@@ -238,7 +256,7 @@ def verify(chk, quick=False):
                 for (k, s, p, ceil, cip, div) in [((3, 3), (2, 2), (1, 1), False, True, None),
                                                   ((3, 2), (2, 1), (1, 1), True, False, None),
                                                   ((2, 2), (2, 2), (0, 0), True, True, 3)]:
-                    xr = xa.double().requires_grad_()
+                    xr = leaf(xa)
                     yr = F.avg_pool2d(xr, k, s, p, ceil, cip, div)
                     y = ops.avg_pool2d_fwd(xa, list(k), list(s), list(p), ceil, cip, div)
                     chk.check(f"avgpool {tag} C{C} k{k} cip{int(cip)}", y, yr, REL_TOL[dtype])
@@ -247,7 +265,7 @@ def verify(chk, quick=False):
                     gx = ops.avg_pool2d_bwd(gy, list(xa.shape), list(k), list(s), list(p), ceil, cip, div)
                     chk.check(f"avgpool bwd {tag} C{C} k{k}", gx, xr.grad, REL_TOL[dtype])
                 for osz in ((1, 1), (5, 4), (13, 11), (20, 3)):
-                    xr = xa.double().requires_grad_()
+                    xr = leaf(xa)
                     yr = F.adaptive_avg_pool2d(xr, osz)
                     y = ops.adaptive_avg_pool2d_fwd(xa, list(osz))
                     chk.check(f"adaptive {tag} C{C} {osz}", y, yr, REL_TOL[dtype])
@@ -260,7 +278,7 @@ def verify(chk, quick=False):
                 b = rnd(*shape, dtype=dtype)
                 if len(shape) == 4:
                     a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
-                a.view(-1)[3] = float("nan")
+                set_nan(a)
                 y = ops.relu_fwd(a)
                 chk.check(f"relu {tag} {shape}", torch.nan_to_num(y, nan=7.0), torch.nan_to_num(a.double().relu(), nan=7.0), 0)
                 g = rnd(*shape, dtype=dtype)
@@ -268,7 +286,7 @@ def verify(chk, quick=False):
                           torch.where(b.double() <= 0, 0.0, g.double()), 0)
                 for mode in (0, 1):
                     a2 = rnd(*shape, dtype=dtype)
-                    ar, br = a2.double().requires_grad_(), b.double().requires_grad_()
+                    ar, br = leaf(a2), leaf(b)
                     p = ar.relu() * br.relu()
                     yr = ar + br + ((p + 0.01).sqrt() if mode == 0 else p)
                     y = ops.sort_fwd(a2, b, mode, 0.01)
@@ -361,6 +379,41 @@ def bench_bwd(layers, batch, results, chk):
         del x, w, gy
 
 
+def bench_fused(batch, results, chk):
+    """The SORT residual block: 1x1 conv (64 -> 256 on 56x56) + scale/shift + sort with the residual + relu,
+    fused in one fastconv kernel vs cuDNN conv followed by torch eager elementwise ops."""
+    torch.backends.cudnn.benchmark = True
+    set_tf32(False)
+    dt, cl = torch.float16, torch.channels_last
+    C, H, K = 64, 56, 256
+    x = torch.randn(batch, C, H, H, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    w = (torch.randn(K, C, 1, 1, device="cuda", dtype=dt) / 8).contiguous(memory_format=cl)
+    res = torch.randn(batch, K, H, H, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    sc = torch.rand(K, device="cuda", dtype=dt) + 0.5
+    sh = torch.randn(K, device="cuda", dtype=dt) * 0.1
+
+    def ours():
+        return ops.conv2d_fused_fwd(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, sc, sh, res, 2, True, 0, 0.01)
+
+    def theirs():
+        z = F.conv2d(x, w) * sc.view(1, -1, 1, 1) + sh.view(1, -1, 1, 1)
+        return F.relu(res + z + torch.sqrt(F.relu(res) * F.relu(z) + 0.01))
+
+    zr = F.conv2d(x.float(), w.float()) * sc.float().view(1, -1, 1, 1) + sh.float().view(1, -1, 1, 1)
+    r = res.float()
+    ref = F.relu(r + zr + torch.sqrt(F.relu(r) * F.relu(zr) + 0.01))
+    ok = chk.check("bench fused sort block", ours(), ref, 3 * REL_TOL[dt])
+    t_o, spread = bench(ours)
+    t_t, _ = bench(theirs)
+    fl = conv_flops(batch, C, H, K, 1, 1, 0)
+    nbytes = (x.numel() + 2 * res.numel()) * 2
+    results.append(dict(part="mem", layer="conv1x1+sort+relu", dtype="fp16", ms=t_o, cudnn_ms=t_t, ratio=t_t / t_o,
+                        gbs=nbytes / t_o / 1e6, torch_gbs=nbytes / t_t / 1e6,
+                        copy_pct=100 * nbytes / t_o / 1e6 / COPY_GBS, ok=ok, spread=spread))
+    print(f"  fused conv1x1+sort+relu: ours {t_o:.3f} ms ({fl / t_o / 1e9:.0f} TFLOP/s) cuDNN+eager {t_t:.3f} ms "
+          f"ratio {t_t / t_o:.2f}", flush=True)
+
+
 def bench_mem(batch, results, chk):
     dt = torch.float16
     cl = torch.channels_last
@@ -436,8 +489,8 @@ def smoke():
             ops.relu_bwd(x, ops.relu_fwd(x))
             ops.sort_bwd(x, x, ops.sort_fwd(x, x, 0, 0.01), 1, 0.01)
     # the big tensor-core tile configs
-    for K in (64, 128, 256):
-        x = torch.randn(4, 64, 20, 20, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
+    for K in (64, 128, 256):  # M = 12800: 64x64, 128x64 and 128x128 tiles respectively
+        x = torch.randn(8, 64, 40, 40, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         w = torch.randn(K, 64, 3, 3, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         ops.conv2d_fwd(x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)
     torch.cuda.synchronize()
@@ -482,7 +535,7 @@ def main():
     if args.smoke:
         smoke()
         return 0
-    parts = env_list("FASTCONV_BENCH_PARTS", ["verify", "fwd", "bwd", "mem"])
+    parts = env_list("FASTCONV_BENCH_PARTS", ["verify", "fwd", "bwd", "fused", "mem"])
     layers = env_list("FASTCONV_BENCH_LAYERS", LAYERS)
     dtypes = env_list("FASTCONV_BENCH_DTYPES", ["fp16", "bf16", "fp32"])
     batch = int(os.environ.get("FASTCONV_BENCH_BATCH", "128"))
@@ -501,6 +554,8 @@ def main():
                 bench_bwd(layers, batch, results, chk)
             elif part == "mem":
                 bench_mem(batch, results, chk)
+            elif part == "fused":
+                bench_fused(batch, results, chk)
         except Exception as exc:  # keep the other parts and the table
             import traceback
             traceback.print_exc()

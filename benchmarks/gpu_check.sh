@@ -54,8 +54,11 @@ if has sass; then
     done
   } > "$OUT/sass.txt" 2>&1
   tc=$(find build -name 'conv2d_tc_kernels.o' | head -1)
-  hmma=$( [ -n "$tc" ] && cuobjdump -sass "$tc" 2>/dev/null | grep -c HMMA || echo 0)
-  ldsm=$( [ -n "$tc" ] && cuobjdump -sass "$tc" 2>/dev/null | grep -c LDSM || echo 0)
+  hmma=0; ldsm=0
+  if [ -n "$tc" ]; then
+    hmma=$(cuobjdump -sass "$tc" 2>/dev/null | grep -c HMMA)
+    ldsm=$(cuobjdump -sass "$tc" 2>/dev/null | grep -c LDSM)
+  fi
   spills=$(grep -c 'bytes spill stores' "$OUT/sass.txt"); nz=$(grep -E '[1-9][0-9]* bytes spill stores' "$OUT/sass.txt" | wc -l)
   note "sass: conv2d_tc HMMA=$hmma LDSM=$ldsm; kernels with spills: $nz of $spills (sass.txt)"
 fi

@@ -2,7 +2,10 @@
 interleaved. First-call cost is reported separately: compile (empty numba cache) and load (warm
 cache), each measured in a fresh process.
 
-  python benchmarks/numba_bench.py [--repeats 7] [--batch 1] [--quick] [--json out.json]
+  python benchmarks/numba_bench.py [--repeats 7] [--batch 1] [--threads N] [--quick] [--json out.json]
+
+On a shared machine use --threads 1: with more threads than free cores every parallel region waits
+for its threads to be scheduled and all three implementations time at the scheduler's quantum.
 """
 import argparse
 import json

@@ -98,12 +98,12 @@ def x_fmt(x):
     return CL if (x.dim() == 4 and not x.is_contiguous()) else torch.contiguous_format
 
 
-def timeit(fn, x, reps):
+def timeit(fn, x, reps, clock=time.perf_counter):
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn(x)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
@@ -114,13 +114,17 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--stat", choices=("min", "median"), default="min",
                     help="min is robust when other processes share the cores; median is typical")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: process CPU time (for --threads 1 on a loaded machine, immune to descheduling)")
     ap.add_argument("--ops", default=None, help="substring filter on the op names (comma-separated)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fastconv isa {_C.get_isa()}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fastconv isa {_C.get_isa()}, "
+          f"{args.stat} of {args.rounds}x{args.reps} {args.clock}-clock runs")
     print(f"{'op':28s} {'shape':18s} {'layout':6s} {'ours ms':>8s} {'torch ms':>9s} {'ratio':>6s} {'GB/s':>6s}")
     filt = args.ops.split(",") if args.ops else None
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for case in cases():
         name, shape, fmt, ours, ref, nbytes = case[:6]
         prep = case[6] if len(case) > 6 else None
@@ -136,8 +140,8 @@ def main():
             ref(x)
             to, tt = [], []
             for _ in range(args.rounds):  # interleave so drifting machine load hits both alike
-                to += timeit(ours, x, args.reps)
-                tt += timeit(ref, x, args.reps)
+                to += timeit(ours, x, args.reps, clock)
+                tt += timeit(ref, x, args.reps, clock)
         stat = min if args.stat == "min" else statistics.median
         mo, mt = stat(to) * 1e3, stat(tt) * 1e3
         gbs = nbytes(x, y) / (mo * 1e-3) / 1e9

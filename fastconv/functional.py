@@ -101,7 +101,7 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     return y.squeeze(0) if unbatched else y
 
 
-def _pool_args(input, kernel_size, stride, padding, dilation, max_pool):
+def _pool_args(input, kernel_size, stride, padding, dilation):
     x, unbatched = A.batched(input, "input")
     k = A.pair(kernel_size, "kernel_size", minimum=1)
     if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
@@ -110,11 +110,9 @@ def _pool_args(input, kernel_size, stride, padding, dilation, max_pool):
         s = A.pair(stride, "stride", minimum=1)
     p = A.pair(padding, "padding", minimum=0)
     d = A.pair(dilation, "dilation", minimum=1)
-    for i in range(2):
-        limit = ((k[i] - 1) * d[i] + 1) // 2 if max_pool else k[i] // 2
-        if p[i] > limit:
-            raise ValueError(f"fastconv: 'padding' ({padding}) must be at most half of the "
-                             f"{'effective ' if max_pool else ''}kernel size ({kernel_size})")
+    # torch's rule for both poolings: padding at most half the (undilated) kernel size.
+    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
+        raise ValueError(f"fastconv: 'padding' ({padding}) must be at most half of the kernel size ({kernel_size})")
     if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"fastconv: 'input' must have non-zero channel and spatial sizes, got {tuple(x.shape)}")
     return x, unbatched, list(k), list(s), list(p), list(d)
@@ -130,7 +128,7 @@ def _check_pool_out(x, k, s, p, d, ceil_mode):
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d (indices are flat within each H*W plane)."""
-    x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, dilation, True)
+    x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, dilation)
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))
     y, idx = _ops().max_pool2d_fwd(x, k, s, p, d, bool(ceil_mode))
     if unbatched:
@@ -141,7 +139,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """2-D average pooling, as torch.nn.functional.avg_pool2d."""
-    x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, 1, False)
+    x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, 1)
     if divisor_override is not None:
         divisor_override = A.positive_int(divisor_override, "divisor_override")
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))

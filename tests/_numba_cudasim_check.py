@@ -86,6 +86,13 @@ def run():
         for mode in (0, 1):
             check("sort_fwd", a, c, mode, 0.01, tol=tol)
             check("sort_bwd", r(3, 5, 7), a, c, mode, 0.01, tol=tol)
+        # The framework-free entry points return arrays of the input's kind (unbatched input here).
+        import fastconv.numba as fnb
+        y = fnb.conv2d(to_dev(x[0]), to_dev(w), None, 1, "same", 1, 2)
+        assert type(y) is type(to_dev(x)), type(y)
+        same("fastconv.numba.conv2d", y, fnb.conv2d(x[0], w, None, 1, "same", 1, 2), tol)
+        same("fastconv.numba.max_pool2d", fnb.max_pool2d(to_dev(xp), 2, return_indices=True),
+             fnb.max_pool2d(xp, 2, return_indices=True), tol)
 
 
 if __name__ == "__main__":

@@ -162,7 +162,7 @@ def test_nan_inf_propagate(device):
     assert_close(y[finite], e[finite], torch.float32, 18)
 
 
-@pytest.mark.parametrize("case", [(1, 2, 5, 6, 3, 3, 2, 1, 1, 1, 1, True), (2, 4, 6, 5, 2, 2, 3, 2, (1, 0), (1, 2), 2, True),
+@pytest.mark.parametrize("case", [(1, 2, 5, 6, 3, 3, 2, 1, 1, 1, 1, True), (1, 4, 6, 5, 2, 2, 3, 2, (1, 0), (1, 2), 2, True),
                                   (1, 3, 5, 5, 3, 3, 3, 1, "same", 1, 3, False), (1, 2, 6, 6, 2, 4, 4, 1, "same", 1, 1, True)])
 def test_gradcheck(case):
     n, c, h, w, k, r, s, stride, padding, dilation, groups, bias = case

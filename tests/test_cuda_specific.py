@@ -65,7 +65,7 @@ def test_second_device_guard():
     w = torch.randn(8, 16, 3, 3, device="cuda:1")
     y = fastconv.conv2d(x, w, padding=1)
     assert y.device == x.device
-    assert rel_err(y, F.conv2d(x.double(), w.double(), padding=1)) < 1e-5 or torch.backends.cudnn.allow_tf32
+    assert rel_err(y, F.conv2d(x.double(), w.double(), padding=1)) < 3e-3
 
 
 # ---------------------------------------------------------------- graphs and streams
@@ -217,5 +217,6 @@ def test_empty_batch_and_nan():
     assert fastconv.conv2d(x, w, padding=1).shape == (0, 8, 8, 8)
     y = rnd(1, 8, 5, 5, dtype=torch.float16, cl=True)
     y[0, 3, 2, 2] = float("nan")
-    assert torch.isnan(fastconv.max_pool2d(y, 3, 1, 1)[0, 3]).all()
+    m = fastconv.max_pool2d(y, 3, 1, 1)[0, 3]
+    assert torch.isnan(m[1:4, 1:4]).all() and not torch.isnan(m[0, 0]) and not torch.isnan(m[4, 4])
     assert torch.isnan(fastconv.relu(y)[0, 3, 2, 2])

@@ -169,7 +169,8 @@ def test_empty_batch():
 
 
 def test_opcheck_and_compile():
-    x, w, b = randn(2, 3, 7, 6, dtype=torch.float64), randn(4, 3, 3, 3, dtype=torch.float64), randn(4, dtype=torch.float64)
+    f64 = torch.float64
+    x, w, b = randn(2, 3, 7, 6, dtype=f64), randn(4, 3, 3, 3, dtype=f64), randn(4, dtype=f64)
     ops = torch.ops.fastconv_numba
     torch.library.opcheck(ops.conv2d_fwd, (x, w, b, [1, 1], [1, 1, 0, 2], [1, 1], 1))
     fake_only = ("test_schema", "test_faketensor")
@@ -190,6 +191,20 @@ def test_opcheck_and_compile():
     torch.testing.assert_close(out, want)
     out.sum().backward()
     assert xr.grad is not None and xr.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("name,args", [
+    ("conv2d_fwd", lambda x: (x, torch.randn(4, 2, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1)),
+    ("conv2d_bwd_input", lambda x: (x, torch.randn(4, 3, 3, 3), [2, 3, 9, 9], [1, 1], [0, 0, 0, 0], [1, 1], 1)),
+    ("max_pool2d_bwd", lambda x: (x, torch.full(x.shape, 10**6, dtype=torch.int64), [2, 3, 16, 16])),
+    ("max_pool2d_fwd", lambda x: (x, [2, 2], [2, 2], [3, 3], [1, 1], False)),
+    ("sort_fwd", lambda x: (x, torch.randn(2, 3, 8, 7), 0, 0.01)),
+    ("relu_bwd", lambda x: (x, torch.randn(5))),
+])
+def test_raw_ops_check_arguments(name, args):
+    """The kernels do no bounds checks: inconsistent raw-op arguments must be refused before them."""
+    with pytest.raises((ValueError, RuntimeError)):
+        getattr(torch.ops.fastconv_numba, name)(*args(randn(2, 3, 8, 8)))
 
 
 def test_numpy_entry_points():

@@ -54,8 +54,8 @@ def test_mixed_layouts(layouts):
 @pytest.mark.parametrize("device", DEVICES)
 def test_eps(eps, device):
     rng = np.random.default_rng(2)
-    # positive values keep the derivative finite at eps = 0
-    arrays = [rng.uniform(0.1, 2, (2, 3, 5, 7)), rand(rng, (2, 3, 5, 7))] if eps == 0 else None
+    # positive values keep the derivative finite at eps = 0 (see test_eps0_gradient_off_the_quadrant)
+    arrays = [rng.uniform(0.1, 2, (2, 3, 5, 7)), rng.uniform(0.1, 2, (2, 3, 5, 7))] if eps == 0 else None
     run_sort((2, 3, 5, 7), torch.float64, device, eps=eps, arrays=arrays)
 
 
@@ -111,3 +111,14 @@ def test_gradcheck(mode, eps):
     b[0, 0, 0] = torch.tensor([2e-2, 2e-2, -3e-2, 1e-2, 1e-2], dtype=torch.float64)
     a.requires_grad_(), b.requires_grad_()
     assert torch.autograd.gradcheck(lambda x, y: fastconv.sort(x, y, mode, eps), (a, b), eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eps0_gradient_off_the_quadrant(device):
+    """eps = 0, a > 0 >= b: y = a + b near there, so dy/da = dy/db... = 1 (torch's autograd of the
+    composite gives 0 * inf = NaN; the fused backward is expected to give the true derivative)."""
+    a = torch.tensor([1.0, 2.0, 0.5, -1.0], dtype=torch.float64, device=device, requires_grad=True)
+    b = torch.tensor([-1.0, 0.0, -0.5, -2.0], dtype=torch.float64, device=device, requires_grad=True)
+    fastconv.sort(a, b, "sqrt", 0.0).sum().backward()
+    assert torch.equal(a.grad, torch.ones_like(a)), a.grad
+    assert torch.equal(b.grad[[0, 2, 3]], torch.ones(3, dtype=torch.float64, device=device)), b.grad

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "fastconv/common.h"
@@ -27,11 +28,13 @@ namespace {
 template <typename T>
 struct Buffer {
   std::unique_ptr<T, void (*)(void*)> mem{nullptr, std::free};
-  explicit Buffer(int64_t n, bool zero = false) {
-    size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+  Buffer() = default;
+  explicit Buffer(int64_t n) { alloc(n); }
+  T* alloc(int64_t n) {
+    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
     mem.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
     if (!mem) throw std::bad_alloc();
-    if (zero) std::memset(mem.get(), 0, bytes);
+    return mem.get();
   }
   T* get() const { return mem.get(); }
 };
@@ -87,7 +90,7 @@ MicroKernel<float> micro_kernel<float>() {
   }
 }
 
-// Channels-last copy of x with zero padding: out[n][hp][wp][c] = x[n][c][hp - ph0][wp - pw0] (0 outside).
+// Channels-last copy of x (allocated in `store`) with zero padding: out[n][hp][wp][c] = x[n][c][hp - ph0][wp - pw0] (0 outside).
 // Also handles negative padding (cropping), which the stride-1 bwd_input needs.
 struct Padded {
   int64_t hp, wp, c;  // sizes of the copy
@@ -102,7 +105,7 @@ const T* pad_channels_last(const Tensor4& d, const T* x, int64_t ph0, int64_t pw
   if (ph0 == 0 && pw0 == 0 && pd.wp == d.w && pd.hp == d.h && d.sc == 1 && d.sw == d.c &&
       d.sh == d.w * d.c && d.sn == d.h * d.w * d.c)
     return x;
-  T* out = store.get();
+  T* out = store.alloc(d.n * pd.sn());
   const int64_t w_lo = std::max<int64_t>(0, pw0), w_hi = std::min<int64_t>(pd.wp, d.w + pw0);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < d.n; ++n)
@@ -242,7 +245,7 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
   const T* wpack = wstore.get();
   pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
-  Buffer<T> xstore(N * pd.sn());
+  Buffer<T> xstore;
   const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
   // With one group and no horizontal dilation the S taps of a kernel row are S*C consecutive
   // values of the padded copy (matching the packed [r][s][c] order): one long reduction per row.
@@ -348,7 +351,7 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
               j < ncol ? w[(g * Kg + kk) * W.sn + c * W.sc + (rs / S) * W.sh + (rs % S) * W.sw] : T(0);
         }
   const Padded pdy{P, Q, K};
-  Buffer<T> dystore(N * pdy.sn());
+  Buffer<T> dystore;
   const T* dyc = pad_channels_last(Y, dy, 0, 0, pdy, dystore);
   Buffer<T> acc(N * H * Wd * C);
   std::vector<int64_t> col_h(ncol), col_w(ncol), col_c(ncol);
@@ -405,9 +408,14 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   }
   const MicroKernel<T> mk = micro_kernel<T>();
   const int kv = mk.kv, mp = mk.mp;
-  const int64_t KB = ceil_div(Kg, kv), CT = ceil_div(Cg, mp);
+  // Few channels: broadcast straight from the padded copy (stride C per pixel) instead of gathering
+  // them pixel-contiguous; then with one group and no horizontal dilation the (s, c) pairs of a
+  // kernel row are contiguous there and serve as the tile rows (first layers: 3 channels x 7 taps).
+  const bool gather = Cg >= 16, merge = !gather && G == 1 && p.dil_w == 1;
+  const int64_t St = merge ? 1 : S, Ct = merge ? S * Cg : Cg;  // taps per task, rows to tile
+  const int64_t KB = ceil_div(Kg, kv), CT = ceil_div(Ct, mp);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
-  Buffer<T> xstore(N * pd.sn());
+  Buffer<T> xstore;
   const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
   // dy packed per image as [g][kb][p][q][kv], zero beyond Kg.
   const int64_t img = G * KB * P * Q * kv;
@@ -416,44 +424,75 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   for (int64_t n = 0; n < N; ++n)
     for (int64_t gk = 0; gk < G * KB; ++gk) {
       const int64_t g = gk / KB, kb = gk % KB;
-      T* o = dyp.get() + n * img + gk * P * Q * kv;
-      for (int64_t pr = 0; pr < P; ++pr)
-        for (int64_t q = 0; q < Q; ++q, o += kv)
-          for (int v = 0; v < kv; ++v) {
-            const int64_t kk = kb * kv + v;
-            o[v] = kk < Kg ? dy[n * Y.sn + (g * Kg + kk) * Y.sc + pr * Y.sh + q * Y.sw] : T(0);
-          }
+      const int64_t kvalid = std::min<int64_t>(kv, Kg - kb * kv);
+      const T* src = dy + n * Y.sn + (g * Kg + kb * kv) * Y.sc;
+      for (int64_t pr = 0; pr < P; ++pr) {
+        T* o = dyp.get() + n * img + (gk * P + pr) * Q * kv;
+        const T* sr = src + pr * Y.sh;
+        if (kvalid < kv)
+          for (int64_t q = 0; q < Q; ++q) std::fill(o + q * kv + kvalid, o + (q + 1) * kv, T(0));
+        if (Y.sc == 1) {
+          for (int64_t q = 0; q < Q; ++q) std::memcpy(o + q * kv, sr + q * Y.sw, sizeof(T) * kvalid);
+        } else {
+          for (int64_t v = 0; v < kvalid; ++v)
+            for (int64_t q = 0; q < Q; ++q) o[q * kv + v] = sr[v * Y.sc + q * Y.sw];
+        }
+      }
     }
+  // Tasks own disjoint dw blocks (g, r, s, channel tile range) for every kb: no reduction across
+  // threads. Per output-row chunk a task gathers its input channels pixel-contiguous (xt), so the
+  // micro-kernel's broadcasts run along memory and one gather serves every kb panel.
+  const int64_t base = G * R * St;
+  const int64_t nth = omp_get_max_threads();
+  // Few splits: every split streams all of dy again.
+  const int64_t csplit = std::min<int64_t>(CT, ceil_div(2 * nth, base));
+  const int64_t cper = ceil_div(CT, csplit);
+  // Output rows per chunk: one kb panel of the chunk's dy rows stays in L1 while every tile reads it.
+  const int64_t pch = std::max<int64_t>(1, (16 << 10) / (Q * kv * static_cast<int64_t>(sizeof(T))));
   std::vector<int64_t> seg(P);
   for (int64_t pr = 0; pr < P; ++pr) seg[pr] = pr * p.stride_h * pd.sh();
-  // Tasks own disjoint dw blocks (g, kb, r, s, channel tile range): no reduction across threads.
-  const int64_t base = G * KB * R * S;
-  const int64_t nth = omp_get_max_threads();
-  const int64_t csplit = std::min<int64_t>(CT, ceil_div(4 * nth, base));
-  const int64_t cper = ceil_div(CT, csplit);
+  const int64_t zero_seg = 0;
 #pragma omp parallel
   {
-    Buffer<T> part(cper * mp * kv);
+    Buffer<T> part(KB * cper * mp * kv), xt(gather ? cper * mp * pch * Q : 0);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < base * csplit; ++task) {
       const int64_t cs = task % csplit, t2 = task / csplit;
-      const int64_t rs = t2 % (R * S), gk = t2 / (R * S), g = gk / KB, kb = gk % KB, r = rs / S, s = rs % S;
+      const int64_t rs = t2 % (R * St), g = t2 / (R * St), r = rs / St, s = rs % St;
       const int64_t ct0 = cs * cper, ct1 = std::min(CT, ct0 + cper);
       if (ct0 >= ct1) continue;
+      const int64_t c_lo = ct0 * mp, nc = std::min(Ct, ct1 * mp) - c_lo;
       for (int64_t n = 0; n < N; ++n)
-        for (int64_t ct = ct0; ct < ct1; ++ct) {
-          const int np = static_cast<int>(std::min<int64_t>(mp, Cg - ct * mp));
-          TileArgs<T> ta{xp + n * pd.sn() + (r * p.dil_h * pd.wp + s * p.dil_w) * C + g * Cg + ct * mp, 1,
-                         p.stride_w * C, seg.data(), P, Q, dyp.get() + n * img + gk * P * Q * kv,
-                         part.get() + (ct - ct0) * mp * kv, np, n > 0};
-          mk.fn(ta);
+        for (int64_t p0 = 0; p0 < P; p0 += pch) {
+          const int64_t rows = std::min(pch, P - p0), L = rows * Q;
+          for (int64_t pr = p0; pr < p0 + rows && gather; ++pr)
+            for (int64_t q = 0; q < Q; ++q) {
+              const T* src = xp + n * pd.sn() + ((pr * p.stride_h + r * p.dil_h) * pd.wp + q * p.stride_w + s * p.dil_w) * C +
+                             g * Cg + c_lo;
+              T* dst = xt.get() + (pr - p0) * Q + q;
+              for (int64_t c = 0; c < nc; ++c) dst[c * L] = src[c];
+            }
+          for (int64_t kb = 0; kb < KB; ++kb)
+            for (int64_t ct = ct0; ct < ct1; ++ct) {
+              const int np = static_cast<int>(std::min<int64_t>(mp, Ct - ct * mp));
+              const T* direct = xp + n * pd.sn() + (r * p.dil_h * pd.wp + s * p.dil_w) * C + g * Cg + ct * mp;
+              TileArgs<T> ta{gather ? xt.get() + (ct * mp - c_lo) * L : direct, gather ? L : 1,
+                             gather ? 1 : p.stride_w * C, gather ? &zero_seg : seg.data() + p0, gather ? 1 : rows,
+                             gather ? L : Q, dyp.get() + n * img + ((g * KB + kb) * P + p0) * Q * kv,
+                             part.get() + (kb * cper + ct - ct0) * mp * kv, np, n > 0 || p0 > 0};
+              mk.fn(ta);
+            }
         }
-      const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
-      for (int64_t ct = ct0; ct < ct1; ++ct)
-        for (int64_t i = 0; i < std::min<int64_t>(mp, Cg - ct * mp); ++i)
-          for (int v = 0; v < kvalid; ++v)
-            dw[(g * Kg + kb * kv + v) * W.sn + (ct * mp + i) * W.sc + r * W.sh + s * W.sw] =
-                part.get()[((ct - ct0) * mp + i) * kv + v];
+      for (int64_t kb = 0; kb < KB; ++kb) {
+        const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
+        for (int64_t ct = ct0; ct < ct1; ++ct)
+          for (int64_t i = 0; i < std::min<int64_t>(mp, Ct - ct * mp); ++i) {
+            const int64_t j = ct * mp + i, c = merge ? j % Cg : j, sj = merge ? j / Cg : s;
+            for (int v = 0; v < kvalid; ++v)
+              dw[(g * Kg + kb * kv + v) * W.sn + c * W.sc + r * W.sh + sj * W.sw] =
+                  part.get()[((kb * cper + ct - ct0) * mp + i) * kv + v];
+          }
+      }
     }
   }
 }

@@ -39,50 +39,57 @@ template <> inline fp16 from_f32<fp16>(float v) {
 // Compute type: double for double, float otherwise.
 template <typename T> using acc_t = decltype(to_f32(T{}));
 
+// Elementwise drivers over [lo, hi): restrict-qualified parameters (a lambda's captures would lose
+// them) let the loops vectorize without run-time alias checks; f computes in acc_t<T>.
+template <typename T, typename F>
+void map1(const T* __restrict x, T* __restrict y, int64_t lo, int64_t hi, F f) {
+  for (int64_t i = lo; i < hi; ++i) y[i] = from_f32<T>(f(to_f32(x[i])));
+}
+template <typename T, typename F>
+void map2(const T* __restrict x, const T* __restrict z, T* __restrict y, int64_t lo, int64_t hi, F f) {
+  for (int64_t i = lo; i < hi; ++i) y[i] = from_f32<T>(f(to_f32(x[i]), to_f32(z[i])));
+}
+template <typename T, typename F>
+void map3to2(const T* __restrict g, const T* __restrict a, const T* __restrict b, T* __restrict ya,
+             T* __restrict yb, int64_t lo, int64_t hi, F f) {
+  for (int64_t i = lo; i < hi; ++i) {
+    acc_t<T> oa, ob;
+    f(to_f32(g[i]), to_f32(a[i]), to_f32(b[i]), oa, ob);
+    ya[i] = from_f32<T>(oa), yb[i] = from_f32<T>(ob);
+  }
+}
+
 template <typename T>
-void relu_fwd(const T* __restrict x, T* __restrict y, int64_t n) {
-  parallel_ranges(n, n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      auto v = to_f32(x[i]);
-      y[i] = from_f32<T>(v <= 0 ? decltype(v)(0) : v);  // NaN <= 0 is false: NaN stays NaN
-    }
+void relu_fwd(const T* x, T* y, int64_t n) {
+  using A = acc_t<T>;
+  parallel_ranges(n, n, [&](int64_t lo, int64_t hi) {
+    map1(x, y, lo, hi, [](A v) { return v <= 0 ? A(0) : v; });  // NaN <= 0 is false: NaN stays NaN
   });
 }
 
 template <typename T>
-void relu_bwd(const T* __restrict gy, const T* __restrict r, T* __restrict gx, int64_t n) {
-  parallel_ranges(n, n, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      auto g = to_f32(gy[i]);
-      gx[i] = from_f32<T>(to_f32(r[i]) <= 0 ? decltype(g)(0) : g);
-    }
+void relu_bwd(const T* gy, const T* r, T* gx, int64_t n) {
+  using A = acc_t<T>;
+  parallel_ranges(n, n, [&](int64_t lo, int64_t hi) {
+    map2(gy, r, gx, lo, hi, [](A g, A rv) { return rv <= 0 ? A(0) : g; });
   });
 }
 
 template <typename T>
-void sort_fwd(const T* __restrict a, const T* __restrict b, T* __restrict y, int64_t n, SortMode mode,
-              double eps_d) {
+void sort_fwd(const T* a, const T* b, T* y, int64_t n, SortMode mode, double eps_d) {
   using A = acc_t<T>;
   const A eps = static_cast<A>(eps_d), zero = 0;
   const bool sq = mode == SortMode::kSqrt;
   parallel_ranges(n, n, [&](int64_t lo, int64_t hi) {
-    if (sq) {
-      for (int64_t i = lo; i < hi; ++i) {
-        A av = to_f32(a[i]), bv = to_f32(b[i]);
-        y[i] = from_f32<T>(av + bv + std::sqrt(std::max(av, zero) * std::max(bv, zero) + eps));
-      }
-    } else {
-      for (int64_t i = lo; i < hi; ++i) {
-        A av = to_f32(a[i]), bv = to_f32(b[i]);
-        y[i] = from_f32<T>(av + bv + std::max(av, zero) * std::max(bv, zero));
-      }
-    }
+    if (sq)
+      map2(a, b, y, lo, hi, [=](A av, A bv) { return av + bv + std::sqrt(std::max(av, zero) * std::max(bv, zero) + eps); });
+    else
+      map2(a, b, y, lo, hi, [=](A av, A bv) { return av + bv + std::max(av, zero) * std::max(bv, zero); });
   });
 }
 
 template <typename T>
-void sort_bwd(const T* __restrict gy, const T* __restrict a, const T* __restrict b, T* __restrict ga,
-              T* __restrict gb, int64_t n, SortMode mode, double eps_d) {
+void sort_bwd(const T* gy, const T* a, const T* b, T* ga, T* gb, int64_t n, SortMode mode, double eps_d) {
   using A = acc_t<T>;
   const A zero = 0, half = 0.5;
   // eps is raised to the smallest normal number so 1/s stays finite when eps = 0 and an operand is
@@ -92,21 +99,17 @@ void sort_bwd(const T* __restrict gy, const T* __restrict a, const T* __restrict
   const bool sq = mode == SortMode::kSqrt;
   parallel_ranges(n, 2 * n, [&](int64_t lo, int64_t hi) {
     if (sq) {
-      for (int64_t i = lo; i < hi; ++i) {
-        A g = to_f32(gy[i]), av = to_f32(a[i]), bv = to_f32(b[i]);
+      map3to2(gy, a, b, ga, gb, lo, hi, [=](A g, A av, A bv, A& oa, A& ob) {
         A ra = std::max(av, zero), rb = std::max(bv, zero);
         A h = half / std::sqrt(ra * rb + eps);  // d/da sqrt(ra*rb + eps) = [a>0] rb * h
         A ta = av > zero ? rb : zero, tb = bv > zero ? ra : zero;
-        ga[i] = from_f32<T>(g + g * (h * ta));
-        gb[i] = from_f32<T>(g + g * (h * tb));
-      }
+        oa = g + g * (h * ta), ob = g + g * (h * tb);
+      });
     } else {
-      for (int64_t i = lo; i < hi; ++i) {
-        A g = to_f32(gy[i]), av = to_f32(a[i]), bv = to_f32(b[i]);
+      map3to2(gy, a, b, ga, gb, lo, hi, [=](A g, A av, A bv, A& oa, A& ob) {
         A ra = std::max(av, zero), rb = std::max(bv, zero);
-        ga[i] = from_f32<T>(g + g * (av > zero ? rb : zero));
-        gb[i] = from_f32<T>(g + g * (bv > zero ? ra : zero));
-      }
+        oa = g + g * (av > zero ? rb : zero), ob = g + g * (bv > zero ? ra : zero);
+      });
     }
   });
 }

@@ -68,9 +68,9 @@ void check_window(at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntAr
   check_pair(padding, "padding", 0);
   check_pair(dilation, "dilation", 1);
   for (int i = 0; i < 2; ++i) {
-    TORCH_CHECK_VALUE(padding[i] <= ((kernel_size[i] - 1) * dilation[i] + 1) / 2, "fastconv: 'padding' ", padding,
-                      " must be at most half of the effective kernel size (kernel_size ", kernel_size,
-                      ", dilation ", dilation, ")");
+    // torch's rule: at most half the undilated kernel, so no window lies wholly in the padding.
+    TORCH_CHECK_VALUE(padding[i] <= kernel_size[i] / 2, "fastconv: 'padding' ", padding,
+                      " must be at most half of the kernel size ", kernel_size);
   }
 }
 

@@ -1,11 +1,13 @@
 // Pooling kernels: portable variant and run-time dispatch (pool2d_kernels_avx2.cpp and
 // pool2d_kernels_avx512.cpp compile the same body for wider targets).
+#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "fastconv/eltwise_kernels.h"
@@ -13,7 +15,9 @@
 
 namespace fastconv {
 namespace portable {
+#define FASTCONV_IMPL_AVX2 0
 #include "pool2d_kernels_impl.h"
+#undef FASTCONV_IMPL_AVX2
 }  // namespace portable
 
 #define FASTCONV_POOL_DECLARE(ns)                                                                 \

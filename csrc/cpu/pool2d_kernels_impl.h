@@ -1,7 +1,8 @@
 // Body of the pooling kernels, included once per ISA inside namespace fastconv::<isa> after all
 // standard headers (pool2d_kernels.cpp, pool2d_kernels_avx2.cpp, ...). The channels_last loops run
 // over contiguous channels with plain selects/adds so the compiler vectorizes them for the target.
-// Needs: <algorithm>, <cmath>, <cstdint>, <limits>, <vector>, fastconv/eltwise_kernels.h.
+// Needs: <immintrin.h>, <algorithm>, <cmath>, <cstdint>, <limits>, <type_traits>, <vector>,
+// fastconv/eltwise_kernels.h; FASTCONV_IMPL_AVX2 = 1 where the target has AVX2 (intrinsic paths).
 
 // One output row/column's window along one dimension: input positions lo, lo+step, ... < hi;
 // span = extent counted by count_include_pad (window clipped to input + padding, not to input).
@@ -184,48 +185,53 @@ void max_pool2d_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
   return max_fwd_cl<T, int64_t>(p, win, x, y, idx);
 }
 
+// Scatter of one task (an NCHW plane: cn = 1, or a channels_last channel block) into g, whose rows
+// are zeroed lazily: a row is cleared just before the first index that reaches it, so clearing and
+// accumulating hit the same cache-resident rows instead of two passes over the whole gradient.
+// Indices come in roughly increasing row order from the forward, but any order stays correct.
+template <typename T>
+void max_bwd_block(const Pool2dParams& p, const T* __restrict gy, const int64_t* __restrict idx, T* __restrict g,
+                   int64_t cn, int64_t ysw, int64_t xsw) {
+  const int64_t H = p.x.h, W = p.x.w, HW = H * W;
+  int64_t zeroed = 0;  // rows [0, zeroed) are cleared
+  auto zero_to = [&](int64_t rows) {
+    for (; zeroed < rows; ++zeroed)
+      for (int64_t iw = 0; iw < W; ++iw)
+        for (int64_t c = 0; c < cn; ++c) g[zeroed * p.x.sh + iw * xsw + c] = T(0);
+  };
+  for (int64_t oh = 0; oh < p.y.h; ++oh) {
+    for (int64_t ow = 0; ow < p.y.w; ++ow) {
+      const int64_t o = oh * p.y.sh + ow * ysw;
+      for (int64_t c = 0; c < cn; ++c) {
+        const int64_t i = idx[o + c];
+        if (static_cast<uint64_t>(i) >= static_cast<uint64_t>(HW)) continue;  // see the header
+        if (i >= zeroed * W) zero_to(i / W + 1);
+        g[i * xsw + c] += gy[o + c];
+      }
+    }
+  }
+  zero_to(H);
+}
+
 template <typename T>
 void max_pool2d_bwd(const Pool2dParams& p, const T* gy, const int64_t* idx, T* gx) {
-  const int64_t N = p.x.n, C = p.x.c, H = p.x.h, W = p.x.w, P = p.y.h, Q = p.y.w, HW = H * W;
+  const int64_t N = p.x.n, C = p.x.c, H = p.x.h, W = p.x.w, P = p.y.h, Q = p.y.w;
   if (N * C * H * W == 0) return;
-  // Both layouts have sh == W * sw, so a flat plane index i sits at i * sw (sw = 1 for NCHW).
-  const int64_t sw = p.x.sw;
+  const int64_t work = N * C * (H * W + P * Q);
   if (!channels_last(p)) {
-    parallel_ranges(N * C, N * C * (HW + P * Q), [&](int64_t t0, int64_t t1) {
+    parallel_ranges(N * C, work, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n = t / C, c = t % C;
-        T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
-        for (int64_t ih = 0; ih < H; ++ih)
-          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] = T(0);
-        const int64_t* ip = idx + n * p.y.sn + c * p.y.sc;
-        const T* gp = gy + n * p.y.sn + c * p.y.sc;
-        for (int64_t oh = 0; oh < P; ++oh) {
-          for (int64_t ow = 0; ow < Q; ++ow) {
-            const int64_t o = oh * p.y.sh + ow, i = ip[o];
-            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) g[i] += gp[o];
-          }
-        }
+        const int64_t n = t / C, c = t % C, yo = n * p.y.sn + c * p.y.sc;
+        max_bwd_block(p, gy + yo, idx + yo, gx + n * p.x.sn + c * p.x.sc, 1, 1, 1);
       }
     });
     return;
   }
   const int64_t CB = channel_block(p), nb = (C + CB - 1) / CB;
-  parallel_ranges(N * nb, N * C * (HW + P * Q), [&](int64_t t0, int64_t t1) {
+  parallel_ranges(N * nb, work, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t n = t / nb, c0 = t % nb * CB, cn = std::min(CB, C - c0);
-      T* __restrict g = gx + n * p.x.sn + c0;
-      for (int64_t ih = 0; ih < H; ++ih)
-        for (int64_t iw = 0; iw < W; ++iw)
-          for (int64_t c = 0; c < cn; ++c) g[ih * p.x.sh + iw * sw + c] = T(0);
-      for (int64_t oh = 0; oh < P; ++oh) {
-        for (int64_t ow = 0; ow < Q; ++ow) {
-          const int64_t o = n * p.y.sn + oh * p.y.sh + ow * p.y.sw + c0;
-          for (int64_t c = 0; c < cn; ++c) {
-            const int64_t i = idx[o + c];
-            if (static_cast<uint64_t>(i) < static_cast<uint64_t>(HW)) g[i * sw + c] += gy[o + c];
-          }
-        }
-      }
+      const int64_t n = t / nb, c0 = t % nb * CB, yo = n * p.y.sn + c0;
+      max_bwd_block(p, gy + yo, idx + yo, gx + n * p.x.sn + c0, std::min(CB, C - c0), p.y.sw, p.x.sw);
     }
   });
 }
@@ -238,6 +244,37 @@ inline bool global_nchw(const Pool2dParams& p, const Windows& win) {
          win.w[0].lo == 0 && win.w[0].hi == p.x.w && p.x.sh == p.x.w;
 }
 
+// out[ow] = sum over j < kw of bp[ow * sw + j] (SW: the stride as a constant, 0 = run time).
+template <typename T, int SW>
+void hsum_row(const T* __restrict bp, T* __restrict out, int64_t Q, int64_t kw, int64_t sw_run) {
+  const int64_t sw = SW ? SW : sw_run;
+  for (int64_t ow = 0; ow < Q; ++ow) out[ow] = bp[ow * sw];
+  for (int64_t j = 1; j < kw; ++j)
+    for (int64_t ow = 0; ow < Q; ++ow) out[ow] += bp[ow * sw + j];
+}
+
+#if FASTCONV_IMPL_AVX2
+// Sums of 8 consecutive planes of hw floats: one vector accumulator per plane, then a transposing
+// reduction, so the horizontal step is shared by 8 planes (global pooling of 7x7 is that bound).
+inline void plane_sums8(const float* __restrict x, int64_t hw, float* __restrict out) {
+  __m256 a[8];
+  for (int k = 0; k < 8; ++k) a[k] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= hw; i += 8)
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_add_ps(a[k], _mm256_loadu_ps(x + k * hw + i));
+  if (i < hw) {
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(hw - i)),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (int k = 0; k < 8; ++k) a[k] = _mm256_add_ps(a[k], _mm256_maskload_ps(x + k * hw + i, mask));
+  }
+  // hadd pairs within 128-bit lanes: low lanes hold planes 0-3 / 4-7 of the low halves, high lanes
+  // of the high halves; adding the two halves finishes all eight sums.
+  const __m256 s0 = _mm256_hadd_ps(_mm256_hadd_ps(a[0], a[1]), _mm256_hadd_ps(a[2], a[3]));
+  const __m256 s1 = _mm256_hadd_ps(_mm256_hadd_ps(a[4], a[5]), _mm256_hadd_ps(a[6], a[7]));
+  _mm256_storeu_ps(out, _mm256_add_ps(_mm256_permute2f128_ps(s0, s1, 0x20), _mm256_permute2f128_ps(s0, s1, 0x31)));
+}
+#endif
+
 template <typename T>
 void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restrict y) {
   const int64_t N = p.x.n, C = p.x.c, P = p.y.h, Q = p.y.w;
@@ -248,7 +285,20 @@ void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restr
     const int64_t HW = p.x.h * p.x.w;
     const T div = T(divisor(p, win.h[0], win.w[0]));
     parallel_ranges(N * C, N * C * HW, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0, n = t0 / C, c = t0 % C; t < t1; ++t, c = c + 1 == C ? (++n, 0) : c + 1) {
+      int64_t t = t0;
+#if FASTCONV_IMPL_AVX2
+      // Planes back to back (NCHW-contiguous): eight at a time with one horizontal reduction.
+      if constexpr (std::is_same_v<T, float>) {
+        if (p.x.sc == HW && p.x.sn == C * HW && p.y.sc == 1 && p.y.sn == C) {
+          float s8[8];
+          for (; t + 8 <= t1; t += 8) {
+            plane_sums8(x + t * HW, HW, s8);
+            for (int k = 0; k < 8; ++k) y[t + k] = s8[k] / div;
+          }
+        }
+      }
+#endif
+      for (int64_t n = t / C, c = t % C; t < t1; ++t, c = c + 1 == C ? (++n, 0) : c + 1) {
         const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
         T sum = 0;
 #pragma omp simd reduction(+ : sum)
@@ -260,10 +310,16 @@ void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restr
   }
   if (!channels_last(p)) {
     // Per output row: sum the window's input rows into a row buffer (vectorized along W), then
-    // each output adds its columns of that buffer.
+    // the window sums along the buffer. For plain average pooling the buffer carries pad_w zeros
+    // on the left and enough on the right for ceil_mode, so every window is a full kw wide and
+    // the sums vectorize across outputs; adaptive bins are summed one by one.
+    const bool plain = kind == Kind::kAvg;
+    const int64_t pw = plain ? p.pad_w : 0;
+    const int64_t len = plain ? std::max(pw + p.x.w, (Q - 1) * p.stride_w + p.kw) : p.x.w;
+    auto hsum = p.stride_w == 1 ? hsum_row<T, 1> : p.stride_w == 2 ? hsum_row<T, 2> : hsum_row<T, 0>;
     parallel_ranges(N * C * P, work, [&](int64_t r0, int64_t r1) {
-      std::vector<T> buf(static_cast<size_t>(p.x.w));
-      T* __restrict b = buf.data();
+      std::vector<T> buf(static_cast<size_t>(len), T(0)), sums(static_cast<size_t>(Q));
+      T* __restrict b = buf.data() + pw;
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t n = r / (C * P), c = r / P % C, oh = r % P;
         const T* __restrict xp = x + n * p.x.sn + c * p.x.sc;
@@ -272,10 +328,14 @@ void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restr
         for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
           for (int64_t iw = 0; iw < p.x.w; ++iw) b[iw] += xp[ih * p.x.sh + iw];
         T* __restrict yp = y + n * p.y.sn + c * p.y.sc + oh * p.y.sh;
+        if (plain) {
+          hsum(buf.data(), sums.data(), Q, p.kw, p.stride_w);
+          for (int64_t ow = 0; ow < Q; ++ow) yp[ow] = sums[ow] / T(divisor(p, rh, win.w[ow]));
+          continue;
+        }
         for (int64_t ow = 0; ow < Q; ++ow) {
           const Range& rw = win.w[ow];
           T sum = 0;
-#pragma omp simd reduction(+ : sum)
           for (int64_t iw = rw.lo; iw < rw.hi; ++iw) sum += b[iw];
           yp[ow] = sum / T(divisor(p, rh, rw));
         }
@@ -328,21 +388,33 @@ void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __rest
     return;
   }
   if (!channels_last(p)) {
+    // Per output row: scatter its scaled gradients along W into one row buffer, then add that
+    // buffer (vectorized) to every input row of the row's window.
     parallel_ranges(N * C, work, [&](int64_t t0, int64_t t1) {
+      std::vector<T> buf(static_cast<size_t>(W));
+      T* __restrict b = buf.data();
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n = t / C, c = t % C;
         T* __restrict g = gx + n * p.x.sn + c * p.x.sc;
-        for (int64_t ih = 0; ih < H; ++ih)
-          for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] = T(0);
+        int64_t zeroed = 0;  // rows cleared just before first use (windows move down with oh)
+        auto zero_to = [&](int64_t rows) {
+          for (; zeroed < rows; ++zeroed)
+            for (int64_t iw = 0; iw < W; ++iw) g[zeroed * p.x.sh + iw] = T(0);
+        };
         for (int64_t oh = 0; oh < P; ++oh) {
           const Range& rh = win.h[oh];
+          zero_to(rh.hi);
+          const T* __restrict gp = gy + n * p.y.sn + c * p.y.sc + oh * p.y.sh;
+          for (int64_t iw = 0; iw < W; ++iw) b[iw] = T(0);
           for (int64_t ow = 0; ow < Q; ++ow) {
             const Range& rw = win.w[ow];
-            const T v = gy[n * p.y.sn + c * p.y.sc + oh * p.y.sh + ow] / T(divisor(p, rh, rw));
-            for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
-              for (int64_t iw = rw.lo; iw < rw.hi; ++iw) g[ih * p.x.sh + iw] += v;
+            const T v = gp[ow] / T(divisor(p, rh, rw));
+            for (int64_t iw = rw.lo; iw < rw.hi; ++iw) b[iw] += v;
           }
+          for (int64_t ih = rh.lo; ih < rh.hi; ++ih)
+            for (int64_t iw = 0; iw < W; ++iw) g[ih * p.x.sh + iw] += b[iw];
         }
+        zero_to(H);
       }
     });
     return;
@@ -352,11 +424,15 @@ void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __rest
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / nb, c0 = t % nb * CB, cn = std::min(CB, C - c0);
       T* __restrict g = gx + n * p.x.sn + c0;
-      for (int64_t ih = 0; ih < H; ++ih)
-        for (int64_t iw = 0; iw < W; ++iw)
-          for (int64_t c = 0; c < cn; ++c) g[ih * p.x.sh + iw * p.x.sw + c] = T(0);
+      int64_t zeroed = 0;
+      auto zero_to = [&](int64_t rows) {
+        for (; zeroed < rows; ++zeroed)
+          for (int64_t iw = 0; iw < W; ++iw)
+            for (int64_t c = 0; c < cn; ++c) g[zeroed * p.x.sh + iw * p.x.sw + c] = T(0);
+      };
       for (int64_t oh = 0; oh < P; ++oh) {
         const Range& rh = win.h[oh];
+        zero_to(rh.hi);
         for (int64_t ow = 0; ow < Q; ++ow) {
           const Range& rw = win.w[ow];
           const T inv = T(1) / T(divisor(p, rh, rw));
@@ -368,6 +444,7 @@ void avg_bwd(Kind kind, const Pool2dParams& p, const T* __restrict gy, T* __rest
             }
         }
       }
+      zero_to(H);
     }
   });
 }

@@ -163,7 +163,7 @@ at::Tensor conv2d_bwd_input_cuda(const at::Tensor& grad_out, const at::Tensor& w
   if (dx.numel() == 0) return dx;
   const DType dt = dtype_of(grad_out);
   const int64_t Kg = a.K / a.groups, mult = tc_multiple(grad_out);
-  if (a.sh == 1 && a.sw == 1 && mult && Kg % mult == 0 && Kg > 1 && a.groups <= 65535) {
+  if (a.sh == 1 && a.sw == 1 && mult && Kg % mult == 0 && Kg > 1 && a.Cg >= 16 && a.groups <= 65535) {
     // Stride 1: grad_input is a forward convolution of grad_out with the filter turned 180 degrees
     // and K <-> C swapped per group, leading padding dil*(R-1) - pad; run it on tensor cores.
     const at::Tensor g = dense(grad_out, kCL);

@@ -255,6 +255,72 @@ __global__ void __launch_bounds__(256) depthwise_kernel(const T* x, const T* w, 
   }
 }
 
+// ---- grad_input, direct gather for few channels per group (depthwise, RGB first layers), where a
+// 64-wide GEMM tile over Cg would be mostly padding: one thread per input element.
+template <typename T>
+__global__ void __launch_bounds__(256) bwd_input_direct_kernel(const T* dy, const T* w, T* dx, Tensor4 dyt, Tensor4 wt,
+                                                               Tensor4 dxt, Geo g, bool cl) {
+  const int64_t total = dxt.n * dxt.c * dxt.h * dxt.w;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t n, c, h, x, t = i;
+    if (cl) { c = t % dxt.c; t /= dxt.c; x = t % dxt.w; t /= dxt.w; h = t % dxt.h; n = t / dxt.h; }
+    else { x = t % dxt.w; t /= dxt.w; h = t % dxt.h; t /= dxt.h; c = t % dxt.c; n = t / dxt.c; }
+    const int64_t gi = c / g.Cg, cc = c - gi * g.Cg;
+    const T* dyb = dy + n * dyt.sn + gi * g.Kg * dyt.sc;
+    const T* wb = w + gi * g.Kg * wt.sn + cc * wt.sc;
+    Acc<T> acc = 0;
+    for (int r = 0; r < g.R; ++r) {
+      const int th = static_cast<int>(h) + g.ph - r * g.dh;
+      if (th < 0 || th % g.sh) continue;
+      const int p = th / g.sh;
+      if (p >= g.P) continue;
+      for (int s = 0; s < g.S; ++s) {
+        const int tw = static_cast<int>(x) + g.pw - s * g.dw;
+        if (tw < 0 || tw % g.sw) continue;
+        const int q = tw / g.sw;
+        if (q >= g.Q) continue;
+        const T* dyp = dyb + p * dyt.sh + q * dyt.sw;
+        const T* wp = wb + r * wt.sh + s * wt.sw;
+        for (int k = 0; k < g.Kg; ++k) acc += to_acc(ld(dyp + k * dyt.sc)) * to_acc(ld(wp + k * wt.sn));
+      }
+    }
+    dx[n * dxt.sn + c * dxt.sc + h * dxt.sh + x * dxt.sw] = from_acc<T>(acc);
+  }
+}
+
+// ---- grad_weight for C/groups == 1 (depthwise): one block per (k, r, s) tap and split of N*P*Q,
+// a block reduction into the same [split][K][R*S] partials the GEMM path writes (a 64x64 GEMM tile
+// would be 1 x R*S useful cells).
+template <typename T>
+__global__ void __launch_bounds__(256) depthwise_wgrad_kernel(const T* dy, const T* x, Acc<T>* ws, Tensor4 dyt,
+                                                              Tensor4 xt, Geo g, int64_t chunk) {
+  using A = Acc<T>;
+  __shared__ A red[256];
+  const int RS = g.R * g.S;
+  const int64_t k = blockIdx.x / RS;
+  const int rs = static_cast<int>(blockIdx.x - k * RS), r = rs / g.S, s = rs % g.S;
+  const int64_t PQ = static_cast<int64_t>(g.P) * g.Q, rows = dyt.n * PQ;
+  const int64_t b = blockIdx.y * chunk, e = min(rows, b + chunk);
+  const T* dyb = dy + k * dyt.sc;
+  const T* xb = x + (k / g.Kg) * xt.sc;
+  A acc = 0;
+  for (int64_t i = b + threadIdx.x; i < e; i += 256) {
+    const int64_t n = i / PQ;
+    const int pq = static_cast<int>(i - n * PQ), p = pq / g.Q, q = pq % g.Q;
+    const int h = p * g.sh - g.ph + r * g.dh, w = q * g.sw - g.pw + s * g.dw;
+    if (inside(h, g.H) && inside(w, g.W))
+      acc += to_acc(ld(dyb + n * dyt.sn + p * dyt.sh + q * dyt.sw)) * to_acc(ld(xb + n * xt.sn + h * xt.sh + w * xt.sw));
+  }
+  red[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = 128; w > 0; w >>= 1) {
+    if (threadIdx.x < w) red[threadIdx.x] += red[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) ws[(blockIdx.y * dyt.c + k) * RS + rs] = red[0];
+}
+
 // ---- grad_weight: sum the split partials into dw (any strides), w index order j = (r, s, c).
 template <typename T>
 __global__ void __launch_bounds__(256) bwd_weight_reduce_kernel(const Acc<T>* ws, T* dw, Tensor4 wt, int splits,
@@ -327,8 +393,16 @@ int bias_splits(const Tensor4& t, int sm_count) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(s, 1024)));
 }
 
+int depthwise_wgrad_splits(const Conv2dParams& p, int sm_count) {
+  const int64_t taps = p.w.n * p.w.h * p.w.w, rows = p.y.n * p.y.h * p.y.w;
+  int64_t s = (4LL * sm_count + taps - 1) / taps;
+  s = std::min<int64_t>(s, (rows + 2047) / 2048);  // >= 8 rows per thread
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(s, 65535)));
+}
+
 int bwd_weight_splits(const Conv2dParams& p, int sm_count) {
   const Geo g = Geo::make(p);
+  if (g.Cg == 1) return depthwise_wgrad_splits(p, sm_count);
   const int64_t tiles = ((g.Kg + kTile - 1) / kTile) * ((static_cast<int64_t>(g.Cg) * g.R * g.S + kTile - 1) / kTile) * g.groups;
   const int64_t red = p.y.n * p.y.h * p.y.w;
   int64_t s = (2LL * sm_count + tiles - 1) / tiles;
@@ -375,6 +449,14 @@ void conv2d_bwd_input_simt(const Conv2dParams& p, DType dt, const void* dy, cons
                            cudaStream_t s) {
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
+    const Geo g = Geo::make(p);
+    if (g.Cg < 16) {
+      const int64_t total = p.x.n * p.x.c * p.x.h * p.x.w;
+      bwd_input_direct_kernel<T><<<blocks_for(total, 256, kMaxGridBlocks), 256, 0, s>>>(
+          static_cast<const T*>(dy), static_cast<const T*>(w), static_cast<T*>(dx), p.y, p.w, p.x, g,
+          p.x.sc == 1 && p.x.c > 1);
+      return;
+    }
     BwdDataProb<T> pb;
     pb.dy = static_cast<const T*>(dy); pb.w = static_cast<const T*>(w); pb.dx = static_cast<T*>(dx);
     pb.dyt = p.y; pb.wt = p.w; pb.dxt = p.x; pb.g = Geo::make(p);
@@ -418,6 +500,12 @@ void conv2d_bwd_weight(const Conv2dParams& p, DType dt, const void* dy, const vo
     const int64_t ngemm = static_cast<int64_t>(g.Cg) * g.R * g.S;
     if (tc) {
       conv2d_bwd_weight_tc(p, dt, dy, x, static_cast<float*>(workspace), splits, s);
+    } else if (g.Cg == 1) {
+      const int64_t rows = p.y.n * p.y.h * p.y.w;
+      const dim3 grid(static_cast<unsigned>(p.w.n * g.R * g.S), static_cast<unsigned>(splits));
+      depthwise_wgrad_kernel<T><<<grid, 256, 0, s>>>(static_cast<const T*>(dy), static_cast<const T*>(x),
+                                                     static_cast<A*>(workspace), p.y, p.x, g,
+                                                     (rows + splits - 1) / splits);
     } else {
       BwdWeightProb<T> pb;
       pb.dy = static_cast<const T*>(dy); pb.x = static_cast<const T*>(x); pb.ws = static_cast<A*>(workspace);

@@ -43,7 +43,7 @@ std::vector<int64_t> pooled_shape(const at::Tensor& x, at::IntArrayRef k, at::In
 }
 
 void check_pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p,
-                     at::IntArrayRef d, bool dilated_limit) {
+                     at::IntArrayRef d) {
   check_4d(x, "input");
   check_float(x, "input");
   TORCH_CHECK(x.is_cuda(), "fastconv: 'input' must be a CUDA tensor");
@@ -52,8 +52,8 @@ void check_pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, 
   check_pair(p, "padding", 0);
   check_pair(d, "dilation", 1);
   for (int i = 0; i < 2; ++i) {
-    const int64_t lim = dilated_limit ? ((k[i] - 1) * d[i] + 1) / 2 : k[i] / 2;
-    TORCH_CHECK_VALUE(p[i] <= lim, "fastconv: 'padding' ", p, " must be at most half of the kernel size ", k);
+    // torch's rule for every pooling: at most half the undilated kernel.
+    TORCH_CHECK_VALUE(p[i] <= k[i] / 2, "fastconv: 'padding' ", p, " must be at most half of the kernel size ", k);
   }
 }
 
@@ -67,7 +67,7 @@ std::vector<int64_t> check_input_size(at::IntArrayRef input_size, const at::Tens
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd_cuda(const at::Tensor& input, at::IntArrayRef k, at::IntArrayRef s,
                                                        at::IntArrayRef p, at::IntArrayRef d, bool ceil_mode) {
-  check_pool_args(input, k, s, p, d, true);
+  check_pool_args(input, k, s, p, d);
   c10::cuda::CUDAGuard guard(input.device());
   const auto fmt = memory_format_of(input);
   const at::Tensor x = dense(input, fmt);
@@ -108,7 +108,7 @@ at::Tensor max_pool2d_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& ind
 at::Tensor avg_pool2d_fwd_cuda(const at::Tensor& input, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p,
                                bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
   const int64_t one[2] = {1, 1};
-  check_pool_args(input, k, s, p, one, false);
+  check_pool_args(input, k, s, p, one);
   TORCH_CHECK_VALUE(!divisor_override || *divisor_override > 0, "fastconv: 'divisor_override' must be positive");
   c10::cuda::CUDAGuard guard(input.device());
   const auto fmt = memory_format_of(input);

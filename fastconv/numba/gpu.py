@@ -19,6 +19,8 @@ if not hasattr(np, "row_stack"):  # numba-cuda 0.30 still calls np.row_stack, re
 
 from numba import config, cuda  # noqa: E402
 
+from fastconv.numba.kernels import conv_out_hw, pool_out_hw  # noqa: E402
+
 _T = 16  # conv tile: 16 output channels x 16 output pixels x 16 reduction steps
 # Threads per block of the grid-stride kernels and per reduced element (conv weight/bias gradients);
 # the simulator runs each thread as a Python thread, so it gets small blocks.
@@ -178,11 +180,6 @@ def _conv_kernel(nbtype):
     return conv
 
 
-def conv_out_hw(x, w, stride, padding, dilation):
-    from fastconv.numba.kernels import conv_out_hw
-    return conv_out_hw(x, w, stride, padding, dilation)
-
-
 def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu,
                      mode, eps):
     (x, w, bias, scale, shift, residual), (dx, dw_, db, dsc, dsh, dres), stream, zero = _prep(
@@ -331,9 +328,8 @@ def _max_pool_fwd(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
 
 
 def max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode):
-    from fastconv.numba.kernels import pool_out_hw
     (x,), (dx,), stream, zero = _prep(x)
-    shape = tuple(x.shape[:2]) + pool_out_hw(x, kernel_size, stride, padding, dilation, ceil_mode)
+    shape = tuple(x.shape[:2]) + pool_out_hw(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
     y, idx = _empty(x, shape), _empty(x, shape, np.int64)
     dy = _dev(y)
     _launch(_max_pool_fwd, dy.size, stream, dx, dy, _dev(idx), *kernel_size, *stride, *padding, *dilation,
@@ -429,8 +425,7 @@ def _avg(src, out_shape, backward, args):
 
 
 def avg_pool2d_fwd(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    from fastconv.numba.kernels import pool_out_hw
-    shape = tuple(x.shape[:2]) + pool_out_hw(x, kernel_size, stride, padding, (1, 1), ceil_mode)
+    shape = tuple(x.shape[:2]) + pool_out_hw(x.shape[2:], kernel_size, stride, padding, (1, 1), ceil_mode)
     return _avg(x, shape, False, (*kernel_size, *stride, *padding, bool(count_include_pad),
                                   int(divisor_override or 0), False))
 

@@ -3,6 +3,7 @@ conv padding (top, bottom, left, right), combine 0/1/2, mode 0/1). NumPy arrays 
 of fastconv.numba.cpu; arrays exposing __cuda_array_interface__ (torch CUDA tensors, CuPy and Numba
 device arrays) run the numba.cuda kernels of fastconv.numba.gpu and return arrays of their own kind.
 Arguments are assumed valid (the public functions validate them)."""
+import contextlib
 import functools
 
 import numpy as np
@@ -20,9 +21,12 @@ def on_gpu(x):
 
 
 def _dispatch(fn):
-    """Route to the same-named function of fastconv.numba.gpu when the first array is on a GPU."""
+    """Check the arguments (the kernels do no bounds checks, so a raw-op call with inconsistent shapes
+    must not reach them), then route to the same-named function of fastconv.numba.gpu when the first
+    array is on a GPU."""
     @functools.wraps(fn)
     def op(*args):
+        _check(fn.__name__, args)
         if on_gpu(args[0]):
             from fastconv.numba import gpu
             return getattr(gpu, fn.__name__)(*args)
@@ -30,9 +34,103 @@ def _dispatch(fn):
     return op
 
 
+def _need(cond, name, msg):
+    if not cond:
+        raise ValueError(f"fastconv.numba.{name}: {msg}")
+
+
+def _shape(a):
+    return tuple(int(s) for s in a.shape)
+
+
+def _check_conv(name, x_shape, w_shape, stride, padding, dilation, groups):
+    """Consistent 4-D conv geometry; returns the output size (P, Q)."""
+    _need(len(x_shape) == 4 and len(w_shape) == 4, name, f"input {x_shape} and weight {w_shape} must be 4-D")
+    _need(len(stride) == 2 and len(padding) == 4 and len(dilation) == 2, name, "stride[2], padding[4], dilation[2]")
+    _need(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0 and groups >= 1, name,
+          f"stride {stride} and dilation {dilation} must be positive, padding {padding} >= 0, groups {groups} >= 1")
+    _need(x_shape[1] == w_shape[1] * groups and w_shape[0] % groups == 0 and min(w_shape) > 0, name,
+          f"input {x_shape}, weight {w_shape} and groups {groups} do not match")
+    pq = (A.conv_out_size(x_shape[2], padding[0], padding[1], dilation[0], w_shape[2], stride[0]),
+          A.conv_out_size(x_shape[3], padding[2], padding[3], dilation[1], w_shape[3], stride[1]))
+    _need(min(pq) > 0, name, f"output size {pq} must be positive")
+    return pq
+
+
+def _check_pool(name, shape, kernel_size, stride, padding, dilation):
+    _need(len(shape) == 4 and min(shape[1:]) > 0, name, f"input {shape} must be 4-D with non-zero C, H, W")
+    _need(min(kernel_size) >= 1 and min(stride) >= 1 and min(dilation) >= 1, name, "sizes must be positive")
+    _need(all(0 <= padding[i] <= ((kernel_size[i] - 1) * dilation[i] + 1) // 2 for i in range(2)), name,
+          f"padding {padding} must be in [0, half the effective kernel size]")
+
+
+def _check(name, args):
+    a0 = args[0]
+    if name == "conv2d_fused_fwd":
+        x, w, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu, mode, eps = args
+        p, q = _check_conv(name, _shape(x), _shape(w), stride, padding, dilation, groups)
+        for t, tn in ((bias, "bias"), (scale, "scale"), (shift, "shift")):
+            _need(t is None or _shape(t) == (w.shape[0],), name, f"'{tn}' must have shape ({w.shape[0]},)")
+        _need(combine in (0, 1, 2) and mode in (0, 1), name, f"combine {combine} / mode {mode} out of range")
+        out = (x.shape[0], w.shape[0], p, q)
+        _need(combine == 0 or (residual is not None and _shape(residual) == out), name,
+              f"residual must have the output's shape {out}")
+    elif name in ("conv2d_bwd_input", "conv2d_bwd_weight"):
+        dy, t, size, stride, padding, dilation, groups = args
+        size = tuple(size)
+        xs, ws = (size, _shape(t)) if name == "conv2d_bwd_input" else (_shape(t), size)
+        p, q = _check_conv(name, xs, ws, stride, padding, dilation, groups)
+        _need(_shape(dy) == (xs[0], ws[0], p, q), name, f"grad_out {_shape(dy)} != output shape {(xs[0], ws[0], p, q)}")
+    elif name in ("conv2d_bwd_bias", "max_pool2d_bwd", "avg_pool2d_bwd", "adaptive_avg_pool2d_bwd"):
+        _need(len(a0.shape) == 4, name, f"grad_out must be 4-D, got {_shape(a0)}")
+        if name != "conv2d_bwd_bias":
+            size = tuple(args[2] if name == "max_pool2d_bwd" else args[1])
+            _need(len(size) == 4 and size[:2] == _shape(a0)[:2], name,
+                  f"input_size {size} does not match grad_out {_shape(a0)}")
+        if name == "max_pool2d_bwd":
+            idx = args[1]
+            _need(_shape(idx) == _shape(a0), name, "indices must have grad_out's shape")
+            if isinstance(idx, np.ndarray) and idx.size:
+                _need(0 <= idx.min() and idx.max() < size[2] * size[3], name, "indices out of range")
+        if name == "avg_pool2d_bwd":
+            _check_pool(name, size, args[2], args[3], args[4], (1, 1))
+            _need(_shape(a0)[2:] == pool_out_hw(size[2:], *args[2:5], (1, 1), args[5]), name,
+                  "grad_out does not match the pooled size")
+    elif name == "max_pool2d_fwd":
+        _check_pool(name, _shape(a0), *args[1:5])
+    elif name == "avg_pool2d_fwd":
+        _check_pool(name, _shape(a0), *args[1:4], (1, 1))
+    elif name == "adaptive_avg_pool2d_fwd":
+        _need(len(a0.shape) == 4 and min(_shape(a0)[1:]) > 0 and min(args[1]) >= 1, name,
+              f"input {_shape(a0)} must be 4-D with non-zero C, H, W and output_size {args[1]} positive")
+    else:  # elementwise
+        arrays = [a for a in args if not isinstance(a, (int, float))]
+        _need(all(_shape(a) == _shape(a0) for a in arrays), name, "arrays must have the same shape")
+        if name.startswith("sort"):
+            _need(args[-2] in (0, 1), name, f"mode {args[-2]} must be 0 (sqrt) or 1 (product)")
+
+
 def _cpu():
     from fastconv.numba import cpu  # imported on first use: loading the cached kernels takes a moment
     return cpu
+
+
+@functools.lru_cache(maxsize=None)
+def _blas_controller():
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401  (the BLAS that np.dot in numba code calls)
+        from threadpoolctl import ThreadpoolController
+        return ThreadpoolController()
+    except ImportError:
+        return None
+
+
+def _one_blas_thread():
+    """The conv kernels call BLAS between numba parallel regions; BLAS's own thread pool then competes
+    with numba's for the cores, and on a loaded machine its spinning threads made a conv 25x slower
+    than one BLAS thread. The limit holds only for the call (about 0.15 ms to set and restore)."""
+    ctl = _blas_controller()
+    return ctl.limit(limits=1, user_api="blas") if ctl is not None else contextlib.nullcontext()
 
 
 def _c(a):
@@ -73,10 +171,11 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     y = np.empty((N, K, P, Q), x.dtype)
     res = _grouped(_c(residual), groups) if combine else np.zeros((1, 1, 1, 1), x.dtype)
     dt = x.dtype.type
-    _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
-                      *_conv_geometry(x, w, stride, padding, dilation, groups, P, Q), *_vec(bias, x),
-                      *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode), dt(eps),
-                      dt(0))
+    with _one_blas_thread():
+        _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
+                          *_conv_geometry(x, w, stride, padding, dilation, groups, P, Q), *_vec(bias, x),
+                          *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode), dt(eps),
+                          dt(0))
     return y
 
 
@@ -91,7 +190,8 @@ def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
     G, K = groups, w.shape[0]
     wt = np.ascontiguousarray(w.reshape(G, K // G, -1).transpose(0, 2, 1))
     geo = _conv_geometry(dx, w, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
-    _cpu().conv2d_bwd_input(_grouped(dy, G), wt, dx, _grouped(dx, G), *geo)
+    with _one_blas_thread():
+        _cpu().conv2d_bwd_input(_grouped(dy, G), wt, dx, _grouped(dx, G), *geo)
     return dx
 
 
@@ -101,8 +201,9 @@ def conv2d_bwd_weight(dy, x, weight_size, stride, padding, dilation, groups):
     dw = np.zeros(tuple(weight_size), dy.dtype)
     G, K = groups, dw.shape[0]
     geo = _conv_geometry(x, dw, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
-    _cpu().conv2d_bwd_weight(_grouped(dy, G), x, _grouped(x, G), dw.reshape(G, K // G, -1), *geo,
-                             dy.dtype.type(0))
+    with _one_blas_thread():
+        _cpu().conv2d_bwd_weight(_grouped(dy, G), x, _grouped(x, G), dw.reshape(G, K // G, -1), *geo,
+                                 dy.dtype.type(0))
     return dw
 
 
@@ -119,15 +220,15 @@ def _planes(a):
     return a.reshape(n * c, h, w)
 
 
-def pool_out_hw(x, kernel_size, stride, padding, dilation, ceil_mode):
-    return tuple(A.pool_out_size(x.shape[2 + i], kernel_size[i], padding[i], stride[i], dilation[i], ceil_mode)
+def pool_out_hw(hw, kernel_size, stride, padding, dilation, ceil_mode):
+    return tuple(A.pool_out_size(int(hw[i]), kernel_size[i], padding[i], stride[i], dilation[i], ceil_mode)
                  for i in range(2))
 
 
 @_dispatch
 def max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode):
     x = _c(x)
-    shape = x.shape[:2] + pool_out_hw(x, kernel_size, stride, padding, dilation, ceil_mode)
+    shape = x.shape[:2] + pool_out_hw(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
     y = np.empty(shape, x.dtype)
     idx = np.empty(shape, np.int64)
     _cpu().max_pool2d_fwd(_planes(x), _planes(y), _planes(idx), *map(int, (*kernel_size, *stride, *padding,
@@ -151,7 +252,7 @@ def _avg_args(kernel_size, stride, padding, count_include_pad, divisor_override)
 @_dispatch
 def avg_pool2d_fwd(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     x = _c(x)
-    y = np.empty(x.shape[:2] + pool_out_hw(x, kernel_size, stride, padding, (1, 1), ceil_mode), x.dtype)
+    y = np.empty(x.shape[:2] + pool_out_hw(x.shape[2:], kernel_size, stride, padding, (1, 1), ceil_mode), x.dtype)
     _cpu().avg_pool2d_fwd(_planes(x), _planes(y), *_avg_args(kernel_size, stride, padding, count_include_pad,
                                                               divisor_override), x.dtype.type(0))
     return y

@@ -44,7 +44,8 @@ void conv2d_fwd(const Conv2dParams& p, DType dt, const void* x, const void* w, v
 void conv2d_fwd_tc(const Conv2dParams& p, DType dt, const void* x, const void* w, void* y,
                    const EpilogueArgs& ep, int sm_count, cudaStream_t stream);
 
-// grad_input by direct gather over (k, r, s), any strides/stride/dilation (p.x = grad_input shape).
+// grad_input on CUDA cores, any strides/stride/dilation (p.x = grad_input shape): implicit GEMM
+// gathering over (r, s, k), or a direct per-element gather when C/groups < 16.
 void conv2d_bwd_input_simt(const Conv2dParams& p, DType dt, const void* dy, const void* w, void* dx,
                            int sm_count, cudaStream_t stream);
 
