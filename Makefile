@@ -44,7 +44,7 @@ test-py: build
 test: build native native-asan test-py
 
 run: build
-	$(PY) -m fastconv bench --quick
+	$(PY) -m fastconv demo
 
 bench: build
 	$(PY) -m fastconv bench
