@@ -83,7 +83,7 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d (indices flat within each H*W plane)."""
     (mx,) = _meta([("input", input)])
-    mx, unbatched, k, s, p, d = F._pool_args(mx, kernel_size, stride, padding, dilation, True)
+    mx, unbatched, k, s, p, d = F._pool_args(mx, kernel_size, stride, padding, dilation)
     F._check_pool_out(mx, k, s, p, d, bool(ceil_mode))
     y, idx = K.max_pool2d_fwd(_batched(input), k, s, p, d, bool(ceil_mode))
     y, idx = _unbatch(y, unbatched), _unbatch(idx, unbatched)
@@ -94,7 +94,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
                divisor_override=None):
     """2-D average pooling, as torch.nn.functional.avg_pool2d."""
     (mx,) = _meta([("input", input)])
-    mx, unbatched, k, s, p, d = F._pool_args(mx, kernel_size, stride, padding, 1, False)
+    mx, unbatched, k, s, p, d = F._pool_args(mx, kernel_size, stride, padding, 1)
     if divisor_override is not None:
         divisor_override = A.positive_int(divisor_override, "divisor_override")
     F._check_pool_out(mx, k, s, p, d, bool(ceil_mode))
