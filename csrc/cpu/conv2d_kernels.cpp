@@ -22,6 +22,10 @@
 #include "fastconv/conv2d_kernels.h"
 
 namespace fastconv {
+namespace portable {
+#include "conv2d_depthwise.inc"
+}  // namespace portable
+
 namespace {
 
 // 64-byte aligned scratch buffer (vector loads of packed panels never split cache lines).
@@ -304,11 +308,191 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
   }
 }
 
+// ---------------------------------------------------------------------------------------- depthwise
+// groups == C: each output channel k reads only input channel k / m. The general path would pad every
+// group to a full kv panel (16x the work for m = 1), so these drivers run the channel-vectorized loops
+// of conv2d_depthwise.inc over channels-last copies instead.
+inline bool is_depthwise(const Conv2dParams& p) {
+  return p.groups > 1 && p.groups == p.x.c && p.pad_h0 >= 0 && p.pad_w0 >= 0;
+}
+
+template <typename T>
+struct DwFns {
+  void (*taps)(const DwTaps<T>&);
+  void (*reduce)(const DwReduce<T>&);
+};
+
+template <typename T>
+DwFns<T> dw_fns();
+template <>
+DwFns<float> dw_fns<float>() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return {&avx512::dw_taps_f32, &avx512::dw_reduce_f32};
+    case Isa::kAvx2: return {&avx2::dw_taps_f32, &avx2::dw_reduce_f32};
+    default: return {&portable::dw_taps_f32, &portable::dw_reduce_f32};
+  }
+}
+template <>
+DwFns<double> dw_fns<double>() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return {&avx512::dw_taps_f64, &avx512::dw_reduce_f64};
+    case Isa::kAvx2: return {&avx2::dw_taps_f64, &avx2::dw_reduce_f64};
+    default: return {&portable::dw_taps_f64, &portable::dw_reduce_f64};
+  }
+}
+
+// Weights as [r][s][k] so a tap's K weights are contiguous.
+template <typename T>
+std::vector<T> dw_pack(const Tensor4& W, const T* w) {
+  std::vector<T> out(W.h * W.w * W.n);
+  for (int64_t r = 0; r < W.h; ++r)
+    for (int64_t s = 0; s < W.w; ++s)
+      for (int64_t k = 0; k < W.n; ++k) out[(r * W.w + s) * W.n + k] = w[k * W.sn + r * W.sh + s * W.sw];
+  return out;
+}
+
+// Runs DwTaps for K = C*m outputs per pixel from C inputs: one vector pass for m = 1, else one strided
+// pass per multiplier index j (output k = c*m + j).
+template <typename T>
+void dw_taps_mult(const DwFns<T>& f, DwTaps<T> d, int64_t C, int64_t m) {
+  if (m == 1) return f.taps(d);
+  d.K = C;
+  d.b_ks = d.o_ks = m;
+  const T* b = d.b;
+  T* out = d.out;
+  for (int64_t j = 0; j < m; ++j) {
+    d.b = b + j;
+    d.out = out + j;
+    f.taps(d);
+  }
+}
+
+template <typename T>
+void dw_fwd(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
+  const Tensor4 &X = p.x, &Y = p.y;
+  const int64_t N = X.n, C = X.c, K = Y.c, m = K / C, R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
+  const DwFns<T> f = dw_fns<T>();
+  const std::vector<T> wpk = dw_pack(p.w, w);
+  const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
+  Buffer<T> xstore;
+  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  std::vector<int64_t> aoff(R * S), boff(R * S);
+  for (int64_t t = 0; t < R * S; ++t) {
+    aoff[t] = ((t / S) * p.dil_h * pd.wp + (t % S) * p.dil_w) * C;
+    boff[t] = t * K;
+  }
+  EpilogueTables<T> tab(ep, K);
+  const StoreFn<T> store = store_fn(ep);
+#pragma omp parallel
+  {
+    Buffer<T> rowbuf(Q * K);
+    T* rb = rowbuf.get();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t row = 0; row < N * P; ++row) {
+      const int64_t n = row / P, pr = row % P;
+      dw_taps_mult(f, DwTaps<T>{xp + n * pd.sn() + pr * p.stride_h * pd.sh(), wpk.data(), aoff.data(), boff.data(),
+                                R * S, Q, p.stride_w * C, K, K, 1, 1, 1, rb}, C, m);
+      if (tab.affine)
+        for (int64_t q = 0; q < Q; ++q)
+          for (int64_t k = 0; k < K; ++k) rb[q * K + k] = rb[q * K + k] * tab.alpha[k] + tab.beta[k];
+      store(rb, static_cast<int>(K), static_cast<int>(Q), static_cast<int>(K), y, n * Y.sn + pr * Y.sh, Y.sw, Y.sc, ep);
+    }
+  }
+}
+
+// dx[h][w][c] = sum over taps (r, s) and j < m of dy[p][q][c*m + j] * w[c*m + j][r][s] where
+// h + pad_h = p*stride_h + r*dil_h (same for w). dy gets a zero margin so every tap inside it is
+// valid; then the taps of a dx pixel depend only on (h, w mod stride_w) and each dx row is one task.
+template <typename T>
+void dw_bwd_input(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
+  const Tensor4 &X = p.x, &Y = p.y;
+  const int64_t N = X.n, C = X.c, H = X.h, Wd = X.w, K = Y.c, m = K / C, R = p.w.h, S = p.w.w;
+  const int64_t sh = p.stride_h, sw = p.stride_w;
+  const DwFns<T> f = dw_fns<T>();
+  const std::vector<T> wpk = dw_pack(p.w, w);
+  const int64_t Ht = ceil_div((R - 1) * p.dil_h, sh), Wt = ceil_div((S - 1) * p.dil_w, sw);
+  const int64_t oh = p.pad_h0 + Ht * sh, ow = p.pad_w0 + Wt * sw;  // h + oh - r*dil_h >= 0
+  const Padded pd{std::max(Y.h + Ht, (H - 1 + oh) / sh + 1), std::max(Y.w + Wt, (Wd - 1 + ow) / sw + 1), K};
+  Buffer<T> dystore;
+  const T* dyp = pad_channels_last(Y, dy, Ht, Wt, pd, dystore);
+  const StoreFn<T> store = store_fn(Epilogue<T>{});
+  const int64_t ntap_max = R * S * m;
+#pragma omp parallel
+  {
+    Buffer<T> rowbuf(Wd * C);
+    T* rb = rowbuf.get();
+    std::vector<int64_t> aoff(ntap_max), boff(ntap_max);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t row = 0; row < N * H; ++row) {
+      const int64_t n = row / H, h = row % H;
+      for (int64_t w0 = 0; w0 < std::min(sw, Wd); ++w0) {
+        int64_t nt = 0;
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t hh = h + oh - r * p.dil_h;
+          if (hh % sh) continue;
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t ww = w0 + ow - s * p.dil_w;
+            if (ww % sw) continue;
+            for (int64_t j = 0; j < m; ++j, ++nt) {
+              aoff[nt] = ((hh / sh) * pd.wp + ww / sw) * K + j;
+              boff[nt] = (r * S + s) * K + j;
+            }
+          }
+        }
+        f.taps(DwTaps<T>{dyp + n * pd.sn(), wpk.data(), aoff.data(), boff.data(), nt, ceil_div(Wd - w0, sw), K,
+                         sw * C, C, m, m, 1, rb + w0 * C});
+      }
+      store(rb, static_cast<int>(C), static_cast<int>(Wd), static_cast<int>(C), dx, n * X.sn + h * X.sh, X.sw, X.sc,
+            Epilogue<T>{});
+    }
+  }
+}
+
+// dw[k][r][s] = sum over n, p, q of dy[n][p][q][k] * x[n][p*stride_h + r*dil_h][q*stride_w + s*dil_w][k/m]
+// (padded copy). Each thread sums its output rows into a private [r][s][k] table; the tables are
+// added in thread order so the result does not depend on scheduling.
+template <typename T>
+void dw_bwd_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
+  const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
+  const int64_t N = X.n, C = X.c, K = Y.c, m = K / C, R = W.h, S = W.w, P = Y.h, Q = Y.w;
+  const DwFns<T> f = dw_fns<T>();
+  const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
+  Buffer<T> xstore, dystore;
+  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const T* dyc = pad_channels_last(Y, dy, 0, 0, Padded{P, Q, K}, dystore);
+  const int64_t nth = omp_get_max_threads(), RSK = R * S * K;
+  std::vector<T> parts(nth * RSK, T(0));
+#pragma omp parallel
+  {
+    T* part = parts.data() + omp_get_thread_num() * RSK;
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < N * P; ++row) {
+      const int64_t n = row / P, pr = row % P;
+      const T* b = dyc + row * Q * K;
+      for (int64_t t = 0; t < R * S; ++t) {
+        const T* a = xp + n * pd.sn() + (pr * p.stride_h + (t / S) * p.dil_h) * pd.sh() + (t % S) * p.dil_w * C;
+        if (m == 1) {
+          f.reduce(DwReduce<T>{a, p.stride_w * C, 1, b, K, 1, Q, K, part + t * K, 1});
+        } else {
+          for (int64_t j = 0; j < m; ++j) f.reduce(DwReduce<T>{a, p.stride_w * C, 1, b + j, K, m, Q, C, part + t * K + j, m});
+        }
+      }
+    }
+  }
+  for (int64_t t = 0; t < R * S; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      T s = T(0);
+      for (int64_t i = 0; i < nth; ++i) s += parts[i * RSK + t * K + k];
+      dw[k * W.sn + (t / S) * W.sh + (t % S) * W.sw] = s;
+    }
+}
+
 }  // namespace
 
 template <typename T>
 void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
   if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0) return;
+  if (is_depthwise(p)) return dw_fwd(p, x, w, y, ep);
   const Tensor4& W = p.w;
   const int64_t Kg = W.n / p.groups;
   conv_with(p, x, [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
@@ -320,6 +504,7 @@ template <typename T>
 void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
   const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
   if (X.n == 0 || X.c == 0 || X.h == 0 || X.w == 0) return;
+  if (is_depthwise(p)) return dw_bwd_input(p, dy, w, dx);
   const MicroKernel<T> mk = micro_kernel<T>();
   const int64_t G = p.groups, K = W.n, Kg = K / G, Cg = W.c, C = X.c, R = W.h, S = W.w;
   const int kv = mk.kv, mp = mk.mp;
@@ -406,6 +591,7 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
           for (int64_t s = 0; s < S; ++s) dw[k * W.sn + c * W.sc + r * W.sh + s * W.sw] = T(0);
     return;
   }
+  if (is_depthwise(p)) return dw_bwd_weight(p, dy, x, dw);
   const MicroKernel<T> mk = micro_kernel<T>();
   const int kv = mk.kv, mp = mk.mp;
   // Few channels: broadcast straight from the padded copy (stride C per pixel) instead of gathering

@@ -140,6 +140,10 @@ int main() {
       {2, 3, 27, 25, 9, 11, 11, 4, 4, 2, 2, 2, 2, 1, 1, 1},     // 11x11 stride 4
       {1, 6, 12, 11, 9, 3, 2, 2, 3, 0, 1, 2, 0, 2, 1, 3},       // groups, asym pad, dilation, strides
       {2, 8, 10, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8},        // depthwise
+      {1, 67, 11, 13, 67, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 67},    // depthwise stride 2, block + tail
+      {2, 5, 13, 10, 15, 3, 5, 2, 3, 2, 0, 1, 3, 2, 1, 5},      // depthwise multiplier 3, dilation
+      {1, 70, 7, 9, 70, 5, 3, 1, 1, 3, 1, 0, 2, 1, 2, 70},      // depthwise asym pad, dilation
+      {1, 3, 6, 5, 6, 1, 1, 3, 2, 0, 0, 0, 0, 1, 1, 3},         // depthwise 1x1, stride > kernel
       {1, 5, 8, 8, 7, 2, 2, 3, 3, 0, 0, 0, 0, 1, 1, 1},         // stride > kernel
       {1, 4, 9, 14, 6, 3, 5, 1, 1, 0, 1, 2, 2, 2, 3, 2},        // dilation 2x3, even kernel
       {3, 1, 5, 5, 1, 5, 5, 1, 1, 0, 0, 0, 0, 1, 1, 1},         // single channel, output 1x1
