@@ -522,59 +522,71 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     return;
   }
   // Strided: per output row, cols[q][(r, s, c)] = sum_k dy[q][k] * w[k][c][r][s], scatter-added into a
-  // channels-last float accumulator of dx; one image per task, so scatters never race.
+  // channels-last accumulator of dx. A task owns (image, group, block of input channels), so scatters
+  // never race; the channels are split only when there are too few images and groups to fill the
+  // threads (batch 1).
   const int64_t N = X.n, H = X.h, Wd = X.w, P = Y.h, Q = Y.w;
-  const int64_t ncol = R * S * Cg, CB = ceil_div(ncol, kv);
-  Buffer<T> wpack(G * CB * Kg * kv);
+  const int64_t nth = omp_get_max_threads();
+  const int64_t nblk0 = std::min(ceil_div(2 * nth, N * G), ceil_div(Cg, 16));
+  const int64_t cbw = std::max<int64_t>(1, nblk0 > 1 ? ceil_div(ceil_div(Cg, nblk0), 16) * 16 : Cg);
+  const int64_t nblk = ceil_div(Cg, cbw);
+  const int64_t CBmax = ceil_div(R * S * cbw, kv);
+  // Packed per (g, block): column j of a block of len channels is (rs = j / len, c0 + j % len).
+  Buffer<T> wpack(G * nblk * CBmax * Kg * kv);
+#pragma omp parallel for collapse(2) schedule(static)
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t cb = 0; cb < CB; ++cb)
-      for (int64_t kk = 0; kk < Kg; ++kk)
-        for (int v = 0; v < kv; ++v) {
-          const int64_t j = cb * kv + v;
-          const int64_t rs = j / Cg, c = j % Cg;
-          wpack.get()[((g * CB + cb) * Kg + kk) * kv + v] =
-              j < ncol ? w[(g * Kg + kk) * W.sn + c * W.sc + (rs / S) * W.sh + (rs % S) * W.sw] : T(0);
-        }
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t c0 = b * cbw, len = std::min(cbw, Cg - c0), ncol = R * S * len;
+      for (int64_t cb = 0; cb < ceil_div(ncol, kv); ++cb)
+        for (int64_t kk = 0; kk < Kg; ++kk)
+          for (int v = 0; v < kv; ++v) {
+            const int64_t j = cb * kv + v, rs = j / len, c = c0 + j % len;
+            wpack.get()[(((g * nblk + b) * CBmax + cb) * Kg + kk) * kv + v] =
+                j < ncol ? w[(g * Kg + kk) * W.sn + c * W.sc + (rs / S) * W.sh + (rs % S) * W.sw] : T(0);
+          }
+    }
   const Padded pdy{P, Q, K};
   Buffer<T> dystore;
   const T* dyc = pad_channels_last(Y, dy, 0, 0, pdy, dystore);
   Buffer<T> acc(N * H * Wd * C);
-  std::vector<int64_t> col_h(ncol), col_w(ncol), col_c(ncol);
-  for (int64_t j = 0; j < ncol; ++j) {
-    col_h[j] = (j / Cg / S) * p.dil_h - p.pad_h0;
-    col_w[j] = (j / Cg % S) * p.dil_w - p.pad_w0;
-    col_c[j] = j % Cg;
-  }
   const int64_t zero_seg = 0;
   const RowTiles tiles(Q, mp);
 #pragma omp parallel
   {
     Buffer<T> tile(static_cast<int64_t>(mp) * kv);
+    std::vector<int64_t> col_h(R * S * cbw), col_w(R * S * cbw), col_c(R * S * cbw);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t task = 0; task < N * G * nblk; ++task) {
+      const int64_t n = task / (G * nblk), g = task / nblk % G, b = task % nblk;
+      const int64_t c0 = b * cbw, len = std::min(cbw, Cg - c0), ncol = R * S * len, CB = ceil_div(ncol, kv);
+      for (int64_t j = 0; j < ncol; ++j) {
+        col_h[j] = (j / len / S) * p.dil_h - p.pad_h0;
+        col_w[j] = (j / len % S) * p.dil_w - p.pad_w0;
+        col_c[j] = g * Cg + c0 + j % len;
+      }
       T* an = acc.get() + n * H * Wd * C;
-      std::fill(an, an + H * Wd * C, T(0));
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t pr = 0; pr < P; ++pr)
-          for (int64_t t = 0; t < tiles.count; ++t) {
-            const int64_t q0 = tiles.start(t);
-            const int np = tiles.np(t);
-            for (int64_t cb = 0; cb < CB; ++cb) {
-              TileArgs<T> ta{dyc + n * pdy.sn() + (pr * Q + q0) * K + g * Kg, K, 1, &zero_seg, 1, Kg,
-                             wpack.get() + (g * CB + cb) * Kg * kv, tile.get(), np, false};
-              mk.fn(ta);
-              const int kvalid = static_cast<int>(std::min<int64_t>(kv, ncol - cb * kv));
-              for (int i = 0; i < np; ++i)
-                for (int v = 0; v < kvalid; ++v) {
-                  const int64_t j = cb * kv + v;
-                  const int64_t h = pr * p.stride_h + col_h[j], wq = (q0 + i) * p.stride_w + col_w[j];
-                  if (h >= 0 && h < H && wq >= 0 && wq < Wd) an[(h * Wd + wq) * C + g * Cg + col_c[j]] += tile.get()[i * kv + v];
-                }
-            }
+      for (int64_t hw = 0; hw < H * Wd; ++hw) std::fill(an + hw * C + g * Cg + c0, an + hw * C + g * Cg + c0 + len, T(0));
+      for (int64_t pr = 0; pr < P; ++pr)
+        for (int64_t t = 0; t < tiles.count; ++t) {
+          const int64_t q0 = tiles.start(t);
+          const int np = tiles.np(t);
+          for (int64_t cb = 0; cb < CB; ++cb) {
+            TileArgs<T> ta{dyc + n * pdy.sn() + (pr * Q + q0) * K + g * Kg, K, 1, &zero_seg, 1, Kg,
+                           wpack.get() + (((g * nblk + b) * CBmax + cb) * Kg) * kv, tile.get(), np, false};
+            mk.fn(ta);
+            const int kvalid = static_cast<int>(std::min<int64_t>(kv, ncol - cb * kv));
+            for (int i = 0; i < np; ++i)
+              for (int v = 0; v < kvalid; ++v) {
+                const int64_t j = cb * kv + v;
+                const int64_t h = pr * p.stride_h + col_h[j], wq = (q0 + i) * p.stride_w + col_w[j];
+                if (h >= 0 && h < H && wq >= 0 && wq < Wd) an[(h * Wd + wq) * C + col_c[j]] += tile.get()[i * kv + v];
+              }
           }
+        }
       for (int64_t h = 0; h < H; ++h)
         for (int64_t wq = 0; wq < Wd; ++wq)
-          for (int64_t c = 0; c < C; ++c) dx[n * X.sn + c * X.sc + h * X.sh + wq * X.sw] = an[(h * Wd + wq) * C + c];
+          for (int64_t c = g * Cg + c0; c < g * Cg + c0 + len; ++c)
+            dx[n * X.sn + c * X.sc + h * X.sh + wq * X.sw] = an[(h * Wd + wq) * C + c];
     }
   }
 }

@@ -151,6 +151,8 @@ int main() {
       {1, 300, 4, 5, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},     // input channels split into blocks
       {1, 2600, 2, 3, 5, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1},     // 1x1 with channel blocks
       {1, 600, 4, 4, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},      // blocks within groups
+      {1, 40, 9, 8, 12, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},       // strided bwd_input, batch 1: channel split
+      {1, 66, 7, 9, 10, 3, 2, 2, 3, 1, 0, 0, 1, 2, 1, 2},       // same with groups and a 1-channel block
       {0, 4, 6, 6, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},         // N = 0
   };
   const Isa isas[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvx512};
