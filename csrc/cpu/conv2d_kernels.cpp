@@ -102,42 +102,77 @@ struct Padded {
   int64_t sh() const { return wp * c; }
 };
 
+// Fills row hp of the padded copy of image n (pd.wp pixels of d.c channels).
+template <typename T>
+void pad_row(const Tensor4& d, const T* x, int64_t ph0, int64_t pw0, const Padded& pd, int64_t n, int64_t hp, T* row) {
+  const int64_t w_lo = std::max<int64_t>(0, pw0), w_hi = std::min<int64_t>(pd.wp, d.w + pw0);
+  const int64_t h = hp - ph0;
+  if (h < 0 || h >= d.h || w_lo >= w_hi) {
+    std::memset(row, 0, sizeof(T) * pd.sh());
+    return;
+  }
+  std::memset(row, 0, sizeof(T) * w_lo * d.c);
+  std::memset(row + w_hi * d.c, 0, sizeof(T) * (pd.wp - w_hi) * d.c);
+  const T* src = x + n * d.sn + h * d.sh;
+  if (d.sc == 1) {
+    for (int64_t wq = w_lo; wq < w_hi; ++wq) std::memcpy(row + wq * d.c, src + (wq - pw0) * d.sw, sizeof(T) * d.c);
+  } else {
+    // Transpose in blocks of 16 channels: each pixel's block fills one cache line of the copy
+    // while the 16 source rows being read stay in L1.
+    for (int64_t c0 = 0; c0 < d.c; c0 += 16) {
+      const int64_t c1 = std::min<int64_t>(d.c, c0 + 16);
+      for (int64_t wq = w_lo; wq < w_hi; ++wq)
+        for (int64_t c = c0; c < c1; ++c) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
+    }
+  }
+}
+
+// True when x already is its own padded copy (channels-last contiguous, nothing to pad or crop).
+inline bool usable_in_place(const Tensor4& d, int64_t ph0, int64_t pw0, const Padded& pd) {
+  return ph0 == 0 && pw0 == 0 && pd.wp == d.w && pd.hp == d.h && d.sc == 1 && d.sw == d.c && d.sh == d.w * d.c &&
+         d.sn == d.h * d.w * d.c;
+}
+
 template <typename T>
 const T* pad_channels_last(const Tensor4& d, const T* x, int64_t ph0, int64_t pw0, const Padded& pd,
                            Buffer<T>& store) {
-  // Already channels-last contiguous and nothing to pad: use x in place.
-  if (ph0 == 0 && pw0 == 0 && pd.wp == d.w && pd.hp == d.h && d.sc == 1 && d.sw == d.c &&
-      d.sh == d.w * d.c && d.sn == d.h * d.w * d.c)
-    return x;
+  if (usable_in_place(d, ph0, pw0, pd)) return x;
   T* out = store.alloc(d.n * pd.sn());
-  const int64_t w_lo = std::max<int64_t>(0, pw0), w_hi = std::min<int64_t>(pd.wp, d.w + pw0);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < d.n; ++n)
-    for (int64_t hp = 0; hp < pd.hp; ++hp) {
-      T* row = out + n * pd.sn() + hp * pd.sh();
-      const int64_t h = hp - ph0;
-      if (h < 0 || h >= d.h || w_lo >= w_hi) {
-        std::memset(row, 0, sizeof(T) * pd.sh());
-        continue;
-      }
-      std::memset(row, 0, sizeof(T) * w_lo * d.c);
-      std::memset(row + w_hi * d.c, 0, sizeof(T) * (pd.wp - w_hi) * d.c);
-      const T* src = x + n * d.sn + h * d.sh;
-      if (d.sc == 1) {
-        for (int64_t wq = w_lo; wq < w_hi; ++wq)
-          std::memcpy(row + wq * d.c, src + (wq - pw0) * d.sw, sizeof(T) * d.c);
-      } else {
-        // Transpose in blocks of 16 channels: each pixel's block fills one cache line of the copy
-        // while the 16 source rows being read stay in L1.
-        for (int64_t c0 = 0; c0 < d.c; c0 += 16) {
-          const int64_t c1 = std::min<int64_t>(d.c, c0 + 16);
-          for (int64_t wq = w_lo; wq < w_hi; ++wq)
-            for (int64_t c = c0; c < c1; ++c) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
-        }
-      }
-    }
+    for (int64_t hp = 0; hp < pd.hp; ++hp) pad_row(d, x, ph0, pw0, pd, n, hp, out + n * pd.sn() + hp * pd.sh());
   return out;
 }
+
+// The R input rows one output row reads (rows pr*stride_h + r*dil_h of the padded copy). A
+// channels-last input that needs padding is padded row by row into a per-thread buffer as tasks need
+// it (plain copies that stay in cache), which saves a round trip of the whole input through memory;
+// other layouts are transposed into a full padded copy once (re-transposing per task costs more).
+template <typename T>
+struct TapRows {
+  const Tensor4& d;
+  const T* x;
+  int64_t ph0, pw0, stride_h, dil_h, R;
+  Padded pd;
+  const T* base;  // the padded image batch, or nullptr when built per task
+  TapRows(const Tensor4& d_, const T* x_, int64_t ph0_, int64_t pw0_, int64_t sh, int64_t dh, int64_t R_, Padded pd_,
+          Buffer<T>& store)
+      : d(d_), x(x_), ph0(ph0_), pw0(pw0_), stride_h(sh), dil_h(dh), R(R_), pd(pd_),
+        base(d_.sc == 1 && !usable_in_place(d_, ph0_, pw0_, pd_) ? nullptr
+                                                                  : pad_channels_last(d_, x_, ph0_, pw0_, pd_, store)) {}
+  int64_t pitch() const { return base ? dil_h * pd.sh() : pd.sh(); }  // distance between taps r, r+1
+  int64_t buffer_size() const { return base ? 0 : R * pd.sh(); }
+  // Row 0 of output row pr of image n; `last` caches the (n, pr) already in buf.
+  const T* get(int64_t n, int64_t pr, T* buf, int64_t& last) const {
+    if (base) return base + n * pd.sn() + pr * stride_h * pd.sh();
+    const int64_t key = n * pd.hp + pr;
+    if (key != last) {
+      for (int64_t r = 0; r < R; ++r) pad_row(d, x, ph0, pw0, pd, n, pr * stride_h + r * dil_h, buf + r * pd.sh());
+      last = key;
+    }
+    return buf;
+  }
+};
 
 // ----------------------------------------------------------------------------------------- epilogue
 // Per-channel affine part folded into alpha/beta (scale, shift + bias), then residual/relu at store.
@@ -250,14 +285,14 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
   pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore;
-  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const TapRows<T> taprows(X, x, p.pad_h0, p.pad_w0, p.stride_h, p.dil_h, R, pd, xstore);
   // With one group and no horizontal dilation the S taps of a kernel row are S*C consecutive
   // values of the padded copy (matching the packed [r][s][c] order): one long reduction per row.
   const bool merge_s = p.dil_w == 1 && G == 1 && ncb == 1;
   const int64_t nseg = merge_s ? R : R * S;
   std::vector<int64_t> seg(nseg);
   for (int64_t i = 0; i < nseg; ++i)
-    seg[i] = merge_s ? i * p.dil_h * pd.sh() : ((i / S) * p.dil_h * pd.wp + (i % S) * p.dil_w) * C;
+    seg[i] = merge_s ? i * taprows.pitch() : (i / S) * taprows.pitch() + (i % S) * p.dil_w * C;
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
   const int64_t panel = R * S * Cg * kv;
@@ -274,7 +309,8 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
   const bool nchw_out = Y.sc != 1;
 #pragma omp parallel
   {
-    Buffer<T> rowbuf(Q * kv), rowt(nchw_out ? Q * kv : 0);
+    Buffer<T> rowbuf(Q * kv), rowt(nchw_out ? Q * kv : 0), xrows(taprows.buffer_size());
+    int64_t last = -1;
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t task = 0; task < rows * cols; ++task) {
       const int64_t row = weights_outer ? task % rows : task / cols;
@@ -282,7 +318,7 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
       const int64_t n = row / P, pr = row % P, g = col / KB, kb = col % KB;
       const int64_t k0 = g * Kg + kb * kv;
       const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
-      const T* arow = xp + n * pd.sn() + pr * p.stride_h * pd.sh() + g * Cg;
+      const T* arow = taprows.get(n, pr, xrows.get(), last) + g * Cg;
       T* rb = rowbuf.get();
       for (int64_t c0 = 0; c0 < Cg; c0 += cblk) {
         const int64_t clen = std::min(cblk, Cg - c0);
@@ -375,22 +411,23 @@ void dw_fwd(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<
   const std::vector<T> wpk = dw_pack(p.w, w);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore;
-  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const TapRows<T> taprows(X, x, p.pad_h0, p.pad_w0, p.stride_h, p.dil_h, R, pd, xstore);
   std::vector<int64_t> aoff(R * S), boff(R * S);
   for (int64_t t = 0; t < R * S; ++t) {
-    aoff[t] = ((t / S) * p.dil_h * pd.wp + (t % S) * p.dil_w) * C;
+    aoff[t] = (t / S) * taprows.pitch() + (t % S) * p.dil_w * C;
     boff[t] = t * K;
   }
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
 #pragma omp parallel
   {
-    Buffer<T> rowbuf(Q * K);
+    Buffer<T> rowbuf(Q * K), xrows(taprows.buffer_size());
     T* rb = rowbuf.get();
+    int64_t last = -1;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < N * P; ++row) {
       const int64_t n = row / P, pr = row % P;
-      dw_taps_mult(f, DwTaps<T>{xp + n * pd.sn() + pr * p.stride_h * pd.sh(), wpk.data(), aoff.data(), boff.data(),
+      dw_taps_mult(f, DwTaps<T>{taprows.get(n, pr, xrows.get(), last), wpk.data(), aoff.data(), boff.data(),
                                 R * S, Q, p.stride_w * C, K, K, 1, 1, 1, rb}, C, m);
       if (tab.affine)
         for (int64_t q = 0; q < Q; ++q)
