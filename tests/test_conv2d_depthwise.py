@@ -33,18 +33,20 @@ def test_depthwise_matches_torch(case, dtype, layout, isa):
     xs, ws, bs = (t.detach().clone().to(dtype).requires_grad_() for t in (x.contiguous(memory_format=fmt),
                                                          wt.contiguous(memory_format=fmt), b))
     xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, wt, b))
-    ref = F.conv2d(xr, wr, br, stride, padding, dilation, c)
+    with_bias = CASES.index(case) % 2 == 0  # without one, a channels-last output is written in place
+    ref = F.conv2d(xr, wr, br if with_bias else None, stride, padding, dilation, c)
     gy = torch.randn(ref.shape, generator=g, dtype=torch.float64)
     ref.backward(gy)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     with isa_path(isa):
-        y = fastconv.conv2d(xs, ws, bs, stride, padding, dilation, c)
+        y = fastconv.conv2d(xs, ws, bs if with_bias else None, stride, padding, dilation, c)
         y.backward(gy.to(dtype).contiguous(memory_format=fmt))
     assert y.is_contiguous(memory_format=fmt)
     torch.testing.assert_close(y.double(), ref.detach(), **tol)
     torch.testing.assert_close(xs.grad.double(), xr.grad, **tol)
     torch.testing.assert_close(ws.grad.double(), wr.grad, **tol)
-    torch.testing.assert_close(bs.grad.double(), br.grad, **tol)
+    if with_bias:
+        torch.testing.assert_close(bs.grad.double(), br.grad, **tol)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])

@@ -419,6 +419,7 @@ void dw_fwd(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<
   }
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
+  const bool direct = Y.sc == 1 && !tab.affine && ep.combine == Combine::kNone && !ep.relu;
 #pragma omp parallel
   {
     Buffer<T> rowbuf(Q * K), xrows(taprows.buffer_size());
@@ -427,8 +428,11 @@ void dw_fwd(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<
 #pragma omp for schedule(dynamic, 1)
     for (int64_t row = 0; row < N * P; ++row) {
       const int64_t n = row / P, pr = row % P;
+      // Without an epilogue a channels-last output row is written in place.
+      T* out = direct ? y + n * Y.sn + pr * Y.sh : rb;
       dw_taps_mult(f, DwTaps<T>{taprows.get(n, pr, xrows.get(), last), wpk.data(), aoff.data(), boff.data(),
-                                R * S, Q, p.stride_w * C, K, K, 1, 1, 1, rb}, C, m);
+                                R * S, Q, p.stride_w * C, direct ? Y.sw : K, K, 1, 1, 1, out}, C, m);
+      if (direct) continue;
       if (tab.affine)
         for (int64_t q = 0; q < Q; ++q)
           for (int64_t k = 0; k < K; ++k) rb[q * K + k] = rb[q * K + k] * tab.alpha[k] + tab.beta[k];
