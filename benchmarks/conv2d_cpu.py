@@ -19,7 +19,7 @@ import fastconv._C
 
 ops = torch.ops.fastconv
 
-# name: (N, C, H, K, R, stride, pad)
+# name: (N, C, H, K, R, stride, pad[, groups])
 LAYERS = {
     "r50_conv1": (8, 3, 224, 64, 7, 2, 3),
     "r50_l1_3x3": (8, 64, 56, 64, 3, 1, 1),
@@ -31,6 +31,9 @@ LAYERS = {
     "alex_conv1": (8, 3, 224, 64, 11, 4, 2),
     "alex_conv2": (8, 64, 27, 192, 5, 1, 2),
     "alex_conv3": (8, 192, 13, 384, 3, 1, 1),
+    "mb2_dw_112": (8, 32, 112, 32, 3, 1, 1, 32),  # MobileNetV2 depthwise layers
+    "mb2_dw_56s2": (8, 144, 56, 144, 3, 2, 1, 144),
+    "mb2_dw_7": (8, 960, 7, 960, 3, 1, 1, 960),
 }
 
 
@@ -65,12 +68,13 @@ def main():
     print(f"{'layer':<12} {'pass':<8} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")
     ratios = {}
     for name in names:
-        _, c, h, k, r, st, pad = LAYERS[name]
+        _, c, h, k, r, st, pad, *grp = LAYERS[name]
+        gr = grp[0] if grp else 1
         n = args.batch
         x0 = torch.randn(n, c, h, h)
-        w0 = torch.randn(k, c, r, r) / math.sqrt(c * r * r)
+        w0 = torch.randn(k, c // gr, r, r) / math.sqrt(c // gr * r * r)
         p = (h + 2 * pad - r) // st + 1
-        flops = 2.0 * n * k * p * p * c * r * r
+        flops = 2.0 * n * k * p * p * (c // gr) * r * r
         passes = []
         if args.only in (None, "fwd"):
             passes += [("fwd_nchw", torch.contiguous_format), ("fwd_nhwc", torch.channels_last)]
@@ -81,21 +85,21 @@ def main():
             pads = [pad] * 4
             if pname.startswith("fwd"):
                 def ours():
-                    ops.conv2d_fwd(x, w, None, [st, st], pads, [1, 1], 1)
+                    ops.conv2d_fwd(x, w, None, [st, st], pads, [1, 1], gr)
 
                 def peer():
-                    F.conv2d(x, w, None, st, pad)
+                    F.conv2d(x, w, None, st, pad, 1, gr)
                 f = flops
             else:
                 g = torch.randn(n, k, p, p).contiguous(memory_format=fmt)
 
                 def ours():
-                    ops.conv2d_bwd_input(g, w, list(x.shape), [st, st], pads, [1, 1], 1)
-                    ops.conv2d_bwd_weight(g, x, list(w.shape), [st, st], pads, [1, 1], 1)
+                    ops.conv2d_bwd_input(g, w, list(x.shape), [st, st], pads, [1, 1], gr)
+                    ops.conv2d_bwd_weight(g, x, list(w.shape), [st, st], pads, [1, 1], gr)
 
                 def peer():
                     torch.ops.aten.convolution_backward(g, x, w, None, [st, st], [pad, pad], [1, 1], False,
-                                                        [0, 0], 1, [True, True, False])
+                                                        [0, 0], gr, [True, True, False])
                 f = 2 * flops
             mo, mp = compare(ours, peer, args.repeats)
             ratios.setdefault(pname, []).append(mp / mo)

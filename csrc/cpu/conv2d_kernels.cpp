@@ -22,6 +22,10 @@
 #include "fastconv/conv2d_kernels.h"
 
 namespace fastconv {
+namespace portable {
+#include "conv2d_depthwise.inc"
+}  // namespace portable
+
 namespace {
 
 // 64-byte aligned scratch buffer (vector loads of packed panels never split cache lines).
@@ -98,42 +102,77 @@ struct Padded {
   int64_t sh() const { return wp * c; }
 };
 
+// Fills row hp of the padded copy of image n (pd.wp pixels of d.c channels).
+template <typename T>
+void pad_row(const Tensor4& d, const T* x, int64_t ph0, int64_t pw0, const Padded& pd, int64_t n, int64_t hp, T* row) {
+  const int64_t w_lo = std::max<int64_t>(0, pw0), w_hi = std::min<int64_t>(pd.wp, d.w + pw0);
+  const int64_t h = hp - ph0;
+  if (h < 0 || h >= d.h || w_lo >= w_hi) {
+    std::memset(row, 0, sizeof(T) * pd.sh());
+    return;
+  }
+  std::memset(row, 0, sizeof(T) * w_lo * d.c);
+  std::memset(row + w_hi * d.c, 0, sizeof(T) * (pd.wp - w_hi) * d.c);
+  const T* src = x + n * d.sn + h * d.sh;
+  if (d.sc == 1) {
+    for (int64_t wq = w_lo; wq < w_hi; ++wq) std::memcpy(row + wq * d.c, src + (wq - pw0) * d.sw, sizeof(T) * d.c);
+  } else {
+    // Transpose in blocks of 16 channels: each pixel's block fills one cache line of the copy
+    // while the 16 source rows being read stay in L1.
+    for (int64_t c0 = 0; c0 < d.c; c0 += 16) {
+      const int64_t c1 = std::min<int64_t>(d.c, c0 + 16);
+      for (int64_t wq = w_lo; wq < w_hi; ++wq)
+        for (int64_t c = c0; c < c1; ++c) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
+    }
+  }
+}
+
+// True when x already is its own padded copy (channels-last contiguous, nothing to pad or crop).
+inline bool usable_in_place(const Tensor4& d, int64_t ph0, int64_t pw0, const Padded& pd) {
+  return ph0 == 0 && pw0 == 0 && pd.wp == d.w && pd.hp == d.h && d.sc == 1 && d.sw == d.c && d.sh == d.w * d.c &&
+         d.sn == d.h * d.w * d.c;
+}
+
 template <typename T>
 const T* pad_channels_last(const Tensor4& d, const T* x, int64_t ph0, int64_t pw0, const Padded& pd,
                            Buffer<T>& store) {
-  // Already channels-last contiguous and nothing to pad: use x in place.
-  if (ph0 == 0 && pw0 == 0 && pd.wp == d.w && pd.hp == d.h && d.sc == 1 && d.sw == d.c &&
-      d.sh == d.w * d.c && d.sn == d.h * d.w * d.c)
-    return x;
+  if (usable_in_place(d, ph0, pw0, pd)) return x;
   T* out = store.alloc(d.n * pd.sn());
-  const int64_t w_lo = std::max<int64_t>(0, pw0), w_hi = std::min<int64_t>(pd.wp, d.w + pw0);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < d.n; ++n)
-    for (int64_t hp = 0; hp < pd.hp; ++hp) {
-      T* row = out + n * pd.sn() + hp * pd.sh();
-      const int64_t h = hp - ph0;
-      if (h < 0 || h >= d.h || w_lo >= w_hi) {
-        std::memset(row, 0, sizeof(T) * pd.sh());
-        continue;
-      }
-      std::memset(row, 0, sizeof(T) * w_lo * d.c);
-      std::memset(row + w_hi * d.c, 0, sizeof(T) * (pd.wp - w_hi) * d.c);
-      const T* src = x + n * d.sn + h * d.sh;
-      if (d.sc == 1) {
-        for (int64_t wq = w_lo; wq < w_hi; ++wq)
-          std::memcpy(row + wq * d.c, src + (wq - pw0) * d.sw, sizeof(T) * d.c);
-      } else {
-        // Transpose in blocks of 16 channels: each pixel's block fills one cache line of the copy
-        // while the 16 source rows being read stay in L1.
-        for (int64_t c0 = 0; c0 < d.c; c0 += 16) {
-          const int64_t c1 = std::min<int64_t>(d.c, c0 + 16);
-          for (int64_t wq = w_lo; wq < w_hi; ++wq)
-            for (int64_t c = c0; c < c1; ++c) row[wq * d.c + c] = src[c * d.sc + (wq - pw0) * d.sw];
-        }
-      }
-    }
+    for (int64_t hp = 0; hp < pd.hp; ++hp) pad_row(d, x, ph0, pw0, pd, n, hp, out + n * pd.sn() + hp * pd.sh());
   return out;
 }
+
+// The R input rows one output row reads (rows pr*stride_h + r*dil_h of the padded copy). A
+// channels-last input that needs padding is padded row by row into a per-thread buffer as tasks need
+// it (plain copies that stay in cache), which saves a round trip of the whole input through memory;
+// other layouts are transposed into a full padded copy once (re-transposing per task costs more).
+template <typename T>
+struct TapRows {
+  const Tensor4& d;
+  const T* x;
+  int64_t ph0, pw0, stride_h, dil_h, R;
+  Padded pd;
+  const T* base;  // the padded image batch, or nullptr when built per task
+  TapRows(const Tensor4& d_, const T* x_, int64_t ph0_, int64_t pw0_, int64_t sh, int64_t dh, int64_t R_, Padded pd_,
+          Buffer<T>& store)
+      : d(d_), x(x_), ph0(ph0_), pw0(pw0_), stride_h(sh), dil_h(dh), R(R_), pd(pd_),
+        base(d_.sc == 1 && !usable_in_place(d_, ph0_, pw0_, pd_) ? nullptr
+                                                                  : pad_channels_last(d_, x_, ph0_, pw0_, pd_, store)) {}
+  int64_t pitch() const { return base ? dil_h * pd.sh() : pd.sh(); }  // distance between taps r, r+1
+  int64_t buffer_size() const { return base ? 0 : R * pd.sh(); }
+  // Row 0 of output row pr of image n; `last` caches the (n, pr) already in buf.
+  const T* get(int64_t n, int64_t pr, T* buf, int64_t& last) const {
+    if (base) return base + n * pd.sn() + pr * stride_h * pd.sh();
+    const int64_t key = n * pd.hp + pr;
+    if (key != last) {
+      for (int64_t r = 0; r < R; ++r) pad_row(d, x, ph0, pw0, pd, n, pr * stride_h + r * dil_h, buf + r * pd.sh());
+      last = key;
+    }
+    return buf;
+  }
+};
 
 // ----------------------------------------------------------------------------------------- epilogue
 // Per-channel affine part folded into alpha/beta (scale, shift + bias), then residual/relu at store.
@@ -246,14 +285,14 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
   pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore;
-  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const TapRows<T> taprows(X, x, p.pad_h0, p.pad_w0, p.stride_h, p.dil_h, R, pd, xstore);
   // With one group and no horizontal dilation the S taps of a kernel row are S*C consecutive
   // values of the padded copy (matching the packed [r][s][c] order): one long reduction per row.
   const bool merge_s = p.dil_w == 1 && G == 1 && ncb == 1;
   const int64_t nseg = merge_s ? R : R * S;
   std::vector<int64_t> seg(nseg);
   for (int64_t i = 0; i < nseg; ++i)
-    seg[i] = merge_s ? i * p.dil_h * pd.sh() : ((i / S) * p.dil_h * pd.wp + (i % S) * p.dil_w) * C;
+    seg[i] = merge_s ? i * taprows.pitch() : (i / S) * taprows.pitch() + (i % S) * p.dil_w * C;
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
   const int64_t panel = R * S * Cg * kv;
@@ -270,7 +309,8 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
   const bool nchw_out = Y.sc != 1;
 #pragma omp parallel
   {
-    Buffer<T> rowbuf(Q * kv), rowt(nchw_out ? Q * kv : 0);
+    Buffer<T> rowbuf(Q * kv), rowt(nchw_out ? Q * kv : 0), xrows(taprows.buffer_size());
+    int64_t last = -1;
 #pragma omp for schedule(dynamic, chunk)
     for (int64_t task = 0; task < rows * cols; ++task) {
       const int64_t row = weights_outer ? task % rows : task / cols;
@@ -278,7 +318,7 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
       const int64_t n = row / P, pr = row % P, g = col / KB, kb = col % KB;
       const int64_t k0 = g * Kg + kb * kv;
       const int kvalid = static_cast<int>(std::min<int64_t>(kv, Kg - kb * kv));
-      const T* arow = xp + n * pd.sn() + pr * p.stride_h * pd.sh() + g * Cg;
+      const T* arow = taprows.get(n, pr, xrows.get(), last) + g * Cg;
       T* rb = rowbuf.get();
       for (int64_t c0 = 0; c0 < Cg; c0 += cblk) {
         const int64_t clen = std::min(cblk, Cg - c0);
@@ -304,11 +344,196 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
   }
 }
 
+// ---------------------------------------------------------------------------------------- depthwise
+// groups == C: each output channel k reads only input channel k / m. The general path would pad every
+// group to a full kv panel (16x the work for m = 1), so these drivers run the channel-vectorized loops
+// of conv2d_depthwise.inc over channels-last copies instead.
+inline bool is_depthwise(const Conv2dParams& p) {
+  return p.groups > 1 && p.groups == p.x.c && p.pad_h0 >= 0 && p.pad_w0 >= 0;
+}
+
+template <typename T>
+struct DwFns {
+  void (*taps)(const DwTaps<T>&);
+  void (*reduce)(const DwReduce<T>&);
+};
+
+template <typename T>
+DwFns<T> dw_fns();
+template <>
+DwFns<float> dw_fns<float>() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return {&avx512::dw_taps_f32, &avx512::dw_reduce_f32};
+    case Isa::kAvx2: return {&avx2::dw_taps_f32, &avx2::dw_reduce_f32};
+    default: return {&portable::dw_taps_f32, &portable::dw_reduce_f32};
+  }
+}
+template <>
+DwFns<double> dw_fns<double>() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return {&avx512::dw_taps_f64, &avx512::dw_reduce_f64};
+    case Isa::kAvx2: return {&avx2::dw_taps_f64, &avx2::dw_reduce_f64};
+    default: return {&portable::dw_taps_f64, &portable::dw_reduce_f64};
+  }
+}
+
+// Weights as [r][s][k] so a tap's K weights are contiguous.
+template <typename T>
+std::vector<T> dw_pack(const Tensor4& W, const T* w) {
+  std::vector<T> out(W.h * W.w * W.n);
+  for (int64_t r = 0; r < W.h; ++r)
+    for (int64_t s = 0; s < W.w; ++s)
+      for (int64_t k = 0; k < W.n; ++k) out[(r * W.w + s) * W.n + k] = w[k * W.sn + r * W.sh + s * W.sw];
+  return out;
+}
+
+// Runs DwTaps for K = C*m outputs per pixel from C inputs: one vector pass for m = 1, else one strided
+// pass per multiplier index j (output k = c*m + j).
+template <typename T>
+void dw_taps_mult(const DwFns<T>& f, DwTaps<T> d, int64_t C, int64_t m) {
+  if (m == 1) return f.taps(d);
+  d.K = C;
+  d.b_ks = d.o_ks = m;
+  const T* b = d.b;
+  T* out = d.out;
+  for (int64_t j = 0; j < m; ++j) {
+    d.b = b + j;
+    d.out = out + j;
+    f.taps(d);
+  }
+}
+
+template <typename T>
+void dw_fwd(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
+  const Tensor4 &X = p.x, &Y = p.y;
+  const int64_t N = X.n, C = X.c, K = Y.c, m = K / C, R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
+  const DwFns<T> f = dw_fns<T>();
+  const std::vector<T> wpk = dw_pack(p.w, w);
+  const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
+  Buffer<T> xstore;
+  const TapRows<T> taprows(X, x, p.pad_h0, p.pad_w0, p.stride_h, p.dil_h, R, pd, xstore);
+  std::vector<int64_t> aoff(R * S), boff(R * S);
+  for (int64_t t = 0; t < R * S; ++t) {
+    aoff[t] = (t / S) * taprows.pitch() + (t % S) * p.dil_w * C;
+    boff[t] = t * K;
+  }
+  EpilogueTables<T> tab(ep, K);
+  const StoreFn<T> store = store_fn(ep);
+  const bool direct = Y.sc == 1 && !tab.affine && ep.combine == Combine::kNone && !ep.relu;
+#pragma omp parallel
+  {
+    Buffer<T> rowbuf(Q * K), xrows(taprows.buffer_size());
+    T* rb = rowbuf.get();
+    int64_t last = -1;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t row = 0; row < N * P; ++row) {
+      const int64_t n = row / P, pr = row % P;
+      // Without an epilogue a channels-last output row is written in place.
+      T* out = direct ? y + n * Y.sn + pr * Y.sh : rb;
+      dw_taps_mult(f, DwTaps<T>{taprows.get(n, pr, xrows.get(), last), wpk.data(), aoff.data(), boff.data(),
+                                R * S, Q, p.stride_w * C, direct ? Y.sw : K, K, 1, 1, 1, out}, C, m);
+      if (direct) continue;
+      if (tab.affine)
+        for (int64_t q = 0; q < Q; ++q)
+          for (int64_t k = 0; k < K; ++k) rb[q * K + k] = rb[q * K + k] * tab.alpha[k] + tab.beta[k];
+      store(rb, static_cast<int>(K), static_cast<int>(Q), static_cast<int>(K), y, n * Y.sn + pr * Y.sh, Y.sw, Y.sc, ep);
+    }
+  }
+}
+
+// dx[h][w][c] = sum over taps (r, s) and j < m of dy[p][q][c*m + j] * w[c*m + j][r][s] where
+// h + pad_h = p*stride_h + r*dil_h (same for w). dy gets a zero margin so every tap inside it is
+// valid; then the taps of a dx pixel depend only on (h, w mod stride_w) and each dx row is one task.
+template <typename T>
+void dw_bwd_input(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
+  const Tensor4 &X = p.x, &Y = p.y;
+  const int64_t N = X.n, C = X.c, H = X.h, Wd = X.w, K = Y.c, m = K / C, R = p.w.h, S = p.w.w;
+  const int64_t sh = p.stride_h, sw = p.stride_w;
+  const DwFns<T> f = dw_fns<T>();
+  const std::vector<T> wpk = dw_pack(p.w, w);
+  const int64_t Ht = ceil_div((R - 1) * p.dil_h, sh), Wt = ceil_div((S - 1) * p.dil_w, sw);
+  const int64_t oh = p.pad_h0 + Ht * sh, ow = p.pad_w0 + Wt * sw;  // h + oh - r*dil_h >= 0
+  const Padded pd{std::max(Y.h + Ht, (H - 1 + oh) / sh + 1), std::max(Y.w + Wt, (Wd - 1 + ow) / sw + 1), K};
+  Buffer<T> dystore;
+  const T* dyp = pad_channels_last(Y, dy, Ht, Wt, pd, dystore);
+  const StoreFn<T> store = store_fn(Epilogue<T>{});
+  const int64_t ntap_max = R * S * m;
+#pragma omp parallel
+  {
+    Buffer<T> rowbuf(Wd * C);
+    T* rb = rowbuf.get();
+    std::vector<int64_t> aoff(ntap_max), boff(ntap_max);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t row = 0; row < N * H; ++row) {
+      const int64_t n = row / H, h = row % H;
+      for (int64_t w0 = 0; w0 < std::min(sw, Wd); ++w0) {
+        int64_t nt = 0;
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t hh = h + oh - r * p.dil_h;
+          if (hh % sh) continue;
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t ww = w0 + ow - s * p.dil_w;
+            if (ww % sw) continue;
+            for (int64_t j = 0; j < m; ++j, ++nt) {
+              aoff[nt] = ((hh / sh) * pd.wp + ww / sw) * K + j;
+              boff[nt] = (r * S + s) * K + j;
+            }
+          }
+        }
+        f.taps(DwTaps<T>{dyp + n * pd.sn(), wpk.data(), aoff.data(), boff.data(), nt, ceil_div(Wd - w0, sw), K,
+                         sw * C, C, m, m, 1, rb + w0 * C});
+      }
+      store(rb, static_cast<int>(C), static_cast<int>(Wd), static_cast<int>(C), dx, n * X.sn + h * X.sh, X.sw, X.sc,
+            Epilogue<T>{});
+    }
+  }
+}
+
+// dw[k][r][s] = sum over n, p, q of dy[n][p][q][k] * x[n][p*stride_h + r*dil_h][q*stride_w + s*dil_w][k/m]
+// (padded copy). Each thread sums its output rows into a private [r][s][k] table; the tables are
+// added in thread order so the result does not depend on scheduling.
+template <typename T>
+void dw_bwd_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
+  const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
+  const int64_t N = X.n, C = X.c, K = Y.c, m = K / C, R = W.h, S = W.w, P = Y.h, Q = Y.w;
+  const DwFns<T> f = dw_fns<T>();
+  const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
+  Buffer<T> xstore, dystore;
+  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const T* dyc = pad_channels_last(Y, dy, 0, 0, Padded{P, Q, K}, dystore);
+  const int64_t nth = omp_get_max_threads(), RSK = R * S * K;
+  std::vector<T> parts(nth * RSK, T(0));
+#pragma omp parallel
+  {
+    T* part = parts.data() + omp_get_thread_num() * RSK;
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < N * P; ++row) {
+      const int64_t n = row / P, pr = row % P;
+      const T* b = dyc + row * Q * K;
+      for (int64_t t = 0; t < R * S; ++t) {
+        const T* a = xp + n * pd.sn() + (pr * p.stride_h + (t / S) * p.dil_h) * pd.sh() + (t % S) * p.dil_w * C;
+        if (m == 1) {
+          f.reduce(DwReduce<T>{a, p.stride_w * C, 1, b, K, 1, Q, K, part + t * K, 1});
+        } else {
+          for (int64_t j = 0; j < m; ++j) f.reduce(DwReduce<T>{a, p.stride_w * C, 1, b + j, K, m, Q, C, part + t * K + j, m});
+        }
+      }
+    }
+  }
+  for (int64_t t = 0; t < R * S; ++t)
+    for (int64_t k = 0; k < K; ++k) {
+      T s = T(0);
+      for (int64_t i = 0; i < nth; ++i) s += parts[i * RSK + t * K + k];
+      dw[k * W.sn + (t / S) * W.sh + (t % S) * W.sw] = s;
+    }
+}
+
 }  // namespace
 
 template <typename T>
 void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
   if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0) return;
+  if (is_depthwise(p)) return dw_fwd(p, x, w, y, ep);
   const Tensor4& W = p.w;
   const int64_t Kg = W.n / p.groups;
   conv_with(p, x, [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
@@ -320,6 +545,7 @@ template <typename T>
 void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
   const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
   if (X.n == 0 || X.c == 0 || X.h == 0 || X.w == 0) return;
+  if (is_depthwise(p)) return dw_bwd_input(p, dy, w, dx);
   const MicroKernel<T> mk = micro_kernel<T>();
   const int64_t G = p.groups, K = W.n, Kg = K / G, Cg = W.c, C = X.c, R = W.h, S = W.w;
   const int kv = mk.kv, mp = mk.mp;
@@ -337,59 +563,71 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     return;
   }
   // Strided: per output row, cols[q][(r, s, c)] = sum_k dy[q][k] * w[k][c][r][s], scatter-added into a
-  // channels-last float accumulator of dx; one image per task, so scatters never race.
+  // channels-last accumulator of dx. A task owns (image, group, block of input channels), so scatters
+  // never race; the channels are split only when there are too few images and groups to fill the
+  // threads (batch 1).
   const int64_t N = X.n, H = X.h, Wd = X.w, P = Y.h, Q = Y.w;
-  const int64_t ncol = R * S * Cg, CB = ceil_div(ncol, kv);
-  Buffer<T> wpack(G * CB * Kg * kv);
+  const int64_t nth = omp_get_max_threads();
+  const int64_t nblk0 = std::min(ceil_div(2 * nth, N * G), ceil_div(Cg, 16));
+  const int64_t cbw = std::max<int64_t>(1, nblk0 > 1 ? ceil_div(ceil_div(Cg, nblk0), 16) * 16 : Cg);
+  const int64_t nblk = ceil_div(Cg, cbw);
+  const int64_t CBmax = ceil_div(R * S * cbw, kv);
+  // Packed per (g, block): column j of a block of len channels is (rs = j / len, c0 + j % len).
+  Buffer<T> wpack(G * nblk * CBmax * Kg * kv);
+#pragma omp parallel for collapse(2) schedule(static)
   for (int64_t g = 0; g < G; ++g)
-    for (int64_t cb = 0; cb < CB; ++cb)
-      for (int64_t kk = 0; kk < Kg; ++kk)
-        for (int v = 0; v < kv; ++v) {
-          const int64_t j = cb * kv + v;
-          const int64_t rs = j / Cg, c = j % Cg;
-          wpack.get()[((g * CB + cb) * Kg + kk) * kv + v] =
-              j < ncol ? w[(g * Kg + kk) * W.sn + c * W.sc + (rs / S) * W.sh + (rs % S) * W.sw] : T(0);
-        }
+    for (int64_t b = 0; b < nblk; ++b) {
+      const int64_t c0 = b * cbw, len = std::min(cbw, Cg - c0), ncol = R * S * len;
+      for (int64_t cb = 0; cb < ceil_div(ncol, kv); ++cb)
+        for (int64_t kk = 0; kk < Kg; ++kk)
+          for (int v = 0; v < kv; ++v) {
+            const int64_t j = cb * kv + v, rs = j / len, c = c0 + j % len;
+            wpack.get()[(((g * nblk + b) * CBmax + cb) * Kg + kk) * kv + v] =
+                j < ncol ? w[(g * Kg + kk) * W.sn + c * W.sc + (rs / S) * W.sh + (rs % S) * W.sw] : T(0);
+          }
+    }
   const Padded pdy{P, Q, K};
   Buffer<T> dystore;
   const T* dyc = pad_channels_last(Y, dy, 0, 0, pdy, dystore);
   Buffer<T> acc(N * H * Wd * C);
-  std::vector<int64_t> col_h(ncol), col_w(ncol), col_c(ncol);
-  for (int64_t j = 0; j < ncol; ++j) {
-    col_h[j] = (j / Cg / S) * p.dil_h - p.pad_h0;
-    col_w[j] = (j / Cg % S) * p.dil_w - p.pad_w0;
-    col_c[j] = j % Cg;
-  }
   const int64_t zero_seg = 0;
   const RowTiles tiles(Q, mp);
 #pragma omp parallel
   {
     Buffer<T> tile(static_cast<int64_t>(mp) * kv);
+    std::vector<int64_t> col_h(R * S * cbw), col_w(R * S * cbw), col_c(R * S * cbw);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t task = 0; task < N * G * nblk; ++task) {
+      const int64_t n = task / (G * nblk), g = task / nblk % G, b = task % nblk;
+      const int64_t c0 = b * cbw, len = std::min(cbw, Cg - c0), ncol = R * S * len, CB = ceil_div(ncol, kv);
+      for (int64_t j = 0; j < ncol; ++j) {
+        col_h[j] = (j / len / S) * p.dil_h - p.pad_h0;
+        col_w[j] = (j / len % S) * p.dil_w - p.pad_w0;
+        col_c[j] = g * Cg + c0 + j % len;
+      }
       T* an = acc.get() + n * H * Wd * C;
-      std::fill(an, an + H * Wd * C, T(0));
-      for (int64_t g = 0; g < G; ++g)
-        for (int64_t pr = 0; pr < P; ++pr)
-          for (int64_t t = 0; t < tiles.count; ++t) {
-            const int64_t q0 = tiles.start(t);
-            const int np = tiles.np(t);
-            for (int64_t cb = 0; cb < CB; ++cb) {
-              TileArgs<T> ta{dyc + n * pdy.sn() + (pr * Q + q0) * K + g * Kg, K, 1, &zero_seg, 1, Kg,
-                             wpack.get() + (g * CB + cb) * Kg * kv, tile.get(), np, false};
-              mk.fn(ta);
-              const int kvalid = static_cast<int>(std::min<int64_t>(kv, ncol - cb * kv));
-              for (int i = 0; i < np; ++i)
-                for (int v = 0; v < kvalid; ++v) {
-                  const int64_t j = cb * kv + v;
-                  const int64_t h = pr * p.stride_h + col_h[j], wq = (q0 + i) * p.stride_w + col_w[j];
-                  if (h >= 0 && h < H && wq >= 0 && wq < Wd) an[(h * Wd + wq) * C + g * Cg + col_c[j]] += tile.get()[i * kv + v];
-                }
-            }
+      for (int64_t hw = 0; hw < H * Wd; ++hw) std::fill(an + hw * C + g * Cg + c0, an + hw * C + g * Cg + c0 + len, T(0));
+      for (int64_t pr = 0; pr < P; ++pr)
+        for (int64_t t = 0; t < tiles.count; ++t) {
+          const int64_t q0 = tiles.start(t);
+          const int np = tiles.np(t);
+          for (int64_t cb = 0; cb < CB; ++cb) {
+            TileArgs<T> ta{dyc + n * pdy.sn() + (pr * Q + q0) * K + g * Kg, K, 1, &zero_seg, 1, Kg,
+                           wpack.get() + (((g * nblk + b) * CBmax + cb) * Kg) * kv, tile.get(), np, false};
+            mk.fn(ta);
+            const int kvalid = static_cast<int>(std::min<int64_t>(kv, ncol - cb * kv));
+            for (int i = 0; i < np; ++i)
+              for (int v = 0; v < kvalid; ++v) {
+                const int64_t j = cb * kv + v;
+                const int64_t h = pr * p.stride_h + col_h[j], wq = (q0 + i) * p.stride_w + col_w[j];
+                if (h >= 0 && h < H && wq >= 0 && wq < Wd) an[(h * Wd + wq) * C + col_c[j]] += tile.get()[i * kv + v];
+              }
           }
+        }
       for (int64_t h = 0; h < H; ++h)
         for (int64_t wq = 0; wq < Wd; ++wq)
-          for (int64_t c = 0; c < C; ++c) dx[n * X.sn + c * X.sc + h * X.sh + wq * X.sw] = an[(h * Wd + wq) * C + c];
+          for (int64_t c = g * Cg + c0; c < g * Cg + c0 + len; ++c)
+            dx[n * X.sn + c * X.sc + h * X.sh + wq * X.sw] = an[(h * Wd + wq) * C + c];
     }
   }
 }
@@ -406,6 +644,7 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
           for (int64_t s = 0; s < S; ++s) dw[k * W.sn + c * W.sc + r * W.sh + s * W.sw] = T(0);
     return;
   }
+  if (is_depthwise(p)) return dw_bwd_weight(p, dy, x, dw);
   const MicroKernel<T> mk = micro_kernel<T>();
   const int kv = mk.kv, mp = mk.mp;
   // Few channels: broadcast straight from the padded copy (stride C per pixel) instead of gathering

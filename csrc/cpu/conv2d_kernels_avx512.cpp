@@ -3,6 +3,7 @@
 // Kept line-for-line parallel to conv2d_kernels_avx2.cpp.
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "fastconv/conv2d_kernels.h"
@@ -93,6 +94,8 @@ void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, fl
   for (; i < rows; ++i)
     for (int64_t j = 0; j < cols; ++j) dst[j * ldd + i] = src[i * lds + j];
 }
+
+#include "conv2d_depthwise.inc"
 
 }  // namespace avx512
 }  // namespace fastconv

@@ -140,6 +140,10 @@ int main() {
       {2, 3, 27, 25, 9, 11, 11, 4, 4, 2, 2, 2, 2, 1, 1, 1},     // 11x11 stride 4
       {1, 6, 12, 11, 9, 3, 2, 2, 3, 0, 1, 2, 0, 2, 1, 3},       // groups, asym pad, dilation, strides
       {2, 8, 10, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8},        // depthwise
+      {1, 67, 11, 13, 67, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 67},    // depthwise stride 2, block + tail
+      {2, 5, 13, 10, 15, 3, 5, 2, 3, 2, 0, 1, 3, 2, 1, 5},      // depthwise multiplier 3, dilation
+      {1, 70, 7, 9, 70, 5, 3, 1, 1, 3, 1, 0, 2, 1, 2, 70},      // depthwise asym pad, dilation
+      {1, 3, 6, 5, 6, 1, 1, 3, 2, 0, 0, 0, 0, 1, 1, 3},         // depthwise 1x1, stride > kernel
       {1, 5, 8, 8, 7, 2, 2, 3, 3, 0, 0, 0, 0, 1, 1, 1},         // stride > kernel
       {1, 4, 9, 14, 6, 3, 5, 1, 1, 0, 1, 2, 2, 2, 3, 2},        // dilation 2x3, even kernel
       {3, 1, 5, 5, 1, 5, 5, 1, 1, 0, 0, 0, 0, 1, 1, 1},         // single channel, output 1x1
@@ -147,6 +151,8 @@ int main() {
       {1, 300, 4, 5, 17, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},     // input channels split into blocks
       {1, 2600, 2, 3, 5, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1},     // 1x1 with channel blocks
       {1, 600, 4, 4, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},      // blocks within groups
+      {1, 40, 9, 8, 12, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},       // strided bwd_input, batch 1: channel split
+      {1, 66, 7, 9, 10, 3, 2, 2, 3, 1, 0, 0, 1, 2, 1, 2},       // same with groups and a 1-channel block
       {0, 4, 6, 6, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},         // N = 0
   };
   const Isa isas[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvx512};

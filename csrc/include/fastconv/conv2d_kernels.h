@@ -48,12 +48,47 @@ struct MicroKernel {
   void (*transpose)(const T* src, int64_t rows, int64_t cols, int64_t lds, T* dst, int64_t ldd);
 };
 
+// Depthwise convolution loops (groups == input channels), vectorized over channels of channels-last data:
+//   DwTaps:   out[i*o_step + k*o_ks] = sum_{t < ntap} a[i*a_step + aoff[t] + k*a_ks] * b[boff[t] + k*b_ks]
+//             for pixels i < npix, channels k < K (forward and bwd_input);
+//   DwReduce: out[k*o_ks] += sum_{i < n} a[i*a_step + k*a_ks] * b[i*b_step + k*b_ks] (bwd_weight).
+// All *_ks == 1 is the fast path (channel multiplier 1); others run scalar.
+template <typename T>
+struct DwTaps {
+  const T* a;
+  const T* b;
+  const int64_t *aoff, *boff;
+  int64_t ntap, npix, a_step, o_step, K, a_ks, b_ks, o_ks;
+  T* out;
+};
+
+template <typename T>
+struct DwReduce {
+  const T* a;
+  int64_t a_step, a_ks;
+  const T* b;
+  int64_t b_step, b_ks, n, K;
+  T* out;
+  int64_t o_ks;
+};
+
+#define FASTCONV_DW_DECLS                          \
+  void dw_taps_f32(const DwTaps<float>& d);        \
+  void dw_taps_f64(const DwTaps<double>& d);       \
+  void dw_reduce_f32(const DwReduce<float>& d);    \
+  void dw_reduce_f64(const DwReduce<double>& d);
+
+namespace portable {
+FASTCONV_DW_DECLS
+}  // namespace portable
 namespace avx2 {
+FASTCONV_DW_DECLS
 constexpr int kKv = 16, kMp = 6;
 void conv_tile_f32(const TileArgs<float>& t);
 void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
 }  // namespace avx2
 namespace avx512 {
+FASTCONV_DW_DECLS
 constexpr int kKv = 32, kMp = 12;
 void conv_tile_f32(const TileArgs<float>& t);
 void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
