@@ -38,11 +38,6 @@ void sort_bwd(const T* gy, const T* a, const T* b, T* ga, T* gb, int64_t n, Sort
   FASTCONV_ISA_DISPATCH(sort_bwd<T>, gy, a, b, ga, gb, n, mode, eps)
 }
 
-#define FASTCONV_ELTWISE_INSTANTIATE(T)                                                           \
-  template void relu_fwd<T>(const T*, T*, int64_t);                                               \
-  template void relu_bwd<T>(const T*, const T*, T*, int64_t);                                     \
-  template void sort_fwd<T>(const T*, const T*, T*, int64_t, SortMode, double);                   \
-  template void sort_bwd<T>(const T*, const T*, const T*, T*, T*, int64_t, SortMode, double);
 FASTCONV_ELTWISE_INSTANTIATE(float)
 FASTCONV_ELTWISE_INSTANTIATE(double)
 FASTCONV_ELTWISE_INSTANTIATE(bf16)

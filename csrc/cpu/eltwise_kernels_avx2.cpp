@@ -13,11 +13,6 @@ namespace fastconv {
 namespace avx2 {
 #include "eltwise_kernels_impl.h"
 
-#define FASTCONV_ELTWISE_INSTANTIATE(T)                                                           \
-  template void relu_fwd<T>(const T*, T*, int64_t);                                               \
-  template void relu_bwd<T>(const T*, const T*, T*, int64_t);                                     \
-  template void sort_fwd<T>(const T*, const T*, T*, int64_t, SortMode, double);                   \
-  template void sort_bwd<T>(const T*, const T*, const T*, T*, T*, int64_t, SortMode, double);
 FASTCONV_ELTWISE_INSTANTIATE(float)
 FASTCONV_ELTWISE_INSTANTIATE(double)
 FASTCONV_ELTWISE_INSTANTIATE(bf16)

@@ -52,3 +52,10 @@ void parallel_ranges(int64_t n, int64_t work, F&& f) {
     case ::fastconv::Isa::kAvx2: return avx2::fn(__VA_ARGS__);     \
     default: return portable::fn(__VA_ARGS__);                     \
   }
+
+// Explicit instantiations of the elementwise kernels for one element type, used once per ISA file.
+#define FASTCONV_ELTWISE_INSTANTIATE(T)                                                           \
+  template void relu_fwd<T>(const T*, T*, int64_t);                                               \
+  template void relu_bwd<T>(const T*, const T*, T*, int64_t);                                     \
+  template void sort_fwd<T>(const T*, const T*, T*, int64_t, SortMode, double);                   \
+  template void sort_bwd<T>(const T*, const T*, const T*, T*, T*, int64_t, SortMode, double);
