@@ -5,13 +5,17 @@
 #include <cstring>
 #include <limits>
 
+#include <immintrin.h>
+
 #include "fastconv/eltwise_kernels.h"
 
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace fastconv {
 namespace avx2 {
+#define FASTCONV_STREAM_STORES 1
 #include "eltwise_kernels_impl.h"
+#undef FASTCONV_STREAM_STORES
 
 FASTCONV_ELTWISE_INSTANTIATE(float)
 FASTCONV_ELTWISE_INSTANTIATE(double)
