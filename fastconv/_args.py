@@ -8,6 +8,8 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def check_tensor(t, name, dims=None):
+    if type(t) is torch.Tensor and t.dtype in _FLOAT_DTYPES and (dims is None or t.dim() in dims):
+        return t
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"fastconv: '{name}' must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in _FLOAT_DTYPES:
@@ -28,11 +30,17 @@ def check_same(a, an, b, bn):
 
 
 def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+    return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
 
 
 def pair(v, name, minimum=None, allow_none=False):
     """An int or a sequence of two ints -> tuple of two ints, each >= minimum."""
+    # Fast path for the common call (plain ints): these checks run on every op call.
+    if type(v) is int and (minimum is None or v >= minimum):
+        return (v, v)
+    if (type(v) is tuple or type(v) is list) and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
+            and (minimum is None or (v[0] >= minimum and v[1] >= minimum)):
+        return (v[0], v[1])
     if _is_int(v) or (allow_none and v is None):
         vals = (v, v)
     elif isinstance(v, (tuple, list, torch.Size)) and len(v) in (1, 2):

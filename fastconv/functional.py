@@ -1,6 +1,8 @@
 """Public functions mirroring torch.nn.functional: same names, arguments, defaults, output shapes and
 output memory format. Each normalizes and validates its arguments, then calls the operator of the
 active backend (torch.ops.fastconv.* for the native one; see fastconv.backends)."""
+import torch
+
 from fastconv import _args as A
 from fastconv import backends
 
@@ -10,6 +12,25 @@ SORT_MODES = {"sqrt": 0, "product": 1}
 
 def _ops():
     return backends.current_ops()
+
+
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+
+
+def _call(name, grad_inputs, *args):
+    """The active backend's operator `name` on args. When no gradient can flow (grad mode off, or
+    no tensor of grad_inputs requires grad) the call goes straight to the kernel below the autograd
+    layer, as that layer itself would, minus its Python per-call cost (the bulk of a small op's
+    time). Under torch.compile the operator is called as is, for the tracer to see."""
+    op = getattr(_ops(), name)
+    if torch.is_grad_enabled():
+        for t in grad_inputs:
+            if t is not None and t.requires_grad:
+                return op(*args)
+    if torch.compiler.is_compiling():
+        return op(*args)
+    with _below_autograd():
+        return op(*args)
 
 
 def _conv_args(input, weight, bias, stride, padding, dilation, groups):
@@ -51,7 +72,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution, as torch.nn.functional.conv2d (padding: int, pair, 'same' or 'valid')."""
     x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
                                                               dilation, groups)
-    y = _ops().conv2d_fwd(x, weight, bias, stride, pads, dilation, groups)
+    y = _call("conv2d_fwd", (x, weight, bias), x, weight, bias, stride, pads, dilation, groups)
     return y.squeeze(0) if unbatched else y
 
 
@@ -96,8 +117,8 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
         if tuple(r.shape) != want:
             raise ValueError(f"fastconv: 'residual' must have the output's shape {want}, got {tuple(r.shape)}")
         residual = r
-    y = _ops().conv2d_fused_fwd(x, weight, bias, stride, pads, dilation, groups, scale, shift, residual,
-                                code, relu, SORT_MODES[mode], eps)
+    y = _call("conv2d_fused_fwd", (x, weight, bias, scale, shift, residual), x, weight, bias, stride, pads,
+              dilation, groups, scale, shift, residual, code, relu, SORT_MODES[mode], eps)
     return y.squeeze(0) if unbatched else y
 
 
@@ -130,7 +151,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """2-D max pooling, as torch.nn.functional.max_pool2d (indices are flat within each H*W plane)."""
     x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, dilation)
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))
-    y, idx = _ops().max_pool2d_fwd(x, k, s, p, d, bool(ceil_mode))
+    y, idx = _call("max_pool2d_fwd", (x,), x, k, s, p, d, bool(ceil_mode))
     if unbatched:
         y, idx = y.squeeze(0), idx.squeeze(0)
     return (y, idx) if return_indices else y
@@ -143,7 +164,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     if divisor_override is not None:
         divisor_override = A.positive_int(divisor_override, "divisor_override")
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))
-    y = _ops().avg_pool2d_fwd(x, k, s, p, bool(ceil_mode), bool(count_include_pad), divisor_override)
+    y = _call("avg_pool2d_fwd", (x,), x, k, s, p, bool(ceil_mode), bool(count_include_pad), divisor_override)
     return y.squeeze(0) if unbatched else y
 
 
@@ -155,14 +176,14 @@ def adaptive_avg_pool2d(input, output_size):
     ow = x.shape[3] if ow is None else ow
     if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"fastconv: 'input' must have non-zero channel and spatial sizes, got {tuple(x.shape)}")
-    y = _ops().adaptive_avg_pool2d_fwd(x, [oh, ow])
+    y = _call("adaptive_avg_pool2d_fwd", (x,), x, [oh, ow])
     return y.squeeze(0) if unbatched else y
 
 
 def relu(input, inplace=False):
     """ReLU, as torch.nn.functional.relu (inplace writes the result back into `input`)."""
     A.check_tensor(input, "input")
-    y = _ops().relu_fwd(input)
+    y = _call("relu_fwd", (input,), input)
     return input.copy_(y) if inplace else y
 
 
@@ -184,4 +205,4 @@ def sort(a, b, mode="sqrt", eps=0.01):
         raise ValueError(f"fastconv: 'a' and 'b' must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     if mode not in SORT_MODES:
         raise ValueError(f"fastconv: 'mode' must be 'sqrt' or 'product', got {mode!r}")
-    return _ops().sort_fwd(a, b, SORT_MODES[mode], _eps(eps))
+    return _call("sort_fwd", (a, b), a, b, SORT_MODES[mode], _eps(eps))

@@ -167,6 +167,19 @@ def test_max_ties_overlapping_windows(device):
     assert_close(t.grad, R.max_pool2d_bwd(g.cpu().numpy(), ei.cpu().numpy(), x.shape), torch.float64)
 
 
+# Outputs past 8 MB (values plus int64 indices) leave through an L1 buffer with non-temporal stores;
+# 24 channels leave a partial chunk at the end of every output row.
+@pytest.mark.parametrize("c,h", [(64, 200), (24, 330)])
+def test_max_streamed_channels_last(c, h, isa):
+    x = torch.randn(2, c, h, h - 3, generator=torch.Generator().manual_seed(c)).contiguous(
+        memory_format=torch.channels_last)
+    y, i = fastconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+    ry, ri = F.max_pool2d(x, 3, 2, 1, return_indices=True)
+    assert y.numel() * 12 >= 8 << 20
+    same_format(y, ry, "output")
+    assert torch.equal(y, ry) and torch.equal(i, ri)
+
+
 # ---------------------------------------------------------------- avg_pool2d
 @pytest.mark.parametrize("name", list(AVG_CASES))
 @pytest.mark.parametrize("count_include_pad", [True, False])
@@ -221,6 +234,14 @@ def test_adaptive_layouts_dtypes(layout, dtype, device):
        ow=st.integers(1, 8), layout=st.sampled_from(LAYOUTS), dtype=st.sampled_from([torch.float32, torch.float64]))
 def test_adaptive_hypothesis(n, c, h, w, oh, ow, layout, dtype):
     run_adaptive(n, c, h, w, (oh, ow), dtype, "cpu", layout)
+
+
+# Global pooling of channels_last input has its own path (64-channel register blocks, then a loop for
+# the rest; batch 1 splits the channels across threads): channel counts around those sizes.
+@pytest.mark.parametrize("n,c", [(1, 1), (1, 64), (3, 17), (1, 130), (2, 200)])
+def test_adaptive_global_channels_last_isa(n, c, isa):
+    run_adaptive(n, c, 7, 5, (1, 1), torch.float32, "cpu", "channels_last")
+    run_avg((n, c, 7, 5, (7, 5), 1, 0, False), torch.float64, "cpu", "channels_last")
 
 
 # ---------------------------------------------------------------- shared

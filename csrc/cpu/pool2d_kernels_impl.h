@@ -12,6 +12,11 @@ struct Range {
 
 enum class Kind { kMax, kAvg, kAdaptive };
 
+#define FASTCONV_STREAM_STORES FASTCONV_IMPL_AVX2
+#include "stream_store.inc"
+#undef FASTCONV_STREAM_STORES
+constexpr int64_t kStreamChunk = 1024;  // elements per buffered chunk of a streamed output
+
 inline std::vector<Range> ranges(Kind kind, int64_t out, int64_t size, int64_t k, int64_t s, int64_t pad,
                                  int64_t d) {
   std::vector<Range> r(static_cast<size_t>(out));
@@ -95,19 +100,37 @@ void max_fwd_cl(const Pool2dParams& p, const Windows& win, const T* __restrict x
                 int64_t* __restrict idx) {
   const int64_t C = p.x.c, P = p.y.h, Q = p.y.w;
   constexpr int CB = 128 / sizeof(T);  // four vectors of max + four of positions (AVX2)
+  // Outputs and indices far larger than the caches (3x the input's bytes per output element with
+  // int64 indices) go out through an L1 buffer with non-temporal stores: no read-for-ownership of
+  // their lines. Needs each output row contiguous (dense channels_last), as the op makes it.
+  const bool stream = p.y.sw == C && p.y.sh == Q * C &&
+                      p.x.n * P * Q * C * int64_t(sizeof(T) + sizeof(int64_t)) >= kStreamBytes;
+  const int64_t chunk = std::max<int64_t>(1, kStreamChunk / C);  // outputs per buffered chunk
+  auto window = [&](const Range& rh, const Range& rw, const T* xb, T* yp, int64_t* ip) {
+    int64_t c0 = 0;
+    for (; c0 + CB <= C; c0 += CB) max_window_cl<T, S, CB, CB>(p, win, rh, rw, xb + c0, CB, yp + c0, ip + c0);
+    if (c0 < C) max_window_cl<T, S, 0, CB>(p, win, rh, rw, xb + c0, C - c0, yp + c0, ip + c0);
+  };
   parallel_ranges(p.x.n * P, p.x.n * P * Q * C * p.kh * p.kw, [&](int64_t r0, int64_t r1) {
+    std::vector<T> ybuf(stream ? static_cast<size_t>(chunk * C) : 0);
+    std::vector<int64_t> ibuf(ybuf.size());
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / P, oh = r % P;
-      for (int64_t ow = 0; ow < Q; ++ow) {
-        const int64_t yo = n * p.y.sn + oh * p.y.sh + ow * p.y.sw;
-        const T* xb = x + n * p.x.sn;
-        int64_t c0 = 0;
-        for (; c0 + CB <= C; c0 += CB)
-          max_window_cl<T, S, CB, CB>(p, win, win.h[oh], win.w[ow], xb + c0, CB, y + yo + c0, idx + yo + c0);
-        if (c0 < C)
-          max_window_cl<T, S, 0, CB>(p, win, win.h[oh], win.w[ow], xb + c0, C - c0, y + yo + c0, idx + yo + c0);
+      const T* xb = x + n * p.x.sn;
+      const int64_t yrow = n * p.y.sn + oh * p.y.sh;
+      if (!stream) {
+        for (int64_t ow = 0; ow < Q; ++ow)
+          window(win.h[oh], win.w[ow], xb, y + yrow + ow * p.y.sw, idx + yrow + ow * p.y.sw);
+        continue;
+      }
+      for (int64_t q0 = 0; q0 < Q; q0 += chunk) {
+        const int64_t qn = std::min(chunk, Q - q0);
+        for (int64_t q = 0; q < qn; ++q) window(win.h[oh], win.w[q0 + q], xb, ybuf.data() + q * C, ibuf.data() + q * C);
+        stream_store(y + yrow + q0 * C, ybuf.data(), qn * C * int64_t(sizeof(T)));
+        stream_store(idx + yrow + q0 * C, ibuf.data(), qn * C * int64_t(sizeof(int64_t)));
       }
     }
+    stream_fence();
   });
 }
 
@@ -275,6 +298,40 @@ inline void plane_sums8(const float* __restrict x, int64_t hw, float* __restrict
 }
 #endif
 
+// Global pooling of dense channels_last input: each image is HW rows of C contiguous channels.
+inline bool global_cl(const Pool2dParams& p, const Windows& win) {
+  return channels_last(p) && p.y.h == 1 && p.y.w == 1 && win.h[0].lo == 0 && win.h[0].hi == p.x.h &&
+         win.w[0].lo == 0 && win.w[0].hi == p.x.w && p.x.sw == p.x.c && p.x.sh == p.x.w * p.x.c;
+}
+
+// out[c] = inv * sum over i < HW of x[i * C + c], for c < cn. Each pass reads kGlobalCB channels
+// of every row: long contiguous runs the hardware prefetcher follows, into accumulators in L1.
+constexpr int64_t kGlobalCB = 1024;
+template <typename T>
+inline void global_sum_cl(const T* __restrict x, int64_t HW, int64_t C, int64_t cn, T inv, T* __restrict out) {
+  int64_t c0 = 0;
+#if FASTCONV_IMPL_AVX2
+  if constexpr (std::is_same_v<T, float>) {
+    for (; c0 + 64 <= cn; c0 += 64) {  // eight accumulators stay in registers across the plane
+      __m256 a[8];
+      for (int k = 0; k < 8; ++k) a[k] = _mm256_loadu_ps(x + c0 + 8 * k);
+      for (int64_t i = 1; i < HW; ++i)
+        for (int k = 0; k < 8; ++k) a[k] = _mm256_add_ps(a[k], _mm256_loadu_ps(x + i * C + c0 + 8 * k));
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(out + c0 + 8 * k, _mm256_mul_ps(a[k], _mm256_set1_ps(inv)));
+    }
+  }
+#endif
+  T acc[kGlobalCB];
+  for (; c0 < cn; c0 += kGlobalCB) {
+    const int64_t m = std::min(kGlobalCB, cn - c0);
+    const T* __restrict xp = x + c0;
+    for (int64_t c = 0; c < m; ++c) acc[c] = xp[c];
+    for (int64_t i = 1; i < HW; ++i)
+      for (int64_t c = 0; c < m; ++c) acc[c] += xp[i * C + c];
+    for (int64_t c = 0; c < m; ++c) out[c0 + c] = acc[c] * inv;
+  }
+}
+
 template <typename T>
 void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restrict y) {
   const int64_t N = p.x.n, C = p.x.c, P = p.y.h, Q = p.y.w;
@@ -304,6 +361,18 @@ void avg_fwd(Kind kind, const Pool2dParams& p, const T* __restrict x, T* __restr
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < HW; ++i) sum += xp[i];
         y[n * p.y.sn + c * p.y.sc] = sum / div;
+      }
+    });
+    return;
+  }
+  if (global_cl(p, win)) {
+    // Tasks own (image, channel block): whole images when there are enough, else channel splits.
+    const int64_t HW = p.x.h * p.x.w, cb = (channel_block(p) + 15) / 16 * 16, nb = (C + cb - 1) / cb;
+    const T inv = T(1) / T(divisor(p, win.h[0], win.w[0]));
+    parallel_ranges(N * nb, N * C * HW, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n = t / nb, c0 = t % nb * cb;
+        global_sum_cl(x + n * p.x.sn + c0, HW, C, std::min(cb, C - c0), inv, y + n * p.y.sn + c0);
       }
     });
     return;
