@@ -1,7 +1,7 @@
 """python -m fastconv demo: the end-to-end job.
 
 1. trains cifar_resnet20 and its SORT variant on scikit-learn's bundled digits (8x8 grey images
-   upsampled to 16x16; fixed stratified split 1437 train / 360 test, seed 0) for 5 epochs with
+   upsampled to 32x32; fixed stratified split 1437 train / 360 test, seed 0) for 5 epochs with
    fastconv ops, and reports their test accuracy (unfused and with the fused inference path);
 2. times inference of ResNet-18, ResNet-50 and AlexNet: fastconv (torchvision net converted and
    fused by fastconv.convert) against torch eager and torch.compile, checking that logits agree
@@ -37,9 +37,8 @@ def add_arguments(p):
     p.add_argument("--backends", default=None,
                    help=f"comma-separated out of {', '.join(BACKENDS)} (default all; --quick: no torch.compile)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs per net (default 5; --quick 1)")
-    p.add_argument("--train-size", type=int, default=16,
-                   help="side the 8x8 digits are upsampled to (default 16: a quarter of the work of 32; "
-                        "the 8x8 images lose nothing)")
+    p.add_argument("--train-size", type=int, default=32,
+                   help="side the 8x8 digits are upsampled to (default 32, the CIFAR size the nets are built for)")
     p.add_argument("--train-batch", type=int, default=64, help="training batch size (default 64)")
     p.add_argument("--skip-train", action="store_true", help="benchmark only")
     p.add_argument("--skip-bench", action="store_true", help="train only")

@@ -31,3 +31,16 @@ def test_demo_quick_writes_report(tmp_path):
     assert all(r["agree"] for r in results["benchmark"])
     report = (out / "report.md").read_text()
     assert "## Training" in report and "## Inference benchmark" in report and "throughput.png" in report
+
+
+@pytest.mark.slow
+def test_sort_resnet20_trains_on_digits_32x32():
+    """The training check of the SORT issue: SORT CIFAR-ResNet-20 built from fastconv ops, digits
+    upsampled to 32x32, fixed split, 5 epochs on the CPU: at least 90% test accuracy, fused too.
+    (About a minute on 2 cores; the time is printed, not asserted.)"""
+    from fastconv import demo
+    train, test = demo.digits_split(32, "cpu", 0)
+    r = demo.train_one("cifar_resnet20-SORT", True, train, test, 5, 64, "cpu", 0)
+    print(f"SORT cifar_resnet20 on digits 32x32: {r['test_accuracy']:.4f} in {r['train_seconds']:.0f} s")
+    assert r["test_accuracy"] >= 0.90
+    assert r["test_accuracy_fused"] >= 0.90

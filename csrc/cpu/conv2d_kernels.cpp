@@ -196,34 +196,43 @@ struct EpilogueTables {
 template <typename T>
 inline T relu_nan(T v) { return v < T(0) ? T(0) : v; }  // NaN stays NaN, as torch's relu
 
-template <typename T, Combine CB, bool RELU>
-inline T finish(T z, const T* res, int64_t off, SortMode mode, T eps) {
-  if (CB == Combine::kAdd) z = res[off] + z;
+template <typename T, Combine CB, bool RELU, bool SQRT>
+inline T finish(T z, T r, T eps) {
+  if (CB == Combine::kAdd) z = r + z;
   if (CB == Combine::kSort) {
-    const T r = res[off];
     const T prod = relu_nan(r) * relu_nan(z);
-    z = r + z + (mode == SortMode::kSqrt ? std::sqrt(prod + eps) : prod);
+    z = r + z + (SQRT ? std::sqrt(prod + eps) : prod);
   }
   if (RELU) z = relu_nan(z);
   return z;
 }
 
-// Writes tile[i][v] (np pixels, kvalid channels) to y[y0 + i*qstride + v*kstride].
-template <typename T, Combine CB, bool RELU>
+// Writes tile[i][v] (np pixels, kvalid channels) to y[y0 + i*qstride + v*kstride]. Restrict-qualified
+// runs and the epilogue as template parameters keep the contiguous case a branch-free vector loop
+// (a data-dependent branch per element costs more than the convolution on cheap layers).
+template <typename T, Combine CB, bool RELU, bool SQRT>
+void store_run(const T* __restrict t, int64_t ts, T* __restrict o, const T* __restrict r, int64_t os, int64_t n, T eps) {
+  if (os == 1 && ts == 1) {
+    for (int64_t v = 0; v < n; ++v) o[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
+  } else {
+    for (int64_t v = 0; v < n; ++v)
+      o[v * os] = finish<T, CB, RELU, SQRT>(t[v * ts], CB == Combine::kNone ? T(0) : r[v * os], eps);
+  }
+}
+
+template <typename T, Combine CB, bool RELU, bool SQRT>
 void store_tile_t(const T* tile, int kv, int np, int kvalid, T* y, int64_t y0, int64_t qstride,
                   int64_t kstride, const Epilogue<T>& ep) {
+  const T* res = ep.residual;
   if (kstride == 1) {
     for (int i = 0; i < np; ++i) {
       const int64_t o = y0 + i * qstride;
-      for (int v = 0; v < kvalid; ++v)
-        y[o + v] = finish<T, CB, RELU>(tile[i * kv + v], ep.residual, o + v, ep.sort_mode, ep.eps);
+      store_run<T, CB, RELU, SQRT>(tile + i * kv, 1, y + o, res ? res + o : nullptr, 1, kvalid, ep.eps);
     }
   } else {
     for (int v = 0; v < kvalid; ++v) {
       const int64_t o = y0 + v * kstride;
-      for (int i = 0; i < np; ++i)
-        y[o + i * qstride] =
-            finish<T, CB, RELU>(tile[i * kv + v], ep.residual, o + i * qstride, ep.sort_mode, ep.eps);
+      store_run<T, CB, RELU, SQRT>(tile + v, kv, y + o, res ? res + o : nullptr, qstride, np, ep.eps);
     }
   }
 }
@@ -231,13 +240,18 @@ void store_tile_t(const T* tile, int kv, int np, int kvalid, T* y, int64_t y0, i
 template <typename T>
 using StoreFn = void (*)(const T*, int, int, int, T*, int64_t, int64_t, int64_t, const Epilogue<T>&);
 
+template <typename T, Combine CB>
+StoreFn<T> store_fn_of(bool relu, bool sqrt) {
+  if (sqrt) return relu ? &store_tile_t<T, CB, true, true> : &store_tile_t<T, CB, false, true>;
+  return relu ? &store_tile_t<T, CB, true, false> : &store_tile_t<T, CB, false, false>;
+}
+
 template <typename T>
 StoreFn<T> store_fn(const Epilogue<T>& ep) {
-  const bool r = ep.relu;
   switch (ep.combine) {
-    case Combine::kAdd: return r ? &store_tile_t<T, Combine::kAdd, true> : &store_tile_t<T, Combine::kAdd, false>;
-    case Combine::kSort: return r ? &store_tile_t<T, Combine::kSort, true> : &store_tile_t<T, Combine::kSort, false>;
-    default: return r ? &store_tile_t<T, Combine::kNone, true> : &store_tile_t<T, Combine::kNone, false>;
+    case Combine::kAdd: return store_fn_of<T, Combine::kAdd>(ep.relu, false);
+    case Combine::kSort: return store_fn_of<T, Combine::kSort>(ep.relu, ep.sort_mode == SortMode::kSqrt);
+    default: return store_fn_of<T, Combine::kNone>(ep.relu, false);
   }
 }
 
@@ -342,6 +356,94 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------- pointwise
+// 1x1 convolutions without padding or groups are GEMMs over pixels.
+inline bool is_pointwise(const Conv2dParams& p) {
+  return p.groups == 1 && p.w.h == 1 && p.w.w == 1 && p.pad_h0 == 0 && p.pad_w0 == 0;
+}
+inline int64_t Kg_of(const Conv2dParams& p) { return p.w.n / p.groups; }
+
+// NCHW output: per image Y (K x PQ) = W (K x C) X (C x PQ). Rows of the micro-kernel are output
+// channels (weights broadcast from W's rows), columns are kv pixels of X packed as [c][kv] panels
+// (a gather that also applies the stride and any input layout), so no transposes are needed and
+// each finished tile is stored as kv contiguous pixels of np output planes. Tasks take a block of
+// output channels whose weights stay in L2 across the panels they visit.
+template <typename T>
+void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep,
+                    const MicroKernel<T>& mk) {
+  const Tensor4 &X = p.x, &Y = p.y, &W = p.w;
+  const int64_t N = X.n, C = X.c, K = Y.c, Q = Y.w, PQ = Y.h * Y.w;
+  const int kv = mk.kv, mp = mk.mp;
+  const int64_t JB = ceil_div(PQ, kv), panels = N * JB, plen = C * kv;
+  Buffer<T> bstore(panels * plen);
+  T* bp = bstore.get();
+  const bool dense = p.stride_h == 1 && p.stride_w == 1 && X.sw == 1 && X.sh == X.w;  // pixel j at x[j]
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < panels; ++t) {
+    const int64_t n = t / JB, j0 = t % JB * kv, cnt = std::min<int64_t>(kv, PQ - j0);
+    T* o = bp + t * plen;
+    const T* xn = x + n * X.sn;
+    for (int64_t c = 0; c < C; ++c, o += kv) {
+      const T* xc = xn + c * X.sc;
+      if (dense) {
+        std::memcpy(o, xc + j0, sizeof(T) * cnt);
+      } else {
+        for (int64_t v = 0; v < cnt; ++v) {
+          const int64_t j = j0 + v;
+          o[v] = xc[(j / Q) * p.stride_h * X.sh + (j % Q) * p.stride_w * X.sw];
+        }
+      }
+      for (int64_t v = cnt; v < kv; ++v) o[v] = T(0);
+    }
+  }
+  // Output-channel blocks of about 192 KB of weights, a multiple of the tile height.
+  const int64_t kblk = std::min(K, std::max<int64_t>(mp, (192 << 10) / (C * int64_t(sizeof(T))) / mp * mp));
+  const int64_t nkb = ceil_div(K, kblk);
+  EpilogueTables<T> tab(ep, K);
+  const StoreFn<T> store = store_fn(ep);
+  const int64_t seg0 = 0;
+#pragma omp parallel
+  {
+    Buffer<T> tbuf(int64_t(mp) * kv);
+    T* tb = tbuf.get();
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < nkb * panels; ++task) {
+      const int64_t kb = task / panels, pn = task % panels;
+      const int64_t n = pn / JB, j0 = pn % JB * kv;
+      const int cnt = static_cast<int>(std::min<int64_t>(kv, PQ - j0));
+      const int64_t k1 = std::min(K, (kb + 1) * kblk);
+      for (int64_t k0 = kb * kblk; k0 < k1; k0 += mp) {
+        const int np = static_cast<int>(std::min<int64_t>(mp, k1 - k0));
+        mk.fn(TileArgs<T>{w + k0 * W.sn, W.sn, W.sc, &seg0, 1, C, bp + pn * plen, tb, np, false});
+        if (tab.affine)
+          for (int i = 0; i < np; ++i)
+            for (int v = 0; v < cnt; ++v) tb[i * kv + v] = tb[i * kv + v] * tab.alpha[k0 + i] + tab.beta[k0 + i];
+        store(tb, kv, np, cnt, y, n * Y.sn + k0 * Y.sc + j0, Y.sc, 1, ep);
+      }
+    }
+  }
+}
+
+// A stride-1 pointwise convolution of dense channels_last tensors is one GEMM over all N*H*W pixels:
+// the same conv on a (1, C, M / L, L) view with rows of L pixels (L a divisor of M near a few tiles'
+// worth), so small images still give full register tiles and few, larger tasks. Returns p unchanged
+// when the tensors are not dense channels_last or M has no such divisor.
+inline Conv2dParams flat_pointwise_cl(const Conv2dParams& p) {
+  const Tensor4 &X = p.x, &Y = p.y;
+  const int64_t M = X.n * X.h * X.w;
+  const bool dense = X.sc == 1 && X.sw == X.c && X.sh == X.w * X.c && X.sn == X.h * X.w * X.c && Y.sc == 1 &&
+                     Y.sw == Y.c && Y.sh == Y.w * Y.c && Y.sn == Y.h * Y.w * Y.c;
+  if (!dense || X.c == 1) return p;
+  int64_t L = M <= 96 ? M : 0;
+  for (int64_t l = 96; !L && l >= 24; --l)
+    if (M % l == 0) L = l;
+  if (!L || L == X.w) return p;
+  Conv2dParams f = p;
+  f.x = Tensor4{1, X.c, M / L, L, M * X.c, 1, L * X.c, X.c};
+  f.y = Tensor4{1, Y.c, M / L, L, M * Y.c, 1, L * Y.c, Y.c};
+  return f;
 }
 
 // ---------------------------------------------------------------------------------------- depthwise
@@ -534,11 +636,17 @@ template <typename T>
 void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
   if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0) return;
   if (is_depthwise(p)) return dw_fwd(p, x, w, y, ep);
+  const MicroKernel<T> mk = micro_kernel<T>();
+  if (is_pointwise(p) && p.y.sc != 1 && p.y.sw == 1 && p.y.sh == p.y.w) return pointwise_nchw(p, x, w, y, ep, mk);
   const Tensor4& W = p.w;
-  const int64_t Kg = W.n / p.groups;
-  conv_with(p, x, [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
-    return w[(g * Kg + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
-  }, y, ep, micro_kernel<T>());
+  const auto wf = [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
+    return w[(g * Kg_of(p) + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
+  };
+  if (is_pointwise(p) && p.stride_h == 1 && p.stride_w == 1) {
+    const Conv2dParams f = flat_pointwise_cl(p);
+    if (f.x.h != p.x.h || f.x.w != p.x.w) return conv_with(f, x, wf, y, ep, mk);
+  }
+  conv_with(p, x, wf, y, ep, mk);
 }
 
 template <typename T>
