@@ -15,6 +15,7 @@
 #include <string>
 
 #include "fastconv/common.h"
+#include "fastconv/torch_utils.h"
 
 #ifndef FASTCONV_VERSION
 #define FASTCONV_VERSION "0.0.0"
@@ -88,4 +89,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_isa", &set_isa, pybind11::arg("name"),
         "Force the CPU code path ('avx512' | 'avx2' | 'portable'); returns False if the CPU lacks it.");
   m.def("get_isa", [] { return std::string(fastconv::isa_name(fastconv::cpu_isa())); });
+  m.def("cache_weight", &fastconv::cache_weight, pybind11::arg("weight"),
+        "Register a CPU convolution weight for the packed-weight cache (inference; see conv2d.cpp).");
+  m.def("clear_weight_cache", &fastconv::clear_weight_cache,
+        "Drop the CPU convolution's cached packed weights (needed only after writes that bypass a weight's "
+        "version counter, such as through .data or a NumPy view).");
+  m.def("weight_cache_info", [] {
+    auto [entries, bytes, limit] = fastconv::weight_cache_stats();
+    pybind11::dict d;
+    d["entries"] = entries;
+    d["bytes"] = bytes;
+    d["limit_bytes"] = limit;
+    return d;
+  }, "Entries, bytes and byte limit (FASTCONV_WEIGHT_CACHE_MB) of the CPU packed-weight cache.");
 }

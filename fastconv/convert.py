@@ -120,9 +120,32 @@ def convert(model, *, fuse=None, inplace=False, verbose=False):
     if _walk(model, "", _blocks(), fuse, summary):
         summary.kept[type(model).__name__] += 1
     model.fastconv_summary = summary
+    if fuse:
+        _cache_weights(model)
     if verbose:
         print(f"fastconv.convert({type(model).__name__}):\n{summary}")
     return model
+
+
+def _cache_weights(model):
+    """Register the CPU weights of the model's fastconv convolutions for the native packed-weight
+    cache (csrc/cpu/conv2d.cpp): their inference calls then skip repacking while the weight tensor
+    and its version counter are unchanged."""
+    from fastconv import _ext
+    if not _ext.native_available():
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.weight.device.type == "cpu" and not m.weight.is_inference():
+            _ext._C.cache_weight(m.weight)
+
+
+def clear_weight_cache():
+    """Drop the packed weights the native CPU convolution keeps for fused models. Needed only after
+    changing such a model's conv weights by a write that bypasses their version counter (`.data`,
+    a NumPy view); in-place torch ops, optimizer steps and load_state_dict are seen by themselves."""
+    from fastconv import _ext
+    if _ext.native_available():
+        _ext._C.clear_weight_cache()
 
 
 def fuse(model, *, inplace=True):

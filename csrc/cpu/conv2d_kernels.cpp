@@ -265,38 +265,53 @@ inline int64_t channel_block(int64_t Cg, int64_t R, int64_t S, int kv, int64_t e
 }
 
 // Packed weights: [g][kb][c-block][r][s][c][kv] with wf(g, kk, c, r, s) giving the weight of group g,
-// output channel kk within the group, input channel c within the group; zero beyond Kg.
+// output channel kk within the group, input channel c within the group; zero beyond Kg. Filled in
+// tiles of a few input channels x kv output channels x all taps (about 16 KB, in L1): each source
+// row is read in runs over (c, r, s) and each destination line is finished while it is cached; a
+// plain [r][s][c][kv] walk instead gathers every value from kv different source rows.
 template <typename T, typename F>
 void pack_weights(T* out, int64_t G, int64_t Kg, int64_t Cg, int64_t R, int64_t S, int kv, int64_t cblk, F wf) {
-  const int64_t KB = ceil_div(Kg, kv);
+  const int64_t KB = ceil_div(Kg, kv), RS = R * S;
+  const int64_t csub = std::max<int64_t>(1, (16 << 10) / (kv * RS * int64_t(sizeof(T))));
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t g = 0; g < G; ++g)
     for (int64_t kb = 0; kb < KB; ++kb) {
-      T* o = out + (g * KB + kb) * R * S * Cg * kv;
-      for (int64_t c0 = 0; c0 < Cg; c0 += cblk)
-        for (int64_t r = 0; r < R; ++r)
-          for (int64_t s = 0; s < S; ++s)
-            for (int64_t c = c0; c < std::min(Cg, c0 + cblk); ++c, o += kv)
-              for (int v = 0; v < kv; ++v) {
-                const int64_t kk = kb * kv + v;
-                o[v] = kk < Kg ? wf(g, kk, c, r, s) : T(0);
-              }
+      T* panel = out + (g * KB + kb) * RS * Cg * kv;
+      for (int64_t c0 = 0; c0 < Cg; c0 += cblk) {
+        const int64_t clen = std::min(cblk, Cg - c0);
+        T* o = panel + RS * c0 * kv;  // this block: [r][s][c - c0][kv]
+        for (int64_t cs = c0; cs < c0 + clen; cs += csub) {
+          const int64_t ce = std::min(c0 + clen, cs + csub);
+          for (int v = 0; v < kv; ++v) {
+            const int64_t kk = kb * kv + v;
+            for (int64_t c = cs; c < ce; ++c)
+              for (int64_t r = 0; r < R; ++r)
+                for (int64_t s = 0; s < S; ++s)
+                  o[((r * S + s) * clen + (c - c0)) * kv + v] = kk < Kg ? wf(g, kk, c, r, s) : T(0);
+          }
+        }
+      }
     }
 }
 
 // The forward convolution with weights given by wf (see pack_weights); shared by conv2d_fwd and the
 // stride-1 bwd_input.
 template <typename T, typename F>
-void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>& ep, const MicroKernel<T>& mk) {
+// `packed`: the weights already packed for these parameters (conv2d_fwd_pack), or null to pack here.
+void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>& ep, const MicroKernel<T>& mk,
+               const T* packed = nullptr) {
   const Tensor4 &X = p.x, &Y = p.y;
   const int64_t N = X.n, C = X.c, G = p.groups, Cg = C / G, K = Y.c, Kg = K / G;
   const int64_t R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
   const int kv = mk.kv, mp = mk.mp;
   const int64_t KB = ceil_div(Kg, kv);
   const int64_t cblk = channel_block(Cg, R, S, kv, sizeof(T)), ncb = ceil_div(Cg, cblk);
-  Buffer<T> wstore(G * KB * R * S * Cg * kv);
-  const T* wpack = wstore.get();
-  pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
+  Buffer<T> wstore;
+  const T* wpack = packed;
+  if (!wpack) {
+    wpack = wstore.alloc(G * KB * R * S * Cg * kv);
+    pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
+  }
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore;
   const TapRows<T> taprows(X, x, p.pad_h0, p.pad_w0, p.stride_h, p.dil_h, R, pd, xstore);
@@ -632,21 +647,44 @@ void dw_bwd_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
 
 }  // namespace
 
+// The forward's path for p: 1x1 into NCHW planes reads the weights as they are; the others pack them.
+inline bool pointwise_nchw_path(const Conv2dParams& p) {
+  return is_pointwise(p) && p.y.sc != 1 && p.y.sw == 1 && p.y.sh == p.y.w;
+}
+
 template <typename T>
-void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
+int64_t conv2d_fwd_packed_size(const Conv2dParams& p) {
+  if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0 || is_depthwise(p) || pointwise_nchw_path(p)) return 0;
+  const int64_t Kg = Kg_of(p), Cg = p.w.c, kv = micro_kernel<T>().kv;
+  return p.groups * ceil_div(Kg, kv) * p.w.h * p.w.w * Cg * kv;
+}
+
+template <typename T>
+void conv2d_fwd_pack(const Conv2dParams& p, const T* w, T* out) {
+  const Tensor4& W = p.w;
+  const int64_t Kg = Kg_of(p), Cg = W.c, R = W.h, S = W.w;
+  const int kv = micro_kernel<T>().kv;
+  pack_weights(out, p.groups, Kg, Cg, R, S, kv, channel_block(Cg, R, S, kv, sizeof(T)),
+               [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
+                 return w[(g * Kg + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
+               });
+}
+
+template <typename T>
+void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep, const T* packed) {
   if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0) return;
   if (is_depthwise(p)) return dw_fwd(p, x, w, y, ep);
   const MicroKernel<T> mk = micro_kernel<T>();
-  if (is_pointwise(p) && p.y.sc != 1 && p.y.sw == 1 && p.y.sh == p.y.w) return pointwise_nchw(p, x, w, y, ep, mk);
+  if (pointwise_nchw_path(p)) return pointwise_nchw(p, x, w, y, ep, mk);
   const Tensor4& W = p.w;
   const auto wf = [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
     return w[(g * Kg_of(p) + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
   };
   if (is_pointwise(p) && p.stride_h == 1 && p.stride_w == 1) {
     const Conv2dParams f = flat_pointwise_cl(p);
-    if (f.x.h != p.x.h || f.x.w != p.x.w) return conv_with(f, x, wf, y, ep, mk);
+    if (f.x.h != p.x.h || f.x.w != p.x.w) return conv_with(f, x, wf, y, ep, mk, packed);
   }
-  conv_with(p, x, wf, y, ep, mk);
+  conv_with(p, x, wf, y, ep, mk, packed);
 }
 
 template <typename T>
@@ -880,7 +918,9 @@ void conv2d_bwd_bias_cpu(const Tensor4& d, const T* dy, T* db) {
 }
 
 #define FASTCONV_INSTANTIATE(T)                                                                       \
-  template void conv2d_fwd_cpu<T>(const Conv2dParams&, const T*, const T*, T*, const Epilogue<T>&); \
+  template void conv2d_fwd_cpu<T>(const Conv2dParams&, const T*, const T*, T*, const Epilogue<T>&, const T*); \
+  template int64_t conv2d_fwd_packed_size<T>(const Conv2dParams&);                                      \
+  template void conv2d_fwd_pack<T>(const Conv2dParams&, const T*, T*);                                 \
   template void conv2d_bwd_input_cpu<T>(const Conv2dParams&, const T*, const T*, T*);               \
   template void conv2d_bwd_weight_cpu<T>(const Conv2dParams&, const T*, const T*, T*);              \
   template void conv2d_bwd_bias_cpu<T>(const Tensor4&, const T*, T*);

@@ -8,9 +8,19 @@
 
 namespace fastconv {
 
-// y = epilogue(conv(x, w)); p.x/p.w/p.y describe x, w, y. ep.residual uses y's strides.
+// y = epilogue(conv(x, w)); p.x/p.w/p.y describe x, w, y. ep.residual uses y's strides. `packed`:
+// null, or the weights as conv2d_fwd_pack wrote them for these same parameters (skips packing).
 template <typename T>
-void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep);
+void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep,
+                    const T* packed = nullptr);
+
+// Elements of the packed weight form conv2d_fwd_cpu uses for p on the current ISA path (0: its path
+// reads the weights directly), and the packing itself (out holds that many elements). The form
+// depends on p's weight geometry, groups, output layout and the ISA path, not on the input values.
+template <typename T>
+int64_t conv2d_fwd_packed_size(const Conv2dParams& p);
+template <typename T>
+void conv2d_fwd_pack(const Conv2dParams& p, const T* w, T* out);
 
 // dx = d(sum(dy * conv(x, w)))/dx; p.x describes dx (written), p.y describes dy.
 template <typename T>

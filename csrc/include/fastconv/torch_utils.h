@@ -4,9 +4,17 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <tuple>
+
 #include "fastconv/common.h"
 
 namespace fastconv {
+
+// The CPU convolution's cache of packed weights (csrc/cpu/conv2d.cpp): register a weight for it,
+// drop every entry, and its (entries, bytes, limit in bytes).
+void cache_weight(const at::Tensor& weight);
+void clear_weight_cache();
+std::tuple<int64_t, int64_t, int64_t> weight_cache_stats();
 
 // Output memory format the way torch picks it: channels_last when the tensor is laid out
 // channels_last and not (also) NCHW-contiguous.
