@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "fastconv/common.h"
@@ -28,19 +29,75 @@ namespace portable {
 
 namespace {
 
-// 64-byte aligned scratch buffer (vector loads of packed panels never split cache lines).
+// Large scratch blocks are kept per thread between calls: a fresh multi-megabyte allocation is a
+// fresh mapping, and filling it pays a page fault per 4 KB (a few percent of a convolution). Blocks
+// of 256 KB and more go back to the freeing thread's pool (at most 128 MB per thread, oldest out
+// first) and are reused for requests of up to their size and at least half of it.
+class BlockPool {
+ public:
+  static constexpr size_t kMin = size_t(256) << 10, kMax = size_t(128) << 20;
+  void* take(size_t bytes) {
+    if (bytes >= kMin) {
+      for (size_t i = 0; i < free_.size(); ++i) {
+        if (free_[i].first >= bytes && free_[i].first / 2 <= bytes) {
+          void* p = free_[i].second;
+          held_ -= free_[i].first;
+          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+          return p;
+        }
+      }
+    }
+    void* p = std::aligned_alloc(64, bytes);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    if (bytes < kMin || bytes > kMax) return std::free(p);
+    while (!free_.empty() && held_ + bytes > kMax) {
+      std::free(free_.front().second);
+      held_ -= free_.front().first;
+      free_.erase(free_.begin());
+    }
+    free_.emplace_back(bytes, p);
+    held_ += bytes;
+  }
+  ~BlockPool() {
+    for (auto& b : free_) std::free(b.second);
+  }
+  static BlockPool& local() {
+    thread_local BlockPool pool;
+    return pool;
+  }
+
+ private:
+  std::vector<std::pair<size_t, void*>> free_;
+  size_t held_ = 0;
+};
+
+// 64-byte aligned scratch buffer (vector loads of packed panels never split cache lines), from the
+// calling thread's block pool.
 template <typename T>
 struct Buffer {
-  std::unique_ptr<T, void (*)(void*)> mem{nullptr, std::free};
+  T* mem = nullptr;
+  size_t bytes = 0;
   Buffer() = default;
   explicit Buffer(int64_t n) { alloc(n); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() { release(); }
   T* alloc(int64_t n) {
-    const size_t bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
-    mem.reset(static_cast<T*>(std::aligned_alloc(64, bytes)));
-    if (!mem) throw std::bad_alloc();
-    return mem.get();
+    release();
+    bytes = (static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+    mem = static_cast<T*>(BlockPool::local().take(bytes));
+    return mem;
   }
-  T* get() const { return mem.get(); }
+  T* get() const { return mem; }
+
+ private:
+  void release() {
+    if (mem) BlockPool::local().give(mem, bytes);
+    mem = nullptr;
+  }
 };
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -395,48 +452,62 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   Buffer<T> bstore(panels * plen);
   T* bp = bstore.get();
   const bool dense = p.stride_h == 1 && p.stride_w == 1 && X.sw == 1 && X.sh == X.w;  // pixel j at x[j]
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < panels; ++t) {
-    const int64_t n = t / JB, j0 = t % JB * kv, cnt = std::min<int64_t>(kv, PQ - j0);
-    T* o = bp + t * plen;
-    const T* xn = x + n * X.sn;
-    for (int64_t c = 0; c < C; ++c, o += kv) {
-      const T* xc = xn + c * X.sc;
-      if (dense) {
-        std::memcpy(o, xc + j0, sizeof(T) * cnt);
-      } else {
-        for (int64_t v = 0; v < cnt; ++v) {
-          const int64_t j = j0 + v;
-          o[v] = xc[(j / Q) * p.stride_h * X.sh + (j % Q) * p.stride_w * X.sw];
+  // Each task reads whole input rows (one channel's pixels) once and deals them out to the JB
+  // panels of its image: sequential reads instead of JB passes of short pieces.
+  const int64_t cgrp = std::max<int64_t>(1, std::min<int64_t>(C, 64));
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c0 = 0; c0 < C; c0 += cgrp) {
+      const T* xn = x + n * X.sn;
+      for (int64_t c = c0; c < std::min(C, c0 + cgrp); ++c) {
+        const T* __restrict xc = xn + c * X.sc;
+        for (int64_t jb = 0; jb < JB; ++jb) {
+          T* __restrict o = bp + (n * JB + jb) * plen + c * kv;
+          const int64_t j0 = jb * kv, cnt = std::min<int64_t>(kv, PQ - j0);
+          if (dense) {
+            for (int64_t v = 0; v < cnt; ++v) o[v] = xc[j0 + v];
+          } else {
+            for (int64_t v = 0; v < cnt; ++v) {
+              const int64_t j = j0 + v;
+              o[v] = xc[(j / Q) * p.stride_h * X.sh + (j % Q) * p.stride_w * X.sw];
+            }
+          }
+          for (int64_t v = cnt; v < kv; ++v) o[v] = T(0);
         }
       }
-      for (int64_t v = cnt; v < kv; ++v) o[v] = T(0);
     }
-  }
-  // Output-channel blocks of about 192 KB of weights, a multiple of the tile height.
+  // Output-channel blocks of about 192 KB of weights (a multiple of the tile height) stay in L2;
+  // the reduction runs in slices of kc channels so a panel's slice (16 KB) stays in L1 across the
+  // block's tiles, partial sums accumulating in the block's tile buffer.
   const int64_t kblk = std::min(K, std::max<int64_t>(mp, (192 << 10) / (C * int64_t(sizeof(T))) / mp * mp));
   const int64_t nkb = ceil_div(K, kblk);
+  const int64_t kc = std::max<int64_t>(16, (16 << 10) / (kv * int64_t(sizeof(T))));
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
   const int64_t seg0 = 0;
 #pragma omp parallel
   {
-    Buffer<T> tbuf(int64_t(mp) * kv);
-    T* tb = tbuf.get();
+    Buffer<T> tbuf(kblk * kv);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < nkb * panels; ++task) {
       const int64_t kb = task / panels, pn = task % panels;
       const int64_t n = pn / JB, j0 = pn % JB * kv;
       const int cnt = static_cast<int>(std::min<int64_t>(kv, PQ - j0));
-      const int64_t k1 = std::min(K, (kb + 1) * kblk);
-      for (int64_t k0 = kb * kblk; k0 < k1; k0 += mp) {
-        const int np = static_cast<int>(std::min<int64_t>(mp, k1 - k0));
-        mk.fn(TileArgs<T>{w + k0 * W.sn, W.sn, W.sc, &seg0, 1, C, bp + pn * plen, tb, np, false});
-        if (tab.affine)
-          for (int i = 0; i < np; ++i)
-            for (int v = 0; v < cnt; ++v) tb[i * kv + v] = tb[i * kv + v] * tab.alpha[k0 + i] + tab.beta[k0 + i];
-        store(tb, kv, np, cnt, y, n * Y.sn + k0 * Y.sc + j0, Y.sc, 1, ep);
+      const int64_t kfirst = kb * kblk, k1 = std::min(K, kfirst + kblk);
+      for (int64_t c0 = 0; c0 < C; c0 += kc) {
+        const int64_t clen = std::min(kc, C - c0);
+        for (int64_t k0 = kfirst; k0 < k1; k0 += mp)
+          mk.fn(TileArgs<T>{w + k0 * W.sn + c0 * W.sc, W.sn, W.sc, &seg0, 1, clen, bp + pn * plen + c0 * kv,
+                            tbuf.get() + (k0 - kfirst) * kv, static_cast<int>(std::min<int64_t>(mp, k1 - k0)),
+                            c0 > 0});
       }
+      T* tb = tbuf.get();
+      const int64_t rows = k1 - kfirst;
+      if (tab.affine)
+        for (int64_t i = 0; i < rows; ++i)
+          for (int v = 0; v < cnt; ++v)
+            tb[i * kv + v] = tb[i * kv + v] * tab.alpha[kfirst + i] + tab.beta[kfirst + i];
+      store(tb, kv, static_cast<int>(rows), cnt, y, n * Y.sn + kfirst * Y.sc + j0, Y.sc, 1, ep);
     }
   }
 }
