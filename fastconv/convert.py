@@ -101,7 +101,7 @@ def _walk(module, name, blocks, fuse, summary):
     return is_leaf and not isinstance(module, (nn.SORT, *_LEAVES.values()))
 
 
-def convert(model, *, fuse=None, inplace=False, verbose=False):
+def convert(model, *, fuse=None, inplace=False, verbose=False, channels_last=False):
     """Swap the torch.nn Conv2d (padding_mode 'zeros'), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d and
     ReLU layers of `model` for their fastconv.nn twins, keeping parameters, buffers and state_dict
     keys. With fuse=True (default: when `model` is in eval mode) the fused inference path is turned
@@ -109,8 +109,11 @@ def convert(model, *, fuse=None, inplace=False, verbose=False):
     nn.Sequential, torchvision BasicBlock/Bottleneck/ResNet stem and googlenet BasicConv2d become
     single fastconv.conv2d_fused calls. Fusion is taken in eval mode only; in training mode the
     layers run one by one with BatchNorm unfolded. Anything else stays torch; the tally is in
-    `model.fastconv_summary` (and printed with verbose=True). Returns the converted model (a deep
-    copy unless inplace=True)."""
+    `model.fastconv_summary` (and printed with verbose=True). channels_last=True also moves the 4-D
+    parameters and buffers to torch.channels_last (`model.to(memory_format=...)`), so activations
+    flow channels_last from the first convolution on, the layout fastconv's CPU kernels read and
+    write without transposes (outputs then carry that layout, as torch's would). Returns the
+    converted model (a deep copy unless inplace=True)."""
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"fastconv.convert: 'model' must be a torch.nn.Module, got {type(model).__name__}")
     if not inplace:
@@ -120,6 +123,8 @@ def convert(model, *, fuse=None, inplace=False, verbose=False):
     if _walk(model, "", _blocks(), fuse, summary):
         summary.kept[type(model).__name__] += 1
     model.fastconv_summary = summary
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     if fuse:
         _cache_weights(model)
     if verbose:

@@ -112,6 +112,25 @@ def test_epilogues_isa(epilogue, isa):
     run_fused(GEOMETRIES["3x3"], torch.float32, **epilogue)
 
 
+# The 1x1 paths: NCHW as weights x packed pixel panels (reduction sliced past 256 channels), dense
+# channels_last as one flat GEMM over N*H*W pixels (rows of a divisor of it, or the image rows when
+# none fits), strided channels_last through a gathered copy. Awkward pixel counts and channel counts.
+POINTWISE = {
+    "flat_189px": (3, 7, 7, 9, 13, 1, 1, 1, 0, 1, 1),
+    "prime_97px": (1, 5, 1, 97, 6, 1, 1, 1, 0, 1, 1),
+    "wide_c300": (2, 300, 5, 3, 17, 1, 1, 1, 0, 1, 1),
+    "stride2": (2, 9, 11, 8, 19, 1, 1, 2, 0, 1, 1),
+    "stride_2x3": (1, 33, 9, 10, 8, 1, 1, (2, 3), 0, 1, 1),
+}
+
+
+@pytest.mark.parametrize("geom", list(POINTWISE))
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_pointwise_paths_isa(geom, layout, isa):
+    run_fused(POINTWISE[geom], torch.float32, layout=layout, combine="sort", relu=True, grad=False)
+    run_fused(POINTWISE[geom], torch.float32, layout=layout, combine="add", relu=False, scale=False, shift=False)
+
+
 @pytest.mark.parametrize("geom", list(GEOMETRIES))
 @pytest.mark.parametrize("combine", COMBINES)
 @pytest.mark.parametrize("device", DEVICES)

@@ -751,6 +751,23 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   const auto wf = [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
     return w[(g * Kg_of(p) + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
   };
+  if (is_pointwise(p) && (p.stride_h > 1 || p.stride_w > 1) && p.y.sc == 1 && p.x.sc == 1) {
+    // Strided 1x1 into channels_last: gather the pixels it reads into a dense channels_last copy
+    // (a quarter of the input for stride 2), then the stride-1 flat GEMM below.
+    const Tensor4 &X = p.x, &Y = p.y;
+    Buffer<T> sub(Y.n * Y.h * Y.w * X.c);
+    T* sp = sub.get();
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t n = 0; n < Y.n; ++n)
+      for (int64_t h = 0; h < Y.h; ++h)
+        for (int64_t w = 0; w < Y.w; ++w)
+          std::memcpy(sp + ((n * Y.h + h) * Y.w + w) * X.c, x + n * X.sn + h * p.stride_h * X.sh + w * p.stride_w * X.sw,
+                      sizeof(T) * X.c);
+    Conv2dParams q = p;
+    q.x = Tensor4{X.n, X.c, Y.h, Y.w, Y.h * Y.w * X.c, 1, Y.w * X.c, X.c};
+    q.stride_h = q.stride_w = 1;
+    return conv2d_fwd_cpu(q, static_cast<const T*>(sp), w, y, ep, packed);
+  }
   if (is_pointwise(p) && p.stride_h == 1 && p.stride_w == 1) {
     const Conv2dParams f = flat_pointwise_cl(p);
     if (f.x.h != p.x.h || f.x.w != p.x.w) return conv_with(f, x, wf, y, ep, mk, packed);
