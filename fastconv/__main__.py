@@ -11,7 +11,10 @@ def main(argv=None):
     bench.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     bench.add_argument("--device", default="cpu", help="cpu or cuda")
-    bench.add_argument("--ops", default=None, help="comma-separated ops to time (default: all)")
+    bench.add_argument("--ops", default=None,
+                       help="comma-separated groups out of conv, conv_bwd, memory, block (SORT bottleneck), "
+                            "models (ResNet-18/50 at batch 1 and --batch); default: all but models")
+    bench.add_argument("--batch", type=int, default=None, help="batch size (default 8 on CPU, 128 on CUDA)")
     from fastconv import demo as demo_mod
     demo_mod.add_arguments(sub.add_parser("demo", help="train on digits, benchmark nets, write a report",
                                           description=demo_mod.__doc__,

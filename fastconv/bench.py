@@ -110,11 +110,94 @@ def memory_rows(device, dtype, quick, repeats):
     return rows
 
 
+def block_rows(device, dtype, batch, repeats):
+    """A SORT-ResNet-50 bottleneck (layer1: 256 -> 64 -> 256 channels, 56x56) for inference: fastconv's
+    fused block (three conv2d_fused calls, BN folded, SORT + ReLU in the last epilogue) against the
+    same block in torch eager ops (conv -> bn -> relu ..., conv -> bn -> sort -> relu); and its last
+    convolution alone, conv2d_fused(combine='sort', relu=True) against conv -> bn -> sort -> relu."""
+    from fastconv import nn as fnn
+    torch.manual_seed(0)
+    blk = fnn.SORTBottleneck(256, 64).to(device, dtype).eval()
+    with torch.no_grad():
+        for m in blk.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    fused = fastconv.fuse(blk, inplace=False)
+    eps = blk.eps
+    x = torch.randn(batch, 256, 56, 56, device=device, dtype=dtype)
+
+    def sort_relu(r, z):
+        return TF.relu(r + z + torch.sqrt(TF.relu(r) * TF.relu(z) + eps))
+
+    def eager_block(x):
+        out = TF.relu(blk.bn1(TF.conv2d(x, blk.conv1.weight)))
+        out = TF.relu(blk.bn2(TF.conv2d(out, blk.conv2.weight, None, 1, 1)))
+        return sort_relu(x, blk.bn3(TF.conv2d(out, blk.conv3.weight)))
+
+    rows = []
+    flops = 2.0 * batch * 56 * 56 * (256 * 64 + 64 * 64 * 9 + 64 * 256)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), eager_block(x), rtol=1e-3, atol=1e-3)
+        t_o, t_p = time_pair(lambda: fused(x), lambda: eager_block(x), device, repeats)
+        rows.append(_row("sort_bottleneck[fused]", f"{batch}x256x56x56", t_o, t_p, flops, "GFLOP/s"))
+        mid = TF.relu(blk.bn2(TF.conv2d(TF.relu(blk.bn1(TF.conv2d(x, blk.conv1.weight))), blk.conv2.weight, None, 1, 1)))
+        from fastconv.nn import bn_scale_shift
+        scale, shift = bn_scale_shift(blk.bn3)
+        w3 = fused.conv3.weight
+
+        def ours():
+            return fastconv.conv2d_fused(mid, w3, scale=scale, shift=shift, residual=x, combine="sort", relu=True)
+
+        def peer():
+            return sort_relu(x, blk.bn3(TF.conv2d(mid, blk.conv3.weight)))
+        torch.testing.assert_close(ours(), peer(), rtol=1e-3, atol=1e-3)
+        t_o, t_p = time_pair(ours, peer, device, repeats)
+        rows.append(_row("conv1x1+bn+sort+relu", f"{batch}x64x56x56->256", t_o, t_p,
+                         2.0 * batch * 56 * 56 * 64 * 256, "GFLOP/s"))
+    return rows
+
+
+MODEL_FLOPS = {"resnet18": 1.82e9, "resnet50": 4.11e9}  # multiply-adds x 2 per 224x224 image
+
+
+def model_rows(device, dtype, batches, repeats):
+    """torchvision ResNet-18/50 inference at 224x224: fastconv.convert (fused; NCHW, and with
+    channels_last=True) against torch eager as users run it (NCHW) and torch eager channels_last,
+    interleaved; logits checked against eager."""
+    import torchvision
+    rows = []
+    for name in ("resnet18", "resnet50"):
+        torch.manual_seed(0)
+        ref = getattr(torchvision.models, name)(weights=None).to(device, dtype).eval()
+        ref_cl = getattr(torchvision.models, name)(weights=None).to(device, dtype).eval()
+        ref_cl.load_state_dict(ref.state_dict())
+        ref_cl.to(memory_format=torch.channels_last)
+        ours = {"nchw": fastconv.convert(ref), "channels_last": fastconv.convert(ref, channels_last=True)}
+        for batch in batches:
+            x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
+            with torch.inference_mode():
+                want = ref(x)
+                for layout, m in ours.items():
+                    torch.testing.assert_close(m(x), want, rtol=1e-3, atol=1e-3 * max(1.0, want.abs().max().item()))
+                peers = {"torch eager": lambda: ref(x), "torch eager channels_last": lambda: ref_cl(x)}
+                for layout, m in ours.items():
+                    for peer_name, peer in peers.items():
+                        if layout == "nchw" and peer_name != "torch eager":
+                            continue
+                        t_o, t_p = time_pair(lambda: m(x), peer, device, repeats, warmup=1)
+                        row = _row(f"{name}[{layout}] vs {peer_name}", f"{batch}x3x224x224", t_o, t_p,
+                                   MODEL_FLOPS[name] * batch, "GFLOP/s")
+                        rows.append(row)
+    return rows
+
+
 def format_table(rows):
-    lines = [f"{'op':28s} {'shape':22s} {'fastconv ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'rate':>14s}"]
+    width = max([28] + [len(r["op"]) for r in rows])
+    lines = [f"{'op':{width}s} {'shape':22s} {'fastconv ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'rate':>14s}"]
     for r in rows:
         shape = r["shape"] if isinstance(r["shape"], str) else "x".join(map(str, r["shape"]))
-        lines.append(f"{r['op']:28s} {shape:22s} {r['fastconv_ms']:11.3f} {r['torch_ms']:9.3f} "
+        lines.append(f"{r['op']:{width}s} {shape:22s} {r['fastconv_ms']:11.3f} {r['torch_ms']:9.3f} "
                      f"{r['ratio']:6.2f} {r['rate']:8.1f} {r['unit']}")
     return "\n".join(lines)
 
@@ -129,11 +212,15 @@ def main(args):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("fastconv bench: --device cuda asked for but torch sees no CUDA device")
     dtype = torch.float32 if device == "cpu" else torch.float16
-    batch = 8 if device == "cpu" else 128
+    batch = args.batch or (8 if device == "cpu" else 128)
     quick = args.quick
     layers = [l for l in LAYERS if not quick or l[0] in QUICK_LAYERS]
     repeats = 5 if quick else 10
-    ops = set(args.ops.split(",")) if args.ops else {"conv", "conv_bwd", "memory"}
+    ops = set(args.ops.split(",")) if args.ops else {"conv", "conv_bwd", "memory", "block"}
+    unknown = ops - {"conv", "conv_bwd", "memory", "block", "models"}
+    if unknown:
+        raise SystemExit(f"fastconv bench: unknown --ops {', '.join(sorted(unknown))}; "
+                         "choose from conv, conv_bwd, memory, block, models")
     if device == "cpu":
         torch.set_num_threads(torch.get_num_threads())
     info = fastconv.info()
@@ -147,6 +234,10 @@ def main(args):
         rows += conv_rows(device, dtype, batch, layers, "nchw", max(3, repeats // 2), backward=True)
     if "memory" in ops:
         rows += memory_rows(device, dtype, quick, repeats)
+    if "block" in ops:
+        rows += block_rows(device, dtype, batch, repeats)
+    if "models" in ops:
+        rows += model_rows(device, dtype, sorted({1, batch}), max(3, repeats // 2))
     print(format_table(rows))
     for prefix in ("conv2d_fwd[nchw]", "conv2d_fwd[nhwc]", "conv2d_fwd+bwd[nchw]"):
         sel = [r["ratio"] for r in rows if r["op"] == prefix]
