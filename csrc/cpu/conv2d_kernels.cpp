@@ -351,6 +351,54 @@ void pack_weights(T* out, int64_t G, int64_t Kg, int64_t Cg, int64_t R, int64_t 
     }
 }
 
+// pack_weights for weights stored with strides (sn, sc, sh, sw) (the forward's), through 8x8 register
+// transposes: channels-last weights (sc == 1) are transposed straight into each [c][kv] run of a tap;
+// NCHW weights ((c, r, s) contiguous) are transposed a few channels at a time into an L1 buffer of
+// [(c, r, s)][kv] rows that are then dealt out to their taps. Other strides take pack_weights.
+template <typename T>
+void pack_weights_strided(T* out, int64_t G, int64_t Kg, int64_t Cg, int64_t R, int64_t S, const MicroKernel<T>& mk,
+                          int64_t cblk, const T* w, const Tensor4& W) {
+  const int kv = mk.kv;
+  const int64_t KB = ceil_div(Kg, kv), RS = R * S;
+  const bool cl = W.sc == 1, nchw = W.sw == 1 && W.sh == S && W.sc == RS;
+  if (!cl && !nchw) {
+    pack_weights(out, G, Kg, Cg, R, S, kv, cblk, [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
+      return w[(g * Kg + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
+    });
+    return;
+  }
+  const int64_t csub = std::max<int64_t>(1, (16 << 10) / (kv * RS * int64_t(sizeof(T))));
+#pragma omp parallel
+  {
+    Buffer<T> tmp(nchw ? csub * RS * kv : 0);
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t kb = 0; kb < KB; ++kb) {
+        T* panel = out + (g * KB + kb) * RS * Cg * kv;
+        const int64_t kvalid = std::min<int64_t>(kv, Kg - kb * kv);
+        if (kvalid < kv) std::memset(panel, 0, sizeof(T) * RS * Cg * kv);
+        const T* wk = w + (g * Kg + kb * kv) * W.sn;
+        for (int64_t c0 = 0; c0 < Cg; c0 += cblk) {
+          const int64_t clen = std::min(cblk, Cg - c0);
+          T* o = panel + RS * c0 * kv;  // [r][s][c - c0][kv]
+          if (cl) {
+            for (int64_t r = 0; r < R; ++r)
+              for (int64_t s = 0; s < S; ++s)
+                mk.transpose(wk + r * W.sh + s * W.sw + c0, kvalid, clen, W.sn, o + (r * S + s) * clen * kv, kv);
+            continue;
+          }
+          for (int64_t cs = c0; cs < c0 + clen; cs += csub) {
+            const int64_t n = std::min(csub, c0 + clen - cs);
+            mk.transpose(wk + cs * RS, kvalid, n * RS, W.sn, tmp.get(), kv);  // tmp[(c - cs) * RS + rs][v]
+            for (int64_t c = 0; c < n; ++c)
+              for (int64_t rs = 0; rs < RS; ++rs)
+                std::memcpy(o + (rs * clen + cs - c0 + c) * kv, tmp.get() + (c * RS + rs) * kv, sizeof(T) * kvalid);
+          }
+        }
+      }
+  }
+}
+
 // The forward convolution with weights given by wf (see pack_weights); shared by conv2d_fwd and the
 // stride-1 bwd_input.
 template <typename T, typename F>
@@ -734,11 +782,8 @@ template <typename T>
 void conv2d_fwd_pack(const Conv2dParams& p, const T* w, T* out) {
   const Tensor4& W = p.w;
   const int64_t Kg = Kg_of(p), Cg = W.c, R = W.h, S = W.w;
-  const int kv = micro_kernel<T>().kv;
-  pack_weights(out, p.groups, Kg, Cg, R, S, kv, channel_block(Cg, R, S, kv, sizeof(T)),
-               [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
-                 return w[(g * Kg + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
-               });
+  const MicroKernel<T> mk = micro_kernel<T>();
+  pack_weights_strided(out, p.groups, Kg, Cg, R, S, mk, channel_block(Cg, R, S, mk.kv, sizeof(T)), w, W);
 }
 
 template <typename T>
@@ -747,6 +792,12 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   if (is_depthwise(p)) return dw_fwd(p, x, w, y, ep);
   const MicroKernel<T> mk = micro_kernel<T>();
   if (pointwise_nchw_path(p)) return pointwise_nchw(p, x, w, y, ep, mk);
+  Buffer<T> wstore;
+  if (!packed) {
+    wstore.alloc(conv2d_fwd_packed_size<T>(p));
+    conv2d_fwd_pack(p, w, wstore.get());
+    packed = wstore.get();
+  }
   const Tensor4& W = p.w;
   const auto wf = [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
     return w[(g * Kg_of(p) + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
