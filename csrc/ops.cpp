@@ -34,6 +34,10 @@ TORCH_LIBRARY(fastconv, m) {
         "bool relu, int mode, float eps) -> Tensor");
   m.def("max_pool2d_fwd(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
         "int[2] dilation, bool ceil_mode) -> (Tensor, Tensor)");
+  // Inference form of max_pool2d_fwd: the values only (no int64 indices to compute and write), for
+  // calls no gradient can reach; it has no autograd formula.
+  m.def("max_pool2d_values(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+        "int[2] dilation, bool ceil_mode) -> Tensor");
   m.def("max_pool2d_bwd(Tensor grad_out, Tensor indices, int[] input_size) -> Tensor");
   m.def("avg_pool2d_fwd(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
         "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");

@@ -17,17 +17,22 @@ def _ops():
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 
 
+def _no_grad(*ts):
+    """True when no gradient can flow from these tensors (grad mode off or none requires grad)."""
+    if torch.is_grad_enabled():
+        for t in ts:
+            if t is not None and t.requires_grad:
+                return False
+    return True
+
+
 def _call(name, grad_inputs, *args):
     """The active backend's operator `name` on args. When no gradient can flow (grad mode off, or
     no tensor of grad_inputs requires grad) the call goes straight to the kernel below the autograd
     layer, as that layer itself would, minus its Python per-call cost (the bulk of a small op's
     time). Under torch.compile the operator is called as is, for the tracer to see."""
     op = getattr(_ops(), name)
-    if torch.is_grad_enabled():
-        for t in grad_inputs:
-            if t is not None and t.requires_grad:
-                return op(*args)
-    if torch.compiler.is_compiling():
+    if not _no_grad(*grad_inputs) or torch.compiler.is_compiling():
         return op(*args)
     with _below_autograd():
         return op(*args)
@@ -151,6 +156,12 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """2-D max pooling, as torch.nn.functional.max_pool2d (indices are flat within each H*W plane)."""
     x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, dilation)
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))
+    if not return_indices and _no_grad(x) and not torch.compiler.is_compiling():
+        values = getattr(_ops(), "max_pool2d_values", None)  # native only: no indices to compute
+        if values is not None:
+            with _below_autograd():
+                y = values(x, k, s, p, d, bool(ceil_mode))
+            return y.squeeze(0) if unbatched else y
     y, idx = _call("max_pool2d_fwd", (x,), x, k, s, p, d, bool(ceil_mode))
     if unbatched:
         y, idx = y.squeeze(0), idx.squeeze(0)

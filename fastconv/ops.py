@@ -70,6 +70,11 @@ def _(input, kernel_size, stride, padding, dilation, ceil_mode):
     return _empty(input, shape, input), _empty(input, shape, input, dtype=torch.int64)
 
 
+@_fake("max_pool2d_values")
+def _(input, kernel_size, stride, padding, dilation, ceil_mode):
+    return _empty(input, _pool_shape(input, kernel_size, stride, padding, dilation, ceil_mode), input)
+
+
 @_fake("max_pool2d_bwd")
 def _(grad_out, indices, input_size):
     return _empty(grad_out, input_size, grad_out)
@@ -255,14 +260,30 @@ def _sort_backward(ops, ctx, grad):
 _AUTOGRAD["sort_fwd"] = (_sort_backward, _sort_setup)
 
 
+def _values_only_backward(ops, ctx, grad):
+    raise RuntimeError("fastconv: max_pool2d_values has no gradient (it keeps no indices); "
+                       "use max_pool2d_fwd where a gradient is needed")
+
+
+_AUTOGRAD["max_pool2d_values"] = (_values_only_backward, lambda ctx, inputs, output: None)
+
+
+def _defines(namespace, name):
+    return torch._C._dispatch_has_kernel(f"{namespace}::{name}") or \
+        any(n == f"{namespace}::{name}" for n in torch._C._dispatch_get_all_op_names())
+
+
 def register(namespace):
-    """Register the fakes and autograd formulas above for the operators of `namespace`."""
+    """Register the fakes and autograd formulas above for the operators of `namespace` (those it
+    defines: max_pool2d_values is native only)."""
     ops = getattr(torch.ops, namespace)
     for name, fn in _FAKES.items():
-        torch.library.register_fake(f"{namespace}::{name}", fn)
+        if _defines(namespace, name):
+            torch.library.register_fake(f"{namespace}::{name}", fn)
     for name, (backward, setup) in _AUTOGRAD.items():
-        torch.library.register_autograd(f"{namespace}::{name}", functools.partial(backward, ops),
-                                        setup_context=setup)
+        if _defines(namespace, name):
+            torch.library.register_autograd(f"{namespace}::{name}", functools.partial(backward, ops),
+                                            setup_context=setup)
 
 
 if _ext.native_available():

@@ -54,6 +54,10 @@ def samples(device):
                                              *conv_g, _t(6, grad=True, **d), None, _t(1, 6, 5, 6, grad=True, **d), 2,
                                              True, 1, 0.5)),
         ],
+        "max_pool2d_values": [
+            ("nchw", lambda: (_t(2, 3, 9, 8, **d), [3, 3], [2, 2], [1, 1], [1, 1], False)),
+            ("cl_ceil", lambda: (_t(2, 3, 9, 8, cl=True, **d), [3, 2], [2, 2], [1, 1], [1, 2], True)),
+        ],
         "max_pool2d_fwd": [
             ("grad", lambda: (_t(2, 3, 9, 8, grad=True, **d), [3, 3], [2, 2], [1, 1], [1, 1], False)),
             ("cl_ceil_grad", lambda: (_t(2, 3, 9, 8, cl=True, grad=True, **d), [3, 2], [2, 2], [1, 1], [1, 2],

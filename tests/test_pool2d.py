@@ -167,6 +167,30 @@ def test_max_ties_overlapping_windows(device):
     assert_close(t.grad, R.max_pool2d_bwd(g.cpu().numpy(), ei.cpu().numpy(), x.shape), torch.float64)
 
 
+# Inference calls (no gradient, no return_indices) take max_pool2d_values: no indices computed.
+@pytest.mark.parametrize("name", list(MAX_CASES))
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_max_values_only_isa(name, layout, isa):
+    n, c, h, w, k, s, p, d, ceil = MAX_CASES[name]
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(n, c, h, w, generator=g).round()  # rounding makes ties
+    x.view(-1)[::17] = float("nan")
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y = fastconv.max_pool2d(x, k, s, p, d, ceil)
+    want = F.max_pool2d(x, k, s, p, d, ceil)
+    same_format(y, want, "output")
+    torch.testing.assert_close(y, want, equal_nan=True, rtol=0, atol=0)
+
+
+def test_max_values_op_has_no_gradient():
+    x = torch.randn(1, 2, 5, 5, requires_grad=True)
+    y = torch.ops.fastconv.max_pool2d_values(x, [2, 2], [2, 2], [0, 0], [1, 1], False)
+    with pytest.raises(RuntimeError, match="no gradient"):
+        y.sum().backward()
+
+
 # Outputs past 8 MB (values plus int64 indices) leave through an L1 buffer with non-temporal stores;
 # 24 channels leave a partial chunk at the end of every output row.
 @pytest.mark.parametrize("c,h", [(64, 200), (24, 330)])

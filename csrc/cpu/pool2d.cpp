@@ -94,22 +94,35 @@ std::pair<int64_t, int64_t> out_size(const at::Tensor& x, at::IntArrayRef k, at:
   return {P, Q};
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& input, at::IntArrayRef kernel_size,
-                                                  at::IntArrayRef stride, at::IntArrayRef padding,
-                                                  at::IntArrayRef dilation, bool ceil_mode) {
+// (values, indices); indices are left undefined when with_indices is false.
+std::tuple<at::Tensor, at::Tensor> max_pool(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                            bool ceil_mode, bool with_indices) {
   check_input(input, "input");
   check_window(kernel_size, stride, padding, dilation);
   auto [P, Q] = out_size(input, kernel_size, stride, padding, dilation, ceil_mode);
   const auto fmt = memory_format_of(input);
   const at::Tensor x = prepare(input, fmt);
   at::Tensor y = empty4({x.size(0), x.size(1), P, Q}, x.options(), fmt);
-  at::Tensor idx = empty4({x.size(0), x.size(1), P, Q}, x.options().dtype(at::kLong), fmt);
+  at::Tensor idx;
+  if (with_indices) idx = empty4({x.size(0), x.size(1), P, Q}, x.options().dtype(at::kLong), fmt);
   const Pool2dParams p = params(x, y, kernel_size, stride, padding, dilation);
   dispatch(x, [&](auto tag) {
     using T = decltype(tag);
-    fastconv::max_pool2d_fwd<T>(p, cptr<T>(x), mptr<T>(y), mptr<int64_t>(idx));
+    fastconv::max_pool2d_fwd<T>(p, cptr<T>(x), mptr<T>(y), with_indices ? mptr<int64_t>(idx) : nullptr);
   });
   return {finish(y, input.scalar_type()), idx};
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd(const at::Tensor& input, at::IntArrayRef kernel_size,
+                                                  at::IntArrayRef stride, at::IntArrayRef padding,
+                                                  at::IntArrayRef dilation, bool ceil_mode) {
+  return max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, true);
+}
+
+at::Tensor max_pool2d_values(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  return std::get<0>(max_pool(input, kernel_size, stride, padding, dilation, ceil_mode, false));
 }
 
 at::Tensor max_pool2d_bwd(const at::Tensor& grad_out, const at::Tensor& indices, at::IntArrayRef input_size) {
@@ -227,6 +240,7 @@ at::Tensor adaptive_avg_pool2d_bwd(const at::Tensor& grad_out, at::IntArrayRef i
 
 TORCH_LIBRARY_IMPL(fastconv, CPU, m) {
   m.impl("max_pool2d_fwd", &fastconv::cpu::max_pool2d_fwd);
+  m.impl("max_pool2d_values", &fastconv::cpu::max_pool2d_values);
   m.impl("max_pool2d_bwd", &fastconv::cpu::max_pool2d_bwd);
   m.impl("avg_pool2d_fwd", &fastconv::cpu::avg_pool2d_fwd);
   m.impl("avg_pool2d_bwd", &fastconv::cpu::avg_pool2d_bwd);

@@ -72,7 +72,8 @@ inline int64_t channel_block(const Pool2dParams& p) {
 // Scan order and update rule of torch: row-major window, take v if v > max or v is NaN (so the
 // first maximum wins, and the last NaN if any). One window over channels [0, cn) of a block; CN > 0
 // fixes the width at compile time so the running max and positions stay in registers.
-template <typename T, typename S, int CN, int CB>
+// IDX = false: the values only (ip unused), for the max_pool2d_values op.
+template <typename T, typename S, int CN, int CB, bool IDX>
 inline void max_window_cl(const Pool2dParams& p, const Windows& win, const Range& rh, const Range& rw,
                           const T* __restrict xb, int64_t cn_run, T* __restrict yp, int64_t* __restrict ip) {
   const int64_t cn = CN ? CN : cn_run;
@@ -88,46 +89,50 @@ inline void max_window_cl(const Pool2dParams& p, const Windows& win, const Range
         T v = xp[c];
         bool take = (v > m[c]) | (v != v);
         m[c] = take ? v : m[c];
-        s[c] = take ? at : s[c];
+        if (IDX) s[c] = take ? at : s[c];
       }
     }
   }
-  for (int64_t c = 0; c < cn; ++c) yp[c] = m[c], ip[c] = s[c];
+  for (int64_t c = 0; c < cn; ++c) yp[c] = m[c];
+  if (IDX)
+    for (int64_t c = 0; c < cn; ++c) ip[c] = s[c];
 }
 
-template <typename T, typename S>
+template <typename T, typename S, bool IDX>
 void max_fwd_cl(const Pool2dParams& p, const Windows& win, const T* __restrict x, T* __restrict y,
                 int64_t* __restrict idx) {
   const int64_t C = p.x.c, P = p.y.h, Q = p.y.w;
-  constexpr int CB = 128 / sizeof(T);  // four vectors of max + four of positions (AVX2)
+  constexpr int CB = (IDX ? 128 : 256) / sizeof(T);  // the running max (and positions) in registers
   // Outputs and indices far larger than the caches (3x the input's bytes per output element with
   // int64 indices) go out through an L1 buffer with non-temporal stores: no read-for-ownership of
   // their lines. Needs each output row contiguous (dense channels_last), as the op makes it.
   const bool stream = p.y.sw == C && p.y.sh == Q * C &&
-                      p.x.n * P * Q * C * int64_t(sizeof(T) + sizeof(int64_t)) >= kStreamBytes;
+                      p.x.n * P * Q * C * int64_t(sizeof(T) + (IDX ? sizeof(int64_t) : 0)) >= kStreamBytes;
   const int64_t chunk = std::max<int64_t>(1, kStreamChunk / C);  // outputs per buffered chunk
   auto window = [&](const Range& rh, const Range& rw, const T* xb, T* yp, int64_t* ip) {
     int64_t c0 = 0;
-    for (; c0 + CB <= C; c0 += CB) max_window_cl<T, S, CB, CB>(p, win, rh, rw, xb + c0, CB, yp + c0, ip + c0);
-    if (c0 < C) max_window_cl<T, S, 0, CB>(p, win, rh, rw, xb + c0, C - c0, yp + c0, ip + c0);
+    for (; c0 + CB <= C; c0 += CB)
+      max_window_cl<T, S, CB, CB, IDX>(p, win, rh, rw, xb + c0, CB, yp + c0, IDX ? ip + c0 : nullptr);
+    if (c0 < C) max_window_cl<T, S, 0, CB, IDX>(p, win, rh, rw, xb + c0, C - c0, yp + c0, IDX ? ip + c0 : nullptr);
   };
   parallel_ranges(p.x.n * P, p.x.n * P * Q * C * p.kh * p.kw, [&](int64_t r0, int64_t r1) {
     std::vector<T> ybuf(stream ? static_cast<size_t>(chunk * C) : 0);
-    std::vector<int64_t> ibuf(ybuf.size());
+    std::vector<int64_t> ibuf(IDX ? ybuf.size() : 0);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / P, oh = r % P;
       const T* xb = x + n * p.x.sn;
       const int64_t yrow = n * p.y.sn + oh * p.y.sh;
       if (!stream) {
         for (int64_t ow = 0; ow < Q; ++ow)
-          window(win.h[oh], win.w[ow], xb, y + yrow + ow * p.y.sw, idx + yrow + ow * p.y.sw);
+          window(win.h[oh], win.w[ow], xb, y + yrow + ow * p.y.sw, IDX ? idx + yrow + ow * p.y.sw : nullptr);
         continue;
       }
       for (int64_t q0 = 0; q0 < Q; q0 += chunk) {
         const int64_t qn = std::min(chunk, Q - q0);
-        for (int64_t q = 0; q < qn; ++q) window(win.h[oh], win.w[q0 + q], xb, ybuf.data() + q * C, ibuf.data() + q * C);
+        for (int64_t q = 0; q < qn; ++q)
+          window(win.h[oh], win.w[q0 + q], xb, ybuf.data() + q * C, IDX ? ibuf.data() + q * C : nullptr);
         stream_store(y + yrow + q0 * C, ybuf.data(), qn * C * int64_t(sizeof(T)));
-        stream_store(idx + yrow + q0 * C, ibuf.data(), qn * C * int64_t(sizeof(int64_t)));
+        if (IDX) stream_store(idx + yrow + q0 * C, ibuf.data(), qn * C * int64_t(sizeof(int64_t)));
       }
     }
     stream_fence();
@@ -186,10 +191,11 @@ void max_fwd_nchw(const Pool2dParams& p, const Windows& win, const T* __restrict
   parallel_ranges(p.x.n * C * P, p.x.n * C * P * Q * p.kh * p.kw, [&](int64_t r0, int64_t r1) {
     std::vector<T> m(static_cast<size_t>(Q));
     std::vector<S> s(static_cast<size_t>(Q));
+    std::vector<int64_t> discard(idx ? 0 : static_cast<size_t>(Q));  // values only: positions dropped per row
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / (C * P), c = r / P % C, oh = r % P;
       const int64_t yo = n * p.y.sn + c * p.y.sc + oh * p.y.sh;
-      row(p, win, x + n * p.x.sn + c * p.x.sc, win.h[oh], y + yo, idx + yo, m.data(), s.data());
+      row(p, win, x + n * p.x.sn + c * p.x.sc, win.h[oh], y + yo, idx ? idx + yo : discard.data(), m.data(), s.data());
     }
   });
 }
@@ -204,8 +210,9 @@ void max_pool2d_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
     if (narrow) return max_fwd_nchw<T, int32_t>(p, win, x, y, idx);
     return max_fwd_nchw<T, int64_t>(p, win, x, y, idx);
   }
-  if (narrow) return max_fwd_cl<T, int32_t>(p, win, x, y, idx);
-  return max_fwd_cl<T, int64_t>(p, win, x, y, idx);
+  if (!idx) return narrow ? max_fwd_cl<T, int32_t, false>(p, win, x, y, idx) : max_fwd_cl<T, int64_t, false>(p, win, x, y, idx);
+  if (narrow) return max_fwd_cl<T, int32_t, true>(p, win, x, y, idx);
+  return max_fwd_cl<T, int64_t, true>(p, win, x, y, idx);
 }
 
 // Scatter of one task (an NCHW plane: cn = 1, or a channels_last channel block) into g, whose rows

@@ -81,6 +81,12 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd_cuda(const at::Tensor& input, 
   return {y, idx};
 }
 
+// The values of max_pool2d_fwd (the CUDA kernel writes indices as it goes; they are dropped).
+at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p,
+                                  at::IntArrayRef d, bool ceil_mode) {
+  return std::get<0>(max_pool2d_fwd_cuda(input, k, s, p, d, ceil_mode));
+}
+
 at::Tensor max_pool2d_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& indices, at::IntArrayRef input_size) {
   check_4d(grad_out, "grad_out");
   check_float(grad_out, "grad_out");
@@ -189,6 +195,7 @@ at::Tensor adaptive_avg_pool2d_bwd_cuda(const at::Tensor& grad_out, at::IntArray
 
 TORCH_LIBRARY_IMPL(fastconv, CUDA, m) {
   m.impl("max_pool2d_fwd", &fastconv::cuda::max_pool2d_fwd_cuda);
+  m.impl("max_pool2d_values", &fastconv::cuda::max_pool2d_values_cuda);
   m.impl("max_pool2d_bwd", &fastconv::cuda::max_pool2d_bwd_cuda);
   m.impl("avg_pool2d_fwd", &fastconv::cuda::avg_pool2d_fwd_cuda);
   m.impl("avg_pool2d_bwd", &fastconv::cuda::avg_pool2d_bwd_cuda);

@@ -14,6 +14,7 @@
 
 namespace fastconv {
 
+// idx may be null: the values only.
 template <typename T> void max_pool2d_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx);
 // gx = 0, then gx[idx] += gy. Indices outside the plane are skipped: torch reports one for a
 // window that dilation and padding leave without any input element (its output is -inf).
