@@ -171,7 +171,9 @@ def bench_model(name, args, dtype):
         if b == "torch eager":
             fns[b] = ref
         elif b == "fastconv":
-            fns[b] = fastconv.convert(ref)
+            # On the CPU the activations run channels_last, the layout fastconv's kernels read and
+            # write without transposes (the input stays as given; the first conv switches layout).
+            fns[b] = fastconv.convert(ref, channels_last=args.device.type == "cpu")
         else:
             fns[b] = torch.compile(ref)
     out, times = {}, {b: [] for b in fns}
@@ -311,7 +313,9 @@ def write_report(results, out, plots):
                   f"{r0['image_size']}x{r0['image_size']}, {r0['dtype']}, device {results['machine']['device']}; "
                   f"median of {results['bench_setup']['repeats']} forward passes interleaved across backends "
                   "after one warm-up. fastconv = `fastconv.convert(model)` (convs, pools, ReLUs on fastconv; "
-                  "BatchNorm folded; conv->bn->(add)->relu as one fused kernel). Logits are compared with "
+                  "BatchNorm folded; conv->bn->(add)->relu as one fused kernel; on the CPU with "
+                  "`channels_last=True`: activations channels_last from the first conv on, the input "
+                  "and torch's nets as given, NCHW). Logits are compared with "
                   "torch eager (max |diff| relative to the largest logit). 'first call' of torch.compile is its "
                   "compile time (short when the inductor cache is warm from an earlier run).", "",
                   _table(bench, [("model", lambda r: r["model"]), ("backend", lambda r: r["backend"]),
