@@ -233,7 +233,7 @@ def main(args):
     if "conv_bwd" in ops and not quick:
         rows += conv_rows(device, dtype, batch, layers, "nchw", max(3, repeats // 2), backward=True)
     if "memory" in ops:
-        rows += memory_rows(device, dtype, quick, repeats)
+        rows += memory_rows(device, dtype, quick, 3 * repeats)  # ms-scale ops: more samples for a steady median
     if "block" in ops:
         rows += block_rows(device, dtype, batch, repeats)
     if "models" in ops:

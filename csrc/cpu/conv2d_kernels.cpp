@@ -212,11 +212,14 @@ struct TapRows {
   int64_t ph0, pw0, stride_h, dil_h, R;
   Padded pd;
   const T* base;  // the padded image batch, or nullptr when built per task
+  // full_copy: build the whole padded copy even for channels-last input (when each output row is
+  // visited once per weight panel, rebuilding its rows per task would repeat the copy per panel).
   TapRows(const Tensor4& d_, const T* x_, int64_t ph0_, int64_t pw0_, int64_t sh, int64_t dh, int64_t R_, Padded pd_,
-          Buffer<T>& store)
+          Buffer<T>& store, bool full_copy = false)
       : d(d_), x(x_), ph0(ph0_), pw0(pw0_), stride_h(sh), dil_h(dh), R(R_), pd(pd_),
-        base(d_.sc == 1 && !usable_in_place(d_, ph0_, pw0_, pd_) ? nullptr
-                                                                  : pad_channels_last(d_, x_, ph0_, pw0_, pd_, store)) {}
+        base(d_.sc == 1 && !full_copy && !usable_in_place(d_, ph0_, pw0_, pd_)
+                 ? nullptr
+                 : pad_channels_last(d_, x_, ph0_, pw0_, pd_, store)) {}
   int64_t pitch() const { return base ? dil_h * pd.sh() : pd.sh(); }  // distance between taps r, r+1
   int64_t buffer_size() const { return base ? 0 : R * pd.sh(); }
   // Row 0 of output row pr of image n; `last` caches the (n, pr) already in buf.
@@ -417,9 +420,13 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
     wpack = wstore.alloc(G * KB * R * S * Cg * kv);
     pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
   }
+  const int64_t panel = R * S * Cg * kv;
+  // Task order: when all packed weights fit in L2 walk pixels outermost (input read once);
+  // otherwise walk weight panels outermost so each panel stays in L2 across all pixel rows.
+  const bool weights_outer = G * KB * panel * static_cast<int64_t>(sizeof(T)) > (256 << 10);
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore;
-  const TapRows<T> taprows(X, x, p.pad_h0, p.pad_w0, p.stride_h, p.dil_h, R, pd, xstore);
+  const TapRows<T> taprows(X, x, p.pad_h0, p.pad_w0, p.stride_h, p.dil_h, R, pd, xstore, weights_outer);
   // With one group and no horizontal dilation the S taps of a kernel row are S*C consecutive
   // values of the padded copy (matching the packed [r][s][c] order): one long reduction per row.
   const bool merge_s = p.dil_w == 1 && G == 1 && ncb == 1;
@@ -429,10 +436,6 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
     seg[i] = merge_s ? i * taprows.pitch() : (i / S) * taprows.pitch() + (i % S) * p.dil_w * C;
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
-  const int64_t panel = R * S * Cg * kv;
-  // Task order: when all packed weights fit in L2 walk pixels outermost (input read once);
-  // otherwise walk weight panels outermost so each panel stays in L2 across all pixel rows.
-  const bool weights_outer = G * KB * panel * static_cast<int64_t>(sizeof(T)) > (256 << 10);
   const int64_t rows = N * P, cols = G * KB;
   const RowTiles tiles(Q, mp);
   // Dynamic chunks of about one output row each: the cores are shared, and a static split makes the
