@@ -31,14 +31,31 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_pair(f_ours, f_peer, device, repeats, warmup=2, min_time=0.0):
-    """Median seconds of each, interleaved so drift and neighbours hit both alike."""
+_SCRUB = {}
+
+
+def _scrub(device):
+    """Overwrite a buffer larger than the last-level cache (untimed), so every timed call starts
+    from the same cache state: without it each call inherits the previous one's dirty lines (an op
+    writing with non-temporal stores leaves the next one a clean cache, one writing through the
+    cache leaves it write-backs to pay)."""
+    if device not in _SCRUB:
+        _SCRUB[device] = torch.empty(16 << 20, device=device)  # 64 MB
+    _SCRUB[device].fill_(1.0)
+
+
+def time_pair(f_ours, f_peer, device, repeats, warmup=2, min_time=0.0, scrub=False):
+    """Median seconds of each, interleaved so drift and neighbours hit both alike (scrub: the
+    caches are reset between calls, for memory-bound ops)."""
     for _ in range(warmup):
         f_ours(), f_peer()
     _sync(device)
     ours, peer = [], []
     for _ in range(repeats):
         for f, acc in ((f_ours, ours), (f_peer, peer)):
+            if scrub:
+                _scrub(device)
+                _sync(device)
             t0 = time.perf_counter()
             f()
             _sync(device)
@@ -88,24 +105,24 @@ def memory_rows(device, dtype, quick, repeats):
 
     x = rnd(n, 64, 112, 112)
     out = x.shape[0] * 64 * 56 * 56
-    t_o, t_p = time_pair(lambda: fastconv.max_pool2d(x, 3, 2, 1), lambda: TF.max_pool2d(x, 3, 2, 1), device, repeats)
+    t_o, t_p = time_pair(lambda: fastconv.max_pool2d(x, 3, 2, 1), lambda: TF.max_pool2d(x, 3, 2, 1), device, repeats, scrub=True)
     rows.append(_row("max_pool2d(3,2,1)[nhwc]", tuple(x.shape), t_o, t_p, (x.numel() + out) * esize, "GB/s"))
     xn = x.contiguous()
-    t_o, t_p = time_pair(lambda: fastconv.max_pool2d(xn, 3, 2, 1), lambda: TF.max_pool2d(xn, 3, 2, 1), device, repeats)
+    t_o, t_p = time_pair(lambda: fastconv.max_pool2d(xn, 3, 2, 1), lambda: TF.max_pool2d(xn, 3, 2, 1), device, repeats, scrub=True)
     rows.append(_row("max_pool2d(3,2,1)[nchw]", tuple(x.shape), t_o, t_p, (x.numel() + out) * esize, "GB/s"))
     a, b = rnd(n, 256, 56, 56), rnd(n, 256, 56, 56)
-    t_o, t_p = time_pair(lambda: fastconv.relu(a), lambda: TF.relu(a), device, repeats)
+    t_o, t_p = time_pair(lambda: fastconv.relu(a), lambda: TF.relu(a), device, repeats, scrub=True)
     rows.append(_row("relu", tuple(a.shape), t_o, t_p, 2 * a.numel() * esize, "GB/s"))
     t_o, t_p = time_pair(lambda: fastconv.sort(a, b), lambda: a + b + torch.sqrt(TF.relu(a) * TF.relu(b) + 0.01),
-                         device, repeats)
+                         device, repeats, scrub=True)
     rows.append(_row("sort(sqrt)", tuple(a.shape), t_o, t_p, 3 * a.numel() * esize, "GB/s"))
     if not quick:
         y = rnd(n, 256, 28, 28)
-        t_o, t_p = time_pair(lambda: fastconv.avg_pool2d(y, 3, 1, 1), lambda: TF.avg_pool2d(y, 3, 1, 1), device, repeats)
+        t_o, t_p = time_pair(lambda: fastconv.avg_pool2d(y, 3, 1, 1), lambda: TF.avg_pool2d(y, 3, 1, 1), device, repeats, scrub=True)
         rows.append(_row("avg_pool2d(3,1,1)[nhwc]", tuple(y.shape), t_o, t_p, 2 * y.numel() * esize, "GB/s"))
         z = rnd(n, 2048, 7, 7)
         t_o, t_p = time_pair(lambda: fastconv.adaptive_avg_pool2d(z, 1), lambda: TF.adaptive_avg_pool2d(z, 1),
-                             device, repeats)
+                             device, repeats, scrub=True)
         rows.append(_row("adaptive_avg_pool2d(1)[nhwc]", tuple(z.shape), t_o, t_p, z.numel() * esize, "GB/s"))
     return rows
 
