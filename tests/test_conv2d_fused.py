@@ -124,6 +124,24 @@ POINTWISE = {
 }
 
 
+# Outputs past 24 MB are written with non-temporal stores (both 1x1 paths and the general one).
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("r", [1, 3])
+def test_streamed_outputs(layout, r):
+    g = torch.Generator().manual_seed(r)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(2, 8, 256, 200, generator=g).contiguous(memory_format=fmt)
+    w = torch.randn(64, 8, r, r, generator=g).contiguous(memory_format=fmt)
+    res = torch.randn(2, 64, 256, 200, generator=g).contiguous(memory_format=fmt)
+    b = torch.randn(64, generator=g)
+    with torch.no_grad():
+        y = fastconv.conv2d_fused(x, w, b, padding=r // 2, residual=res, combine="add", relu=True)
+    assert y.numel() * 4 >= 24 << 20
+    want = F.relu(F.conv2d(x, w, b, padding=r // 2) + res)
+    same_format(y, want, "output")
+    torch.testing.assert_close(y, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("geom", list(POINTWISE))
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_pointwise_paths_isa(geom, layout, isa):

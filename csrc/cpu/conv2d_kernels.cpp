@@ -7,6 +7,7 @@
 //   bwd_weight:    rows = input channels, columns = output channels, reduction = output pixels.
 // Weights (and dy for bwd_weight) are packed into panels of `kv` columns, zero-padded, so the
 // micro-kernel never branches. The epilogue runs on the finished [pixels x kv] tile while it is in L1.
+#include <emmintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -270,8 +271,33 @@ inline T finish(T z, T r, T eps) {
 // Writes tile[i][v] (np pixels, kvalid channels) to y[y0 + i*qstride + v*kstride]. Restrict-qualified
 // runs and the epilogue as template parameters keep the contiguous case a branch-free vector loop
 // (a data-dependent branch per element costs more than the convolution on cheap layers).
-template <typename T, Combine CB, bool RELU, bool SQRT>
-void store_run(const T* __restrict t, int64_t ts, T* __restrict o, const T* __restrict r, int64_t os, int64_t n, T eps) {
+// N > 0: a run of exactly N (the panel width), unrolled inline; a plain copy with a run-time length
+// would otherwise become a memmove call per 64-byte run.
+// Non-temporal 16-byte stores of a run whose destination is 16-byte aligned (else plain stores):
+// outputs far larger than the caches skip the read-for-ownership of every line they fill.
+inline void stream_run(float* o, const float* v, int n) {
+  if (reinterpret_cast<uintptr_t>(o) % 16 || n % 4) return (void)std::memcpy(o, v, sizeof(float) * n);
+  for (int i = 0; i < n; i += 4) _mm_stream_ps(o + i, _mm_loadu_ps(v + i));
+}
+inline void stream_run(double* o, const double* v, int n) {
+  if (reinterpret_cast<uintptr_t>(o) % 16 || n % 2) return (void)std::memcpy(o, v, sizeof(double) * n);
+  for (int i = 0; i < n; i += 2) _mm_stream_pd(o + i, _mm_loadu_pd(v + i));
+}
+
+template <typename T, Combine CB, bool RELU, bool SQRT, int N = 0>
+void store_run(const T* __restrict t, int64_t ts, T* __restrict o, const T* __restrict r, int64_t os, int64_t n, T eps,
+               bool stream = false) {
+  if (N > 0) {
+    if (stream) {
+      alignas(64) T buf[N > 0 ? N : 1];
+#pragma GCC unroll 32
+      for (int v = 0; v < N; ++v) buf[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
+      return stream_run(o, buf, N);
+    }
+#pragma GCC unroll 32
+    for (int v = 0; v < N; ++v) o[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
+    return;
+  }
   if (os == 1 && ts == 1) {
     for (int64_t v = 0; v < n; ++v) o[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
   } else {
@@ -287,7 +313,13 @@ void store_tile_t(const T* tile, int kv, int np, int kvalid, T* y, int64_t y0, i
   if (kstride == 1) {
     for (int i = 0; i < np; ++i) {
       const int64_t o = y0 + i * qstride;
-      store_run<T, CB, RELU, SQRT>(tile + i * kv, 1, y + o, res ? res + o : nullptr, 1, kvalid, ep.eps);
+      const T* r = res ? res + o : nullptr;
+      if (kvalid == 16)
+        store_run<T, CB, RELU, SQRT, 16>(tile + i * kv, 1, y + o, r, 1, 16, ep.eps, ep.stream);
+      else if (kvalid == 32)
+        store_run<T, CB, RELU, SQRT, 32>(tile + i * kv, 1, y + o, r, 1, 32, ep.eps, ep.stream);
+      else
+        store_run<T, CB, RELU, SQRT>(tile + i * kv, 1, y + o, r, 1, kvalid, ep.eps);
     }
   } else {
     for (int v = 0; v < kvalid; ++v) {
@@ -313,6 +345,17 @@ StoreFn<T> store_fn(const Epilogue<T>& ep) {
     case Combine::kSort: return store_fn_of<T, Combine::kSort>(ep.relu, ep.sort_mode == SortMode::kSqrt);
     default: return store_fn_of<T, Combine::kNone>(ep.relu, false);
   }
+}
+
+// The epilogue with non-temporal output stores turned on when the output is much larger than the
+// caches (the next layer reads it from memory either way; filling it through the cache would first
+// read every line in).
+constexpr int64_t kStreamOutBytes = int64_t(24) << 20;
+template <typename T>
+Epilogue<T> streamed(const Epilogue<T>& ep, const Tensor4& Y) {
+  Epilogue<T> e = ep;
+  e.stream = Y.n * Y.c * Y.h * Y.w * int64_t(sizeof(T)) >= kStreamOutBytes;
+  return e;
 }
 
 // ------------------------------------------------------------------------------------------ forward
@@ -436,6 +479,7 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
     seg[i] = merge_s ? i * taprows.pitch() : (i / S) * taprows.pitch() + (i % S) * p.dil_w * C;
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
+  const Epilogue<T> ep_out = streamed(ep, Y);
   const int64_t rows = N * P, cols = G * KB;
   const RowTiles tiles(Q, mp);
   // Dynamic chunks of about one output row each: the cores are shared, and a static split makes the
@@ -473,11 +517,12 @@ void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>&
       const int64_t y0 = n * Y.sn + k0 * Y.sc + pr * Y.sh;
       if (nchw_out) {
         mk.transpose(rb, Q, kvalid, kv, rowt.get(), Q);
-        store(rowt.get(), static_cast<int>(Q), kvalid, static_cast<int>(Q), y, y0, Y.sc, Y.sw, ep);
+        store(rowt.get(), static_cast<int>(Q), kvalid, static_cast<int>(Q), y, y0, Y.sc, Y.sw, ep_out);
       } else {
-        store(rb, kv, static_cast<int>(Q), kvalid, y, y0, Y.sw, Y.sc, ep);
+        store(rb, kv, static_cast<int>(Q), kvalid, y, y0, Y.sw, Y.sc, ep_out);
       }
     }
+    if (ep_out.stream) _mm_sfence();
   }
 }
 
@@ -535,6 +580,7 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   const int64_t kc = std::max<int64_t>(16, (16 << 10) / (kv * int64_t(sizeof(T))));
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
+  const Epilogue<T> ep_out = streamed(ep, Y);
   const int64_t seg0 = 0;
 #pragma omp parallel
   {
@@ -558,8 +604,9 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
         for (int64_t i = 0; i < rows; ++i)
           for (int v = 0; v < cnt; ++v)
             tb[i * kv + v] = tb[i * kv + v] * tab.alpha[kfirst + i] + tab.beta[kfirst + i];
-      store(tb, kv, static_cast<int>(rows), cnt, y, n * Y.sn + kfirst * Y.sc + j0, Y.sc, 1, ep);
+      store(tb, kv, static_cast<int>(rows), cnt, y, n * Y.sn + kfirst * Y.sc + j0, Y.sc, 1, ep_out);
     }
+    if (ep_out.stream) _mm_sfence();
   }
 }
 

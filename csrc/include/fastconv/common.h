@@ -27,6 +27,7 @@ struct Epilogue {
   SortMode sort_mode = SortMode::kSqrt;
   T eps = T(0.01);
   bool relu = false;
+  bool stream = false;  // set by the kernels: write full output runs with non-temporal stores
 };
 
 // 2-D convolution. x: [N, C, H, W], w: [K, C/groups, R, S], y: [N, K, P, Q].
