@@ -271,8 +271,9 @@ inline T finish(T z, T r, T eps) {
 // Writes tile[i][v] (np pixels, kvalid channels) to y[y0 + i*qstride + v*kstride]. Restrict-qualified
 // runs and the epilogue as template parameters keep the contiguous case a branch-free vector loop
 // (a data-dependent branch per element costs more than the convolution on cheap layers).
-// N > 0: a run of exactly N (the panel width), unrolled inline; a plain copy with a run-time length
-// would otherwise become a memmove call per 64-byte run.
+// N > 0: a run of exactly N (the panel width), a fixed-trip loop the compiler vectorizes and
+// inlines (a plain copy with a run-time length becomes a memmove call per 64-byte run; forcing a
+// full unroll instead turns it into scalar code with a branch per ReLU).
 // Non-temporal 16-byte stores of a run whose destination is 16-byte aligned (else plain stores):
 // outputs far larger than the caches skip the read-for-ownership of every line they fill.
 inline void stream_run(float* o, const float* v, int n) {
@@ -290,17 +291,19 @@ void store_run(const T* __restrict t, int64_t ts, T* __restrict o, const T* __re
   if (N > 0) {
     if (stream) {
       alignas(64) T buf[N > 0 ? N : 1];
-#pragma GCC unroll 32
+#pragma omp simd
       for (int v = 0; v < N; ++v) buf[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
       return stream_run(o, buf, N);
     }
-#pragma GCC unroll 32
+#pragma omp simd
     for (int v = 0; v < N; ++v) o[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
     return;
   }
   if (os == 1 && ts == 1) {
+#pragma omp simd
     for (int64_t v = 0; v < n; ++v) o[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
   } else {
+#pragma omp simd
     for (int64_t v = 0; v < n; ++v)
       o[v * os] = finish<T, CB, RELU, SQRT>(t[v * ts], CB == Combine::kNone ? T(0) : r[v * os], eps);
   }
