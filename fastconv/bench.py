@@ -206,6 +206,17 @@ def model_rows(device, dtype, batches, repeats):
                         row = _row(f"{name}[{layout}] vs {peer_name}", f"{batch}x3x224x224", t_o, t_p,
                                    MODEL_FLOPS[name] * batch, "GFLOP/s")
                         rows.append(row)
+    # SORT's cost on fastconv: SORT-ResNet-50 against ResNet-50, both fastconv models fused
+    # (channels_last); the ratio is plain time / SORT time (the paper claims < 5% extra).
+    from fastconv import models
+    nets = {s: fastconv.convert(models.resnet50(sort=s).to(device, dtype).eval(), channels_last=True)
+            for s in (False, True)}
+    for batch in batches:
+        x = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
+        with torch.inference_mode():
+            t_o, t_p = time_pair(lambda: nets[True](x), lambda: nets[False](x), device, repeats, warmup=1)
+        rows.append(_row("sort_resnet50 vs resnet50 (both fastconv)", f"{batch}x3x224x224", t_o, t_p,
+                         MODEL_FLOPS["resnet50"] * batch, "GFLOP/s"))
     return rows
 
 

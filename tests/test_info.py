@@ -38,3 +38,19 @@ def test_cli_info():
     for k in KEYS:
         assert k in out.stdout, f"`python -m fastconv info` lacks {k!r}:\n{out.stdout}"
     assert fastconv.__version__ in out.stdout
+
+
+def test_bench_runs_and_checks_its_groups(tmp_path):
+    """`python -m fastconv bench` end to end on its cheap groups (the fused SORT block checks its
+    output against the eager block before timing), JSON included; unknown groups are refused."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--quick", "--ops", "memory,block", "--batch", "1",
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    ops = {r["op"] for r in json.loads(out.read_text())["rows"]}
+    assert {"relu", "sort(sqrt)", "sort_bottleneck[fused]", "conv1x1+bn+sort+relu"} <= ops
+    bad = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--ops", "nope"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown --ops" in bad.stderr
