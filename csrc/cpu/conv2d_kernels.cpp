@@ -887,6 +887,14 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
   const MicroKernel<T> mk = micro_kernel<T>();
   const int64_t G = p.groups, K = W.n, Kg = K / G, Cg = W.c, C = X.c, R = W.h, S = W.w;
   const int kv = mk.kv, mp = mk.mp;
+  if (is_pointwise(p) && p.stride_h == 1 && p.stride_w == 1) {
+    // 1x1: dx = W^T dy, the forward's pointwise GEMM with the weights read transposed (K <-> C).
+    Conv2dParams q = p;
+    q.x = Y;
+    q.y = X;
+    q.w = Tensor4{C, K, 1, 1, W.sc, W.sn, 1, 1};
+    return conv2d_fwd_cpu(q, dy, w, dx, Epilogue<T>{});
+  }
   if (p.stride_h == 1 && p.stride_w == 1) {
     // dx = conv(dy, w flipped in r, s with k <-> c), leading padding dil*(R-1) - pad.
     Conv2dParams q = p;
@@ -970,6 +978,45 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
   }
 }
 
+// 1x1, stride 1, NCHW planes: dW (K x C) = sum over images of dY_n (K x PQ) X_n^T (PQ x C). Rows of
+// the micro-kernel are output channels (broadcast from dY's rows), columns kv input channels whose
+// pixels are transposed slice by slice into an L1 panel [j][kv]; each task owns a block of kv input
+// channels and a range of output channels, so its accumulators are its own (no reduction).
+template <typename T>
+void pointwise_bwd_weight_nchw(const Conv2dParams& p, const T* dy, const T* x, T* dw, const MicroKernel<T>& mk) {
+  const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
+  const int64_t N = X.n, C = X.c, K = Y.c, PQ = Y.h * Y.w;
+  const int kv = mk.kv, mp = mk.mp;
+  const int64_t CB = ceil_div(C, kv), js = std::max<int64_t>(64, (16 << 10) / (kv * int64_t(sizeof(T))));
+  const int64_t want = 2 * omp_get_max_threads();
+  const int64_t nkr = CB >= want ? 1 : std::min(ceil_div(K, mp), ceil_div(want, CB));
+  const int64_t krange = ceil_div(ceil_div(K, nkr), mp) * mp;
+  const int64_t tasks = CB * ceil_div(K, krange);
+  const int64_t seg0 = 0;
+#pragma omp parallel
+  {
+    Buffer<T> panel(js * kv), acc(krange * kv);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t cb = t % CB, k0 = t / CB * krange, k1 = std::min(K, k0 + krange);
+      const int64_t c0 = cb * kv, cvalid = std::min<int64_t>(kv, C - c0);
+      if (cvalid < kv) std::memset(panel.get(), 0, sizeof(T) * js * kv);  // columns past C stay zero
+      bool first = true;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t j0 = 0; j0 < PQ; j0 += js) {
+          const int64_t jn = std::min(js, PQ - j0);
+          mk.transpose(x + n * X.sn + c0 * X.sc + j0, cvalid, jn, X.sc, panel.get(), kv);  // panel[j][c]
+          for (int64_t k = k0; k < k1; k += mp)
+            mk.fn(TileArgs<T>{dy + n * Y.sn + k * Y.sc + j0, Y.sc, 1, &seg0, 1, jn, panel.get(),
+                              acc.get() + (k - k0) * kv, static_cast<int>(std::min<int64_t>(mp, k1 - k)), !first});
+          first = false;
+        }
+      for (int64_t k = k0; k < k1; ++k)
+        for (int64_t v = 0; v < cvalid; ++v) dw[k * W.sn + (c0 + v) * W.sc] = acc.get()[(k - k0) * kv + v];
+    }
+  }
+}
+
 template <typename T>
 void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
   const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
@@ -984,6 +1031,9 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   }
   if (is_depthwise(p)) return dw_bwd_weight(p, dy, x, dw);
   const MicroKernel<T> mk = micro_kernel<T>();
+  if (is_pointwise(p) && p.stride_h == 1 && p.stride_w == 1 && X.sw == 1 && X.sh == X.w && Y.sw == 1 &&
+      Y.sh == Y.w && X.c >= 16)
+    return pointwise_bwd_weight_nchw(p, dy, x, dw, mk);
   const int kv = mk.kv, mp = mk.mp;
   // Few channels: broadcast straight from the padded copy (stride C per pixel) instead of gathering
   // them pixel-contiguous; then with one group and no horizontal dilation the (s, c) pairs of a
