@@ -119,10 +119,11 @@ void portable_tile(const TileArgs<T>& t) {
   T acc[kMp][kKv];
   for (int i = 0; i < t.np; ++i)
     for (int v = 0; v < kKv; ++v) acc[i][v] = t.accumulate ? t.c[i * kKv + v] : T(0);
+  const int64_t bt = t.b_t ? t.b_t : kKv;
   for (int64_t sg = 0; sg < t.nseg; ++sg) {
     const T* a = t.a + t.seg_off[sg];
-    const T* b = t.b + sg * t.T_len * kKv;
-    for (int64_t u = 0; u < t.T_len; ++u, a += t.a_t, b += kKv)
+    const T* b = t.b + sg * t.T_len * bt;
+    for (int64_t u = 0; u < t.T_len; ++u, a += t.a_t, b += bt)
       for (int i = 0; i < t.np; ++i) {
         const T av = a[i * t.a_i];
         for (int v = 0; v < kKv; ++v) acc[i][v] += av * b[v];
@@ -548,33 +549,39 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   const int64_t N = X.n, C = X.c, K = Y.c, Q = Y.w, PQ = Y.h * Y.w;
   const int kv = mk.kv, mp = mk.mp;
   const int64_t JB = ceil_div(PQ, kv), panels = N * JB, plen = C * kv;
-  Buffer<T> bstore(panels * plen);
-  T* bp = bstore.get();
+  // Dense planes: full 16-pixel panels are read in place (b_t = the plane stride); only each image's
+  // last, partial panel is packed (zero-padded). Other layouts and strides gather every panel.
   const bool dense = p.stride_h == 1 && p.stride_w == 1 && X.sw == 1 && X.sh == X.w;  // pixel j at x[j]
-  // Each task reads whole input rows (one channel's pixels) once and deals them out to the JB
-  // panels of its image: sequential reads instead of JB passes of short pieces.
+  const bool tail = PQ % kv != 0;
+  const int64_t packed_per_image = dense ? (tail ? 1 : 0) : JB, first_packed = JB - packed_per_image;
+  Buffer<T> bstore(std::max<int64_t>(1, N * packed_per_image * plen));
+  T* bp = bstore.get();
+  // Each task reads whole input rows (one channel's pixels) once and deals them out to the packed
+  // panels of its image: sequential reads instead of one pass per panel.
   const int64_t cgrp = std::max<int64_t>(1, std::min<int64_t>(C, 64));
+  if (packed_per_image > 0) {
 #pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t c0 = 0; c0 < C; c0 += cgrp) {
-      const T* xn = x + n * X.sn;
-      for (int64_t c = c0; c < std::min(C, c0 + cgrp); ++c) {
-        const T* __restrict xc = xn + c * X.sc;
-        for (int64_t jb = 0; jb < JB; ++jb) {
-          T* __restrict o = bp + (n * JB + jb) * plen + c * kv;
-          const int64_t j0 = jb * kv, cnt = std::min<int64_t>(kv, PQ - j0);
-          if (dense) {
-            for (int64_t v = 0; v < cnt; ++v) o[v] = xc[j0 + v];
-          } else {
-            for (int64_t v = 0; v < cnt; ++v) {
-              const int64_t j = j0 + v;
-              o[v] = xc[(j / Q) * p.stride_h * X.sh + (j % Q) * p.stride_w * X.sw];
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c0 = 0; c0 < C; c0 += cgrp) {
+        const T* xn = x + n * X.sn;
+        for (int64_t c = c0; c < std::min(C, c0 + cgrp); ++c) {
+          const T* __restrict xc = xn + c * X.sc;
+          for (int64_t jb = first_packed; jb < JB; ++jb) {
+            T* __restrict o = bp + (n * packed_per_image + jb - first_packed) * plen + c * kv;
+            const int64_t j0 = jb * kv, cnt = std::min<int64_t>(kv, PQ - j0);
+            if (dense) {
+              for (int64_t v = 0; v < cnt; ++v) o[v] = xc[j0 + v];
+            } else {
+              for (int64_t v = 0; v < cnt; ++v) {
+                const int64_t j = j0 + v;
+                o[v] = xc[(j / Q) * p.stride_h * X.sh + (j % Q) * p.stride_w * X.sw];
+              }
             }
+            for (int64_t v = cnt; v < kv; ++v) o[v] = T(0);
           }
-          for (int64_t v = cnt; v < kv; ++v) o[v] = T(0);
         }
       }
-    }
+  }
   // Output-channel blocks of about 192 KB of weights (a multiple of the tile height) stay in L2;
   // the reduction runs in slices of kc channels so a panel's slice (16 KB) stays in L1 across the
   // block's tiles, partial sums accumulating in the block's tile buffer.
@@ -596,10 +603,13 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
       const int64_t kfirst = kb * kblk, k1 = std::min(K, kfirst + kblk);
       for (int64_t c0 = 0; c0 < C; c0 += kc) {
         const int64_t clen = std::min(kc, C - c0);
+        const int64_t jb = pn % JB;
+        const bool direct = jb < first_packed;
+        const T* b = direct ? x + n * X.sn + c0 * X.sc + j0
+                            : bp + (n * packed_per_image + jb - first_packed) * plen + c0 * kv;
         for (int64_t k0 = kfirst; k0 < k1; k0 += mp)
-          mk.fn(TileArgs<T>{w + k0 * W.sn + c0 * W.sc, W.sn, W.sc, &seg0, 1, clen, bp + pn * plen + c0 * kv,
-                            tbuf.get() + (k0 - kfirst) * kv, static_cast<int>(std::min<int64_t>(mp, k1 - k0)),
-                            c0 > 0});
+          mk.fn(TileArgs<T>{w + k0 * W.sn + c0 * W.sc, W.sn, W.sc, &seg0, 1, clen, b, tbuf.get() + (k0 - kfirst) * kv,
+                            static_cast<int>(std::min<int64_t>(mp, k1 - k0)), c0 > 0, direct ? X.sc : 0});
       }
       T* tb = tbuf.get();
       const int64_t rows = k1 - kfirst;

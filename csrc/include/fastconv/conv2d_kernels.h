@@ -35,8 +35,9 @@ template <typename T>
 void conv2d_bwd_bias_cpu(const Tensor4& dy_desc, const T* dy, T* db);
 
 // The register-blocked micro-kernel every path above is built on (one per ISA):
-//   c[i][v] (+)= sum_{seg < nseg} sum_{u < T} a[seg_off[seg] + i*a_i + u*a_t] * b[(seg*T + u)*kv + v]
-// for i < np rows (np <= mp) and kv columns (b is a packed panel, zero-padded to kv columns).
+//   c[i][v] (+)= sum_{seg < nseg} sum_{u < T} a[seg_off[seg] + i*a_i + u*a_t] * b[(seg*T + u)*b_t + v]
+// for i < np rows (np <= mp) and kv columns (b: a packed panel, zero-padded to kv columns, b_t = kv;
+// or kv valid values at a stride b_t, such as 16 pixels of each channel plane of an NCHW input).
 template <typename T>
 struct TileArgs {
   const T* a;
@@ -47,6 +48,7 @@ struct TileArgs {
   T* c;  // [np][kv]
   int np;
   bool accumulate;
+  int64_t b_t = 0;  // distance between consecutive b rows (reduction steps); 0: kv (a packed panel)
 };
 
 template <typename T>
