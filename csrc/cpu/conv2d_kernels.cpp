@@ -550,10 +550,14 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   const int kv = mk.kv, mp = mk.mp;
   const int64_t JB = ceil_div(PQ, kv), panels = N * JB, plen = C * kv;
   // Dense planes: full 16-pixel panels are read in place (b_t = the plane stride); only each image's
-  // last, partial panel is packed (zero-padded). Other layouts and strides gather every panel.
+  // last, partial panel is packed (zero-padded). Other layouts, strides and plane sizes gather
+  // every panel.
   const bool dense = p.stride_h == 1 && p.stride_w == 1 && X.sw == 1 && X.sh == X.w;  // pixel j at x[j]
+  // In place only when every channel plane starts on a run boundary (each run then covers whole
+  // cache lines); 14x14 planes, for one, would split every run across two lines.
+  const bool direct_ok = dense && X.sc % kv == 0;
   const bool tail = PQ % kv != 0;
-  const int64_t packed_per_image = dense ? (tail ? 1 : 0) : JB, first_packed = JB - packed_per_image;
+  const int64_t packed_per_image = direct_ok ? (tail ? 1 : 0) : JB, first_packed = JB - packed_per_image;
   Buffer<T> bstore(std::max<int64_t>(1, N * packed_per_image * plen));
   T* bp = bstore.get();
   // Each task reads whole input rows (one channel's pixels) once and deals them out to the packed
