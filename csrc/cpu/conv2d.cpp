@@ -6,8 +6,8 @@
 #include <torch/library.h>
 
 #include <cstdlib>
-#include <unordered_map>
 #include <mutex>
+#include <unordered_map>
 
 #include "fastconv/conv2d_kernels.h"
 #include "fastconv/torch_utils.h"
@@ -130,7 +130,7 @@ class WeightCache {
   // an undefined tensor when w is not registered (or no longer the tensor that was).
   template <typename Pack>
   at::Tensor packed(const at::Tensor& w, int64_t kind, int64_t size, const at::TensorOptions& opts, Pack pack) {
-    if (map_.empty() || w.is_inference() || !w.has_storage()) return at::Tensor();
+    if (w.is_inference() || !w.has_storage()) return at::Tensor();
     std::unique_lock<std::mutex> lock(mu_);
     auto it = map_.find(w.data_ptr());
     if (it == map_.end()) return at::Tensor();
