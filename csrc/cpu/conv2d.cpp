@@ -15,54 +15,12 @@
 namespace fastconv {
 namespace {
 
-struct ConvGeom {
-  Conv2dParams p;
-  int64_t P = 0, Q = 0;
-};
-
 at::ScalarType compute_type(at::ScalarType t) {
   return (t == at::kHalf || t == at::kBFloat16) ? at::kFloat : t;
 }
 
 void check_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), "fastconv: '", name, "' must be a CPU tensor for this kernel, got ", t.device());
-}
-
-// Validates the convolution arguments for input size `xs` and weight size `ws` (both 4-D) and
-// returns the kernel parameters (strides filled in later by the caller).
-ConvGeom conv_geom(at::IntArrayRef xs, at::IntArrayRef ws, at::IntArrayRef stride, at::IntArrayRef padding,
-                   at::IntArrayRef dilation, int64_t groups) {
-  TORCH_CHECK_VALUE(stride.size() == 2 && stride[0] > 0 && stride[1] > 0,
-                    "fastconv: 'stride' must be two positive ints, got ", stride);
-  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] > 0 && dilation[1] > 0,
-                    "fastconv: 'dilation' must be two positive ints, got ", dilation);
-  TORCH_CHECK_VALUE(padding.size() == 4 && padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0 && padding[3] >= 0,
-                    "fastconv: 'padding' must be four non-negative ints (top, bottom, left, right), got ", padding);
-  TORCH_CHECK_VALUE(groups > 0, "fastconv: 'groups' must be positive, got ", groups);
-  TORCH_CHECK_VALUE(xs.size() == 4, "fastconv: input size must have 4 entries (N, C, H, W), got ", xs);
-  TORCH_CHECK_VALUE(ws.size() == 4, "fastconv: weight size must have 4 entries (K, C/groups, R, S), got ", ws);
-  TORCH_CHECK_VALUE(ws[0] > 0 && ws[1] > 0 && ws[2] > 0 && ws[3] > 0,
-                    "fastconv: 'weight' must have non-zero sizes, got ", ws);
-  TORCH_CHECK_VALUE(xs[1] % groups == 0, "fastconv: 'groups' (", groups, ") must divide the input channels (", xs[1], ")");
-  TORCH_CHECK_VALUE(ws[0] % groups == 0, "fastconv: 'groups' (", groups, ") must divide the output channels (", ws[0], ")");
-  TORCH_CHECK_VALUE(ws[1] * groups == xs[1], "fastconv: 'weight' of shape ", ws, " expects ", ws[1] * groups,
-                    " input channels, but 'input' has ", xs[1]);
-  TORCH_CHECK_VALUE(xs[2] > 0 && xs[3] > 0, "fastconv: 'input' must have non-zero spatial sizes, got ", xs);
-  ConvGeom g;
-  g.P = (xs[2] + padding[0] + padding[1] - dilation[0] * (ws[2] - 1) - 1) / stride[0] + 1;
-  g.Q = (xs[3] + padding[2] + padding[3] - dilation[1] * (ws[3] - 1) - 1) / stride[1] + 1;
-  TORCH_CHECK_VALUE(xs[2] + padding[0] + padding[1] >= dilation[0] * (ws[2] - 1) + 1 &&
-                        xs[3] + padding[2] + padding[3] >= dilation[1] * (ws[3] - 1) + 1,
-                    "fastconv: conv2d output size would be empty for input ", xs, ", weight ", ws,
-                    ", padding ", padding, ", dilation ", dilation);
-  g.p.groups = groups;
-  g.p.stride_h = stride[0];
-  g.p.stride_w = stride[1];
-  g.p.pad_h0 = padding[0];
-  g.p.pad_w0 = padding[2];
-  g.p.dil_h = dilation[0];
-  g.p.dil_w = dilation[1];
-  return g;
 }
 
 at::Tensor to_compute(const at::Tensor& t) {

@@ -17,29 +17,18 @@ struct ConvArgs {
   int64_t sh, sw, pt, pb, pl, pr, dh, dw;
 };
 
+// The sizes of a call, validated by the CPU host's own checks (conv_geom in torch_utils.h).
 ConvArgs conv_args(at::IntArrayRef in, at::IntArrayRef wt, at::IntArrayRef stride, at::IntArrayRef padding,
                    at::IntArrayRef dilation, int64_t groups) {
-  TORCH_CHECK_VALUE(stride.size() == 2 && stride[0] >= 1 && stride[1] >= 1,
-                    "fastconv: 'stride' must be 2 positive values, got ", stride);
-  TORCH_CHECK_VALUE(dilation.size() == 2 && dilation[0] >= 1 && dilation[1] >= 1,
-                    "fastconv: 'dilation' must be 2 positive values, got ", dilation);
-  TORCH_CHECK_VALUE(padding.size() == 4 && padding[0] >= 0 && padding[1] >= 0 && padding[2] >= 0 && padding[3] >= 0,
-                    "fastconv: 'padding' must be 4 non-negative values (top, bottom, left, right), got ", padding);
-  TORCH_CHECK_VALUE(groups >= 1, "fastconv: 'groups' must be positive, got ", groups);
+  const ConvGeom g = conv_geom(in, wt, stride, padding, dilation, groups);
   ConvArgs a;
   a.N = in[0]; a.C = in[1]; a.H = in[2]; a.W = in[3];
   a.K = wt[0]; a.Cg = wt[1]; a.R = wt[2]; a.S = wt[3];
   a.groups = groups;
-  TORCH_CHECK_VALUE(a.K > 0 && a.R > 0 && a.S > 0 && a.Cg > 0, "fastconv: 'weight' must have non-zero sizes, got ", wt);
-  TORCH_CHECK_VALUE(a.C % groups == 0 && a.K % groups == 0 && a.Cg * groups == a.C, "fastconv: 'weight' of shape ", wt,
-                    " with groups=", groups, " does not match ", a.C, " input channels");
   a.sh = stride[0]; a.sw = stride[1];
   a.pt = padding[0]; a.pb = padding[1]; a.pl = padding[2]; a.pr = padding[3];
   a.dh = dilation[0]; a.dw = dilation[1];
-  a.P = (a.H + a.pt + a.pb - a.dh * (a.R - 1) - 1) / a.sh + 1;
-  a.Q = (a.W + a.pl + a.pr - a.dw * (a.S - 1) - 1) / a.sw + 1;
-  TORCH_CHECK_VALUE(a.H + a.pt + a.pb - a.dh * (a.R - 1) - 1 >= 0 && a.W + a.pl + a.pr - a.dw * (a.S - 1) - 1 >= 0,
-                    "fastconv: conv2d input ", in, " is too small for kernel ", wt, " with this padding and dilation");
+  a.P = g.P; a.Q = g.Q;
   return a;
 }
 
