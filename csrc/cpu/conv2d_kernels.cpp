@@ -449,24 +449,17 @@ void pack_weights_strided(T* out, int64_t G, int64_t Kg, int64_t Cg, int64_t R, 
   }
 }
 
-// The forward convolution with weights given by wf (see pack_weights); shared by conv2d_fwd and the
-// stride-1 bwd_input.
-template <typename T, typename F>
-// `packed`: the weights already packed for these parameters (conv2d_fwd_pack), or null to pack here.
-void conv_with(const Conv2dParams& p, const T* x, F wf, T* y, const Epilogue<T>& ep, const MicroKernel<T>& mk,
-               const T* packed = nullptr) {
+// The forward convolution with weights already packed (pack_weights / pack_weights_strided with
+// channel_block's blocks); shared by conv2d_fwd and the stride-1 bwd_input.
+template <typename T>
+void conv_with(const Conv2dParams& p, const T* x, const T* wpack, T* y, const Epilogue<T>& ep,
+               const MicroKernel<T>& mk) {
   const Tensor4 &X = p.x, &Y = p.y;
   const int64_t N = X.n, C = X.c, G = p.groups, Cg = C / G, K = Y.c, Kg = K / G;
   const int64_t R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
   const int kv = mk.kv, mp = mk.mp;
   const int64_t KB = ceil_div(Kg, kv);
   const int64_t cblk = channel_block(Cg, R, S, kv, sizeof(T)), ncb = ceil_div(Cg, cblk);
-  Buffer<T> wstore;
-  const T* wpack = packed;
-  if (!wpack) {
-    wpack = wstore.alloc(G * KB * R * S * Cg * kv);
-    pack_weights(wstore.get(), G, Kg, Cg, R, S, kv, cblk, wf);
-  }
   const int64_t panel = R * S * Cg * kv;
   // Task order: when all packed weights fit in L2 walk pixels outermost (input read once);
   // otherwise walk weight panels outermost so each panel stays in L2 across all pixel rows.
@@ -865,10 +858,6 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
     conv2d_fwd_pack(p, w, wstore.get());
     packed = wstore.get();
   }
-  const Tensor4& W = p.w;
-  const auto wf = [&](int64_t g, int64_t kk, int64_t c, int64_t r, int64_t s) {
-    return w[(g * Kg_of(p) + kk) * W.sn + c * W.sc + r * W.sh + s * W.sw];
-  };
   if (is_pointwise(p) && (p.stride_h > 1 || p.stride_w > 1) && p.y.sc == 1 && p.x.sc == 1) {
     // Strided 1x1 into channels_last: gather the pixels it reads into a dense channels_last copy
     // (a quarter of the input for stride 2), then the stride-1 flat GEMM below.
@@ -878,8 +867,8 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < Y.n; ++n)
       for (int64_t h = 0; h < Y.h; ++h)
-        for (int64_t w = 0; w < Y.w; ++w)
-          std::memcpy(sp + ((n * Y.h + h) * Y.w + w) * X.c, x + n * X.sn + h * p.stride_h * X.sh + w * p.stride_w * X.sw,
+        for (int64_t q = 0; q < Y.w; ++q)
+          std::memcpy(sp + ((n * Y.h + h) * Y.w + q) * X.c, x + n * X.sn + h * p.stride_h * X.sh + q * p.stride_w * X.sw,
                       sizeof(T) * X.c);
     Conv2dParams q = p;
     q.x = Tensor4{X.n, X.c, Y.h, Y.w, Y.h * Y.w * X.c, 1, Y.w * X.c, X.c};
@@ -888,9 +877,9 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   }
   if (is_pointwise(p) && p.stride_h == 1 && p.stride_w == 1) {
     const Conv2dParams f = flat_pointwise_cl(p);
-    if (f.x.h != p.x.h || f.x.w != p.x.w) return conv_with(f, x, wf, y, ep, mk, packed);
+    if (f.x.h != p.x.h || f.x.w != p.x.w) return conv_with(f, x, packed, y, ep, mk);
   }
-  conv_with(p, x, wf, y, ep, mk, packed);
+  conv_with(p, x, packed, y, ep, mk);
 }
 
 template <typename T>
@@ -917,9 +906,14 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     q.w = Tensor4{C, Kg, R, S, 0, 0, 0, 0};
     q.pad_h0 = p.dil_h * (R - 1) - p.pad_h0;
     q.pad_w0 = p.dil_w * (S - 1) - p.pad_w0;
-    conv_with(q, dy, [&](int64_t g, int64_t c, int64_t kk, int64_t r, int64_t s) {
-      return w[(g * Kg + kk) * W.sn + c * W.sc + (R - 1 - r) * W.sh + (S - 1 - s) * W.sw];
-    }, dx, Epilogue<T>{}, mk);
+    // Its weights: output channel c (of Cg per group) reads the original's input channel c, input
+    // channel kk (of Kg) its output channel kk.
+    Buffer<T> wpack(G * ceil_div(Cg, kv) * R * S * Kg * kv);
+    pack_weights(wpack.get(), G, Cg, Kg, R, S, kv, channel_block(Kg, R, S, kv, sizeof(T)),
+                 [&](int64_t g, int64_t c, int64_t kk, int64_t r, int64_t s) {
+                   return w[(g * Kg + kk) * W.sn + c * W.sc + (R - 1 - r) * W.sh + (S - 1 - s) * W.sw];
+                 });
+    conv_with(q, dy, static_cast<const T*>(wpack.get()), dx, Epilogue<T>{}, mk);
     return;
   }
   // Strided: per output row, cols[q][(r, s, c)] = sum_k dy[q][k] * w[k][c][r][s], scatter-added into a
