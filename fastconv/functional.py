@@ -156,12 +156,11 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     """2-D max pooling, as torch.nn.functional.max_pool2d (indices are flat within each H*W plane)."""
     x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, dilation)
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))
-    if not return_indices and _no_grad(x) and not torch.compiler.is_compiling():
-        values = getattr(_ops(), "max_pool2d_values", None)  # native only: no indices to compute
-        if values is not None:
-            with _below_autograd():
-                y = values(x, k, s, p, d, bool(ceil_mode))
-            return y.squeeze(0) if unbatched else y
+    # Inference without indices: the native values-only op (no indices computed or written).
+    if not return_indices and _no_grad(x) and not torch.compiler.is_compiling() and \
+            hasattr(_ops(), "max_pool2d_values"):
+        y = _call("max_pool2d_values", (x,), x, k, s, p, d, bool(ceil_mode))
+        return y.squeeze(0) if unbatched else y
     y, idx = _call("max_pool2d_fwd", (x,), x, k, s, p, d, bool(ceil_mode))
     if unbatched:
         y, idx = y.squeeze(0), idx.squeeze(0)

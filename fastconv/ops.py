@@ -268,20 +268,16 @@ def _values_only_backward(ops, ctx, grad):
 _AUTOGRAD["max_pool2d_values"] = (_values_only_backward, lambda ctx, inputs, output: None)
 
 
-def _defines(namespace, name):
-    return torch._C._dispatch_has_kernel(f"{namespace}::{name}") or \
-        any(n == f"{namespace}::{name}" for n in torch._C._dispatch_get_all_op_names())
-
-
 def register(namespace):
     """Register the fakes and autograd formulas above for the operators of `namespace` (those it
     defines: max_pool2d_values is native only)."""
     ops = getattr(torch.ops, namespace)
+    defined = set(torch._C._dispatch_get_all_op_names())
     for name, fn in _FAKES.items():
-        if _defines(namespace, name):
+        if f"{namespace}::{name}" in defined:
             torch.library.register_fake(f"{namespace}::{name}", fn)
     for name, (backward, setup) in _AUTOGRAD.items():
-        if _defines(namespace, name):
+        if f"{namespace}::{name}" in defined:
             torch.library.register_autograd(f"{namespace}::{name}", functools.partial(backward, ops),
                                             setup_context=setup)
 
