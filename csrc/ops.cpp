@@ -67,6 +67,7 @@ pybind11::dict info() {
   d["cpu_features"] = fastconv::cpu_features();
   d["isa_best"] = fastconv::isa_name(fastconv::cpu_best_isa());
   d["isa"] = fastconv::isa_name(fastconv::cpu_isa());
+  d["winograd"] = fastconv::cpu_winograd();
   d["omp_threads"] = omp_get_max_threads();
 #ifdef FASTCONV_WITH_CUDA
   d["cuda_built"] = true;
@@ -93,6 +94,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_isa", &set_isa, pybind11::arg("name"),
         "Force the CPU code path ('avx512' | 'avx2' | 'portable'); returns False if the CPU lacks it.");
   m.def("get_isa", [] { return std::string(fastconv::isa_name(fastconv::cpu_isa())); });
+  m.def("set_winograd", [](bool on) {
+    const bool before = fastconv::cpu_winograd();
+    fastconv::set_cpu_winograd(on);
+    return before;
+  }, pybind11::arg("enabled"),
+        "Allow (True) or forbid Winograd F(4x4, 3x3) for float32 3x3 stride-1 CPU convolutions; returns the "
+        "previous setting. The default comes from FASTCONV_WINOGRAD (on unless it is 0).");
   m.def("cache_weight", &fastconv::cache_weight, pybind11::arg("weight"),
         "Register a CPU convolution weight for the packed-weight cache (inference; see conv2d.cpp).");
   m.def("clear_weight_cache", &fastconv::clear_weight_cache,

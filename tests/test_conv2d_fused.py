@@ -1,6 +1,7 @@
 """fastconv.conv2d_fused against the torch composite conv -> * scale + shift + bias -> add / sort -> relu
 and the NumPy reference, forward and backward (including the gradients of scale, shift, bias and the
 residual)."""
+import contextlib
 import itertools
 
 import numpy as np
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
+from fastconv import _ext
 from fastconv import reference as R
 from conftest import DEVICES, DTYPES, check_op, conv_pads, isa_path, layout_args, rand, same_format
 
@@ -241,3 +243,81 @@ def test_matches_plain_conv():
     x, wt, b = torch.randn(2, 3, 9, 9), torch.randn(4, 3, 3, 3), torch.randn(4)
     torch.testing.assert_close(fastconv.conv2d_fused(x, wt, b, 2, 1), fastconv.conv2d(x, wt, b, 2, 1),
                                atol=1e-5, rtol=1e-5)
+
+
+# Winograd F(4x4, 3x3) (float32, 3x3 stride 1, large enough layers): outputs that overhang the
+# tiles (P, Q not multiples of 4), channel counts off the vector width, reductions past the 256-channel
+# slice, tile blocks across images, output-channel groups sharing transformed inputs or not, padding
+# 0 and 2. Backward runs the stride-1 bwd_input through it as well.
+WINOGRAD = {
+    "17x18_c19_k21": (1, 19, 17, 18, 21, 3, 3, 1, 1, 1, 1),
+    "small_images_n8": (8, 16, 6, 7, 24, 3, 3, 1, 1, 1, 1),
+    "c300_pad0": (4, 300, 10, 10, 18, 3, 3, 1, 0, 1, 1),
+    "40x40_k16_pad2": (1, 17, 38, 37, 16, 3, 3, 1, 2, 1, 1),
+}
+
+
+@contextlib.contextmanager
+def winograd(on):
+    before = _ext.require_native().set_winograd(on)
+    try:
+        yield
+    finally:
+        _ext.require_native().set_winograd(before)
+
+
+def _conv_pair(geom, layout, seed=0):
+    n, c, h, w, k, r, s, stride, padding, dilation, groups = geom
+    g = torch.Generator().manual_seed(seed)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=fmt)
+    wt = (torch.randn(k, c, r, s, generator=g) / (c * r * s) ** 0.5).contiguous(memory_format=fmt)
+    return x, wt, padding
+
+
+@pytest.mark.parametrize("geom", list(WINOGRAD))
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_winograd_isa(geom, layout, isa):
+    with winograd(True):
+        run_fused(WINOGRAD[geom], torch.float32, layout=layout, combine="sort", relu=True, grad=False)
+        run_fused(WINOGRAD[geom], torch.float32, layout=layout, combine="add", relu=False, scale=False, shift=False)
+        # The path is taken: its rounding differs from the direct sum's (both within tolerance above).
+        x, wt, pad = _conv_pair(WINOGRAD[geom], layout)
+        y = fastconv.conv2d(x, wt, None, 1, pad)
+        with winograd(False):
+            y_direct = fastconv.conv2d(x, wt, None, 1, pad)
+        assert not torch.equal(y, y_direct)
+        torch.testing.assert_close(y, y_direct, rtol=1e-4, atol=1e-4)
+
+
+def test_winograd_error_against_float64():
+    """F(4x4, 3x3) rounding at a ResNet-50 layer 4 shape (512 channels): within 1e-5 of the output
+    scale, a few times the direct sum's error."""
+    x, wt, pad = _conv_pair((2, 512, 7, 7, 64, 3, 3, 1, 1, 1, 1), "nchw")
+    ref = F.conv2d(x.double(), wt.double(), None, 1, pad)
+    scale = ref.abs().max().item()
+    with winograd(True):
+        err_w = (fastconv.conv2d(x, wt, None, 1, pad).double() - ref).abs().max().item()
+    with winograd(False):
+        err_d = (fastconv.conv2d(x, wt, None, 1, pad).double() - ref).abs().max().item()
+    assert err_w < 1e-5 * scale and err_d < 1e-5 * scale, (err_w, err_d, scale)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_winograd_cached_weights(layout):
+    """Registered weights keep their Winograd transform; the cached form follows in-place changes and
+    switching Winograd off and on."""
+    x, wt, pad = _conv_pair((1, 32, 14, 14, 48, 3, 3, 1, 1, 1, 1), layout)
+    conv = torch.nn.Conv2d(32, 48, 3, padding=1, bias=False).eval()
+    with torch.no_grad():
+        conv.weight.copy_(wt)
+    fast = fastconv.convert(conv, channels_last=layout == "channels_last")
+    with torch.no_grad(), winograd(True):
+        torch.testing.assert_close(fast(x), F.conv2d(x, wt, None, 1, pad), rtol=1e-4, atol=1e-4)
+        cached = _ext.require_native().weight_cache_info()["bytes"]
+        assert cached >= 36 * 48 * 32 * 4
+        fast.weight.mul_(-2)
+        torch.testing.assert_close(fast(x), F.conv2d(x, -2 * wt, None, 1, pad), rtol=1e-4, atol=1e-4)
+        with winograd(False):
+            torch.testing.assert_close(fast(x), F.conv2d(x, -2 * wt, None, 1, pad), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(fast(x), F.conv2d(x, -2 * wt, None, 1, pad), rtol=1e-4, atol=1e-4)

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -26,6 +27,7 @@
 namespace fastconv {
 namespace portable {
 #include "conv2d_depthwise.inc"
+#include "conv2d_winograd.inc"
 }  // namespace portable
 
 namespace {
@@ -362,6 +364,23 @@ Epilogue<T> streamed(const Epilogue<T>& ep, const Tensor4& Y) {
   return e;
 }
 
+// Finishes one output row of Q pixels held as [q][kv] in rb (kvalid channels from k0): the affine
+// part of the epilogue in place, then the store at y0, through a transpose into rowt ([kv][Q]) for
+// NCHW output so every channel is stored as one contiguous run.
+template <typename T>
+void finish_row(T* rb, T* rowt, int64_t Q, int kv, int kvalid, int64_t k0, const EpilogueTables<T>& tab,
+                StoreFn<T> store, const Epilogue<T>& ep, const MicroKernel<T>& mk, T* y, const Tensor4& Y, int64_t y0) {
+  if (tab.affine)
+    for (int64_t q = 0; q < Q; ++q)
+      for (int v = 0; v < kvalid; ++v) rb[q * kv + v] = rb[q * kv + v] * tab.alpha[k0 + v] + tab.beta[k0 + v];
+  if (Y.sc != 1) {
+    mk.transpose(rb, Q, kvalid, kv, rowt, Q);
+    store(rowt, static_cast<int>(Q), kvalid, static_cast<int>(Q), y, y0, Y.sc, Y.sw, ep);
+  } else {
+    store(rb, kv, static_cast<int>(Q), kvalid, y, y0, Y.sw, Y.sc, ep);
+  }
+}
+
 // ------------------------------------------------------------------------------------------ forward
 // Input channels are split into blocks whose [r][s][c-block][kv] weight sub-panel fits in L1 beside
 // the row being computed; the micro-kernel then accumulates block after block into the row buffer.
@@ -508,16 +527,7 @@ void conv_with(const Conv2dParams& p, const T* x, const T* wpack, T* y, const Ep
           mk.fn(ta);
         }
       }
-      if (tab.affine)
-        for (int64_t q = 0; q < Q; ++q)
-          for (int v = 0; v < kvalid; ++v) rb[q * kv + v] = rb[q * kv + v] * tab.alpha[k0 + v] + tab.beta[k0 + v];
-      const int64_t y0 = n * Y.sn + k0 * Y.sc + pr * Y.sh;
-      if (nchw_out) {
-        mk.transpose(rb, Q, kvalid, kv, rowt.get(), Q);
-        store(rowt.get(), static_cast<int>(Q), kvalid, static_cast<int>(Q), y, y0, Y.sc, Y.sw, ep_out);
-      } else {
-        store(rb, kv, static_cast<int>(Q), kvalid, y, y0, Y.sw, Y.sc, ep_out);
-      }
+      finish_row(rb, rowt.get(), Q, kv, kvalid, k0, tab, store, ep_out, mk, y, Y, n * Y.sn + k0 * Y.sc + pr * Y.sh);
     }
     if (ep_out.stream) _mm_sfence();
   }
@@ -638,6 +648,149 @@ inline Conv2dParams flat_pointwise_cl(const Conv2dParams& p) {
   f.x = Tensor4{1, X.c, M / L, L, M * X.c, 1, L * X.c, X.c};
   f.y = Tensor4{1, Y.c, M / L, L, M * Y.c, 1, L * Y.c, Y.c};
   return f;
+}
+
+// ----------------------------------------------------------------------------------------- winograd
+// Winograd F(4x4, 3x3) for 3x3 stride-1 float32 convolutions: each 4x4 output tile is A^T [U . V] A
+// with V = B^T d B the transform of its 6x6 input tile and U = G g G^T of the weights, so the
+// 36 * 16 multiplications of a direct tile become 36 per (input, output) channel pair: 4x fewer.
+// For each of the 36 points xi, M[xi] (tiles x K) = V[xi] (tiles x C) U[xi] (C x K) is a GEMM the
+// micro-kernel runs as it runs a 1x1 convolution. Tasks own a block of about 32 tiles (whole rows
+// of tiles, across images for small images) and a group of output-channel panels: they transform
+// the block's inputs once (shared when several groups use them), then per kv-wide panel run the 36
+// GEMMs into an L2-sized M and transform it back into four output rows, which get the epilogue and
+// are stored as the direct path stores its rows. Rounding: about 1e-5 of the output scale at C = 512,
+// against 1e-6 for the direct sum (checked against the float64 reference in the tests).
+constexpr int kWinoPoints = 36;
+
+struct WinoFns {
+  void (*input)(const float*, int64_t, int64_t, int64_t, float*, int64_t);
+  void (*output)(const float*, int64_t, float*, int64_t, int64_t);
+  void (*weight)(const float*, int64_t, int64_t, int64_t, int, float*, int64_t);
+};
+
+WinoFns wino_fns() {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return {&avx512::wino_input_f32, &avx512::wino_output_f32, &avx512::wino_weight_f32};
+    case Isa::kAvx2: return {&avx2::wino_input_f32, &avx2::wino_output_f32, &avx2::wino_weight_f32};
+    default: return {&portable::wino_input_f32, &portable::wino_output_f32, &portable::wino_weight_f32};
+  }
+}
+
+// Where Winograd pays. Per (input, output) channel pair it saves 9·N·P·Q - 36·tiles multiply-adds
+// (tiles overhang the output when P or Q is not a multiple of 4) and costs one weight transform (36
+// values written and read back); `prepacked`: the transform is cached across calls, so only its
+// read remains. Thresholds from the r50/AlexNet 3x3 layers at batch 1 and 8 on AVX2: uncached,
+// r50 l3 and AlexNet conv3-5 at batch 1 (about 1000 saved) break even; cached, r50 l4 at batch 1
+// (about 300, 38 MB of transformed weights read per call) still loses.
+template <typename T>
+bool winograd_path(const Conv2dParams&, bool) {
+  return false;
+}
+
+template <>
+bool winograd_path<float>(const Conv2dParams& p, bool prepacked) {
+  if (!(cpu_winograd() && p.groups == 1 && p.w.h == 3 && p.w.w == 3 && p.stride_h == 1 && p.stride_w == 1 &&
+        p.dil_h == 1 && p.dil_w == 1 && p.pad_h0 >= 0 && p.pad_w0 >= 0 && p.x.c >= 16 && p.y.c >= 16 &&
+        p.y.h >= 4 && p.y.w >= 4))
+    return false;
+  const int64_t tiles = p.y.n * ceil_div(p.y.h, 4) * ceil_div(p.y.w, 4);
+  const int64_t saved = 9 * p.y.n * p.y.h * p.y.w - kWinoPoints * tiles;
+  return saved >= (prepacked ? 600 : 1500);
+}
+
+// U as [xi][kb][c][kv] (zero beyond K), from weights with strides W (any sign).
+inline int64_t wino_packed_size(const Conv2dParams& p, int kv) {
+  return kWinoPoints * ceil_div(p.w.n, kv) * p.w.c * kv;
+}
+
+void wino_pack(const Conv2dParams& p, const float* w, float* u, int kv) {
+  const Tensor4& W = p.w;
+  const int64_t K = W.n, C = W.c, KB = ceil_div(K, kv), us = KB * C * kv;
+  const WinoFns f = wino_fns();
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t kb = 0; kb < KB; ++kb)
+    for (int64_t c = 0; c < C; ++c)
+      f.weight(w + kb * kv * W.sn + c * W.sc, W.sn, W.sh, W.sw, static_cast<int>(std::min<int64_t>(kv, K - kb * kv)),
+               u + (kb * C + c) * kv, us);
+}
+
+void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* y, const Epilogue<float>& ep,
+                  const MicroKernel<float>& mk) {
+  const Tensor4 &X = p.x, &Y = p.y;
+  const int64_t C = X.c, K = Y.c, P = Y.h, Q = Y.w;
+  const int kv = mk.kv;
+  const WinoFns f = wino_fns();
+  const int64_t KB = ceil_div(K, kv);
+  const int64_t TH = ceil_div(P, 4), TW = ceil_div(Q, 4), trows = X.n * TH, Q4 = 4 * TW;
+  // Zero-padded channels-last copy covering every tile (4 TH + 2 rows of 4 TW + 2 pixels).
+  const Padded pd{4 * TH + 2, 4 * TW + 2, C};
+  Buffer<float> xstore;
+  const float* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  // Blocks of whole tile rows, about 32 tiles each, balanced.
+  int64_t rpb = std::min(trows, std::max<int64_t>(1, ceil_div(32, TW)));
+  const int64_t nblk = ceil_div(trows, rpb);
+  rpb = ceil_div(trows, nblk);
+  const int64_t tb = rpb * TW, vsize = kWinoPoints * tb * C;
+  // Output-channel panels split into groups when there are too few blocks to keep every thread busy.
+  const int64_t want = 3 * static_cast<int64_t>(omp_get_max_threads());
+  int64_t kper = ceil_div(KB, std::min(KB, ceil_div(want, nblk)));
+  const int64_t kgroups = ceil_div(KB, kper);
+  const bool shared = kgroups > 1;
+  Buffer<float> vall(shared ? nblk * vsize : 0);
+  const int64_t kc = 256;  // reduction slice: a [kc][kv] panel of U stays in L1 across the block's tiles
+  EpilogueTables<float> tab(ep, K);
+  const StoreFn<float> store = store_fn(ep);
+  const Epilogue<float> ep_out = streamed(ep, Y);
+  const int64_t seg0 = 0;
+  auto transform_block = [&](int64_t blk, float* v) {
+    for (int64_t tr = blk * rpb; tr < std::min(trows, (blk + 1) * rpb); ++tr) {
+      const int64_t n = tr / TH, th = tr % TH;
+      for (int64_t tw = 0; tw < TW; ++tw)
+        f.input(xp + n * pd.sn() + 4 * th * pd.sh() + 4 * tw * C, pd.sh(), C, C, v + ((tr - blk * rpb) * TW + tw) * C,
+                tb * C);
+    }
+  };
+#pragma omp parallel
+  {
+    Buffer<float> vloc(shared ? 0 : vsize), mbuf(kWinoPoints * tb * kv), rows4(4 * Q4 * kv),
+        rowt(Y.sc != 1 ? Q * kv : 0);
+    if (shared) {
+#pragma omp for schedule(dynamic, 1)
+      for (int64_t blk = 0; blk < nblk; ++blk) transform_block(blk, vall.get() + blk * vsize);
+    }
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t task = 0; task < nblk * kgroups; ++task) {
+      const int64_t blk = task / kgroups, kg = task % kgroups;
+      const int64_t tr0 = blk * rpb, ntr = std::min(trows, tr0 + rpb) - tr0, nt = ntr * TW;
+      float* v = shared ? vall.get() + blk * vsize : vloc.get();
+      if (!shared) transform_block(blk, v);
+      const RowTiles tiles(nt, mk.mp);
+      float* m = mbuf.get();
+      for (int64_t kb = kg * kper; kb < std::min(KB, (kg + 1) * kper); ++kb) {
+        const int64_t k0 = kb * kv;
+        const int kvalid = static_cast<int>(std::min<int64_t>(kv, K - k0));
+        for (int xi = 0; xi < kWinoPoints; ++xi)
+          for (int64_t c0 = 0; c0 < C; c0 += kc) {
+            const float* b = u + ((xi * KB + kb) * C + c0) * kv;
+            for (int64_t t = 0; t < tiles.count; ++t) {
+              const int64_t t0 = tiles.start(t);
+              mk.fn(TileArgs<float>{v + (xi * tb + t0) * C + c0, C, 1, &seg0, 1, std::min(kc, C - c0), b,
+                                    m + (xi * tb + t0) * kv, tiles.np(t), c0 > 0});
+            }
+          }
+        for (int64_t r = 0; r < ntr; ++r) {
+          const int64_t n = (tr0 + r) / TH, th = (tr0 + r) % TH;
+          for (int64_t tw = 0; tw < TW; ++tw)
+            f.output(m + (r * TW + tw) * kv, tb * kv, rows4.get() + 4 * tw * kv, Q4 * kv, kv);
+          for (int64_t i = 0; i < std::min<int64_t>(4, P - 4 * th); ++i)
+            finish_row(rows4.get() + i * Q4 * kv, rowt.get(), Q, kv, kvalid, k0, tab, store, ep_out, mk, y, Y,
+                       n * Y.sn + k0 * Y.sc + (4 * th + i) * Y.sh);
+        }
+      }
+    }
+    if (ep_out.stream) _mm_sfence();
+  }
 }
 
 // ---------------------------------------------------------------------------------------- depthwise
@@ -831,19 +984,31 @@ inline bool pointwise_nchw_path(const Conv2dParams& p) {
   return is_pointwise(p) && p.y.sc != 1 && p.y.sw == 1 && p.y.sh == p.y.w;
 }
 
+// Elements of the direct path's packed weights (pack_weights' [g][kb][c-block][r][s][c][kv]).
+inline int64_t direct_packed_size(const Conv2dParams& p, int kv) {
+  return p.groups * ceil_div(Kg_of(p), kv) * p.w.h * p.w.w * p.w.c * kv;
+}
+
 template <typename T>
 int64_t conv2d_fwd_packed_size(const Conv2dParams& p) {
   if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0 || is_depthwise(p) || pointwise_nchw_path(p)) return 0;
-  const int64_t Kg = Kg_of(p), Cg = p.w.c, kv = micro_kernel<T>().kv;
-  return p.groups * ceil_div(Kg, kv) * p.w.h * p.w.w * Cg * kv;
+  const int kv = micro_kernel<T>().kv;
+  return winograd_path<T>(p, true) ? wino_packed_size(p, kv) : direct_packed_size(p, kv);
+}
+
+// Packs w for the direct path, or transforms it for Winograd (`wino`, float32 only).
+template <typename T>
+void pack_for(const Conv2dParams& p, const T* w, T* out, const MicroKernel<T>& mk, bool wino) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (wino) return wino_pack(p, w, out, mk.kv);
+  }
+  const Tensor4& W = p.w;
+  pack_weights_strided(out, p.groups, Kg_of(p), W.c, W.h, W.w, mk, channel_block(W.c, W.h, W.w, mk.kv, sizeof(T)), w, W);
 }
 
 template <typename T>
 void conv2d_fwd_pack(const Conv2dParams& p, const T* w, T* out) {
-  const Tensor4& W = p.w;
-  const int64_t Kg = Kg_of(p), Cg = W.c, R = W.h, S = W.w;
-  const MicroKernel<T> mk = micro_kernel<T>();
-  pack_weights_strided(out, p.groups, Kg, Cg, R, S, mk, channel_block(Cg, R, S, mk.kv, sizeof(T)), w, W);
+  pack_for(p, w, out, micro_kernel<T>(), winograd_path<T>(p, true));
 }
 
 template <typename T>
@@ -852,11 +1017,16 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   if (is_depthwise(p)) return dw_fwd(p, x, w, y, ep);
   const MicroKernel<T> mk = micro_kernel<T>();
   if (pointwise_nchw_path(p)) return pointwise_nchw(p, x, w, y, ep, mk);
+  // Weights packed by conv2d_fwd_pack (cached by the caller) chose their path as prepacked ones.
+  const bool wino = winograd_path<T>(p, packed != nullptr);
   Buffer<T> wstore;
   if (!packed) {
-    wstore.alloc(conv2d_fwd_packed_size<T>(p));
-    conv2d_fwd_pack(p, w, wstore.get());
+    wstore.alloc(wino ? wino_packed_size(p, mk.kv) : direct_packed_size(p, mk.kv));
+    pack_for(p, w, wstore.get(), mk, wino);
     packed = wstore.get();
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (wino) return winograd_fwd(p, x, packed, y, ep, mk);
   }
   if (is_pointwise(p) && (p.stride_h > 1 || p.stride_w > 1) && p.y.sc == 1 && p.x.sc == 1) {
     // Strided 1x1 into channels_last: gather the pixels it reads into a dense channels_last copy
@@ -903,9 +1073,10 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     Conv2dParams q = p;
     q.x = Y;
     q.y = X;
-    q.w = Tensor4{C, Kg, R, S, 0, 0, 0, 0};
+    q.w = Tensor4{C, Kg, R, S, W.sc, W.sn, -W.sh, -W.sw};  // w read flipped, k <-> c (strides right for one group)
     q.pad_h0 = p.dil_h * (R - 1) - p.pad_h0;
     q.pad_w0 = p.dil_w * (S - 1) - p.pad_w0;
+    if (winograd_path<T>(q, false)) return conv2d_fwd_cpu(q, dy, w + (R - 1) * W.sh + (S - 1) * W.sw, dx, Epilogue<T>{});
     // Its weights: output channel c (of Cg per group) reads the original's input channel c, input
     // channel kk (of Kg) its output channel kk.
     Buffer<T> wpack(G * ceil_div(Cg, kv) * R * S * Kg * kv);

@@ -70,6 +70,19 @@ bool set_cpu_isa(Isa isa) {
   return true;
 }
 
+namespace {
+std::atomic<bool>& winograd_flag() {
+  static std::atomic<bool> on{[] {
+    const char* env = std::getenv("FASTCONV_WINOGRAD");
+    return !(env && std::strcmp(env, "0") == 0);
+  }()};
+  return on;
+}
+}  // namespace
+
+bool cpu_winograd() { return winograd_flag().load(std::memory_order_relaxed); }
+void set_cpu_winograd(bool on) { winograd_flag().store(on); }
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::kAvx512: return "avx512";

@@ -62,7 +62,10 @@ void run_case(const Case& cs, int layout, unsigned seed, const char* isa) {
   // Float rounding grows with the reduction length (about sqrt(n) for random-sign terms).
   const double red = std::max<double>({double(cs.c / cs.groups * cs.r * cs.s), double(cs.k / cs.groups * cs.r * cs.s),
                                        double(cs.n * P * Q)});
-  const double tol = (sizeof(T) == 4 ? 2e-5 : 1e-12) * std::max(1.0, std::sqrt(red) / 8);
+  // Winograd F(4x4, 3x3) (float 3x3 stride-1 layers) rounds its transformed tiles: about 8x the error.
+  const bool wino = sizeof(T) == 4 && cs.r == 3 && cs.s == 3 && cs.sh == 1 && cs.sw == 1 && cs.dh == 1 && cs.dw == 1 &&
+                    cs.groups == 1;
+  const double tol = (sizeof(T) == 4 ? 2e-5 : 1e-12) * std::max(1.0, std::sqrt(red) / (wino ? 1 : 8));
   auto x = random_vector<T>(numel(p.x), seed), w = random_vector<T>(numel(p.w), seed + 1);
   auto dy = random_vector<T>(numel(p.y), seed + 2);
   auto bias = random_vector<T>(cs.k, seed + 3), scale = random_vector<T>(cs.k, seed + 4),
@@ -155,6 +158,8 @@ int main() {
       {1, 600, 4, 4, 6, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2},      // blocks within groups
       {1, 40, 9, 8, 12, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1},       // strided bwd_input, batch 1: channel split
       {1, 66, 7, 9, 10, 3, 2, 2, 3, 1, 0, 0, 1, 2, 1, 2},       // same with groups and a 1-channel block
+      {1, 19, 17, 18, 21, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},     // Winograd (float): tiles overhang P, Q
+      {8, 16, 6, 7, 24, 3, 3, 1, 1, 2, 0, 0, 2, 1, 1, 1},       // Winograd tile blocks across images, asym pad
       {0, 4, 6, 6, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1},         // N = 0
   };
   const Isa isas[] = {Isa::kPortable, Isa::kAvx2, Isa::kAvx512};

@@ -60,4 +60,9 @@ const char* isa_name(Isa isa);
 bool set_cpu_isa(Isa isa);        // false if the CPU lacks it (tests force paths with this)
 const char* cpu_features();       // e.g. "avx2 fma avx512f ..."
 
+// Winograd F(4x4, 3x3) for the float32 3x3 stride-1 convolutions where it pays (conv2d_kernels.cpp):
+// on unless the FASTCONV_WINOGRAD environment variable is 0; set_cpu_winograd switches it.
+bool cpu_winograd();
+void set_cpu_winograd(bool on);
+
 }  // namespace fastconv
