@@ -666,7 +666,7 @@ constexpr int kWinoPoints = 36;
 struct WinoFns {
   void (*input)(const float*, int64_t, int64_t, int64_t, float*, int64_t);
   void (*output)(const float*, int64_t, float*, int64_t, int64_t);
-  void (*weight)(const float*, int64_t, int64_t, int64_t, int, float*, int64_t);
+  void (*weight)(const float*, int64_t, int64_t, float*, int64_t);
 };
 
 WinoFns wino_fns() {
@@ -704,15 +704,50 @@ inline int64_t wino_packed_size(const Conv2dParams& p, int kv) {
   return kWinoPoints * ceil_div(p.w.n, kv) * p.w.c * kv;
 }
 
-void wino_pack(const Conv2dParams& p, const float* w, float* u, int kv) {
+// Each task transforms kv output channels x up to 16 input channels: their taps are first brought
+// into an L1 panel g[c][r][s][kv] (zero beyond K) by 8x8 register transposes where the layout
+// allows (taps contiguous, forward or flipped; or channels contiguous), read in place when the kv
+// output channels are themselves contiguous (bwd_input of channels-last weights).
+void wino_pack(const Conv2dParams& p, const float* w, float* u, const MicroKernel<float>& mk) {
   const Tensor4& W = p.w;
-  const int64_t K = W.n, C = W.c, KB = ceil_div(K, kv), us = KB * C * kv;
+  const int kv = mk.kv;
+  const int64_t K = W.n, C = W.c, KB = ceil_div(K, kv), us = KB * C * kv, cch = 16, CC = ceil_div(C, cch);
   const WinoFns f = wino_fns();
-#pragma omp parallel for collapse(2) schedule(static)
-  for (int64_t kb = 0; kb < KB; ++kb)
-    for (int64_t c = 0; c < C; ++c)
-      f.weight(w + kb * kv * W.sn + c * W.sc, W.sn, W.sh, W.sw, static_cast<int>(std::min<int64_t>(kv, K - kb * kv)),
-               u + (kb * C + c) * kv, us);
+  const bool taps_rows = std::abs(W.sw) == 1 && std::abs(W.sh) == 3;  // the 9 taps contiguous in memory
+  const int64_t tap_lo = (W.sh < 0 ? 2 * W.sh : 0) + (W.sw < 0 ? 2 * W.sw : 0);  // lowest tap's offset
+#pragma omp parallel
+  {
+    Buffer<float> panel(cch * 9 * kv);
+    float* g = panel.get();
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t kb = 0; kb < KB; ++kb)
+      for (int64_t cc = 0; cc < CC; ++cc) {
+        const int64_t c0 = cc * cch, nc = std::min(cch, C - c0);
+        const int kvalid = static_cast<int>(std::min<int64_t>(kv, K - kb * kv));
+        const float* wk = w + kb * kv * W.sn + c0 * W.sc;
+        float* uo = u + (kb * C + c0) * kv;
+        if (W.sn == 1 && kvalid == kv) {  // kv output channels contiguous: vector loads as they are
+          for (int64_t c = 0; c < nc; ++c) f.weight(wk + c * W.sc, W.sh, W.sw, uo + c * kv, us);
+          continue;
+        }
+        if (kvalid < kv) std::memset(g, 0, sizeof(float) * nc * 9 * kv);
+        if (taps_rows) {  // per channel: kv rows of 9 taps -> g[c][tap in memory order][kv]
+          for (int64_t c = 0; c < nc; ++c) mk.transpose(wk + c * W.sc + tap_lo, kvalid, 9, W.sn, g + c * 9 * kv, kv);
+          for (int64_t c = 0; c < nc; ++c)
+            f.weight(g + (c * 9 - tap_lo) * kv, W.sh * kv, W.sw * kv, uo + c * kv, us);
+          continue;
+        }
+        if (W.sc == 1) {  // per tap: kv rows of nc channels -> g[c][r][s][kv]
+          for (int64_t rs = 0; rs < 9; ++rs)
+            mk.transpose(wk + (rs / 3) * W.sh + (rs % 3) * W.sw, kvalid, nc, W.sn, g + rs * kv, 9 * kv);
+        } else {
+          for (int64_t c = 0; c < nc; ++c)
+            for (int64_t rs = 0; rs < 9; ++rs)
+              for (int v = 0; v < kvalid; ++v) g[(c * 9 + rs) * kv + v] = wk[v * W.sn + c * W.sc + (rs / 3) * W.sh + (rs % 3) * W.sw];
+        }
+        for (int64_t c = 0; c < nc; ++c) f.weight(g + c * 9 * kv, 3 * kv, kv, uo + c * kv, us);
+      }
+  }
 }
 
 void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* y, const Epilogue<float>& ep,
@@ -1000,7 +1035,7 @@ int64_t conv2d_fwd_packed_size(const Conv2dParams& p) {
 template <typename T>
 void pack_for(const Conv2dParams& p, const T* w, T* out, const MicroKernel<T>& mk, bool wino) {
   if constexpr (std::is_same_v<T, float>) {
-    if (wino) return wino_pack(p, w, out, mk.kv);
+    if (wino) return wino_pack(p, w, out, mk);
   }
   const Tensor4& W = p.w;
   pack_weights_strided(out, p.groups, Kg_of(p), W.c, W.h, W.w, mk, channel_block(W.c, W.h, W.w, mk.kv, sizeof(T)), w, W);
