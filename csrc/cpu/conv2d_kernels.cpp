@@ -119,8 +119,9 @@ template <typename T>
 void portable_tile(const TileArgs<T>& t) {
   constexpr int kKv = 16, kMp = 4;
   T acc[kMp][kKv];
+  const int64_t ldc = t.c_ld ? t.c_ld : kKv;
   for (int i = 0; i < t.np; ++i)
-    for (int v = 0; v < kKv; ++v) acc[i][v] = t.accumulate ? t.c[i * kKv + v] : T(0);
+    for (int v = 0; v < kKv; ++v) acc[i][v] = t.accumulate ? t.c[i * ldc + v] : T(0);
   const int64_t bt = t.b_t ? t.b_t : kKv;
   for (int64_t sg = 0; sg < t.nseg; ++sg) {
     const T* a = t.a + t.seg_off[sg];
@@ -132,7 +133,7 @@ void portable_tile(const TileArgs<T>& t) {
       }
   }
   for (int i = 0; i < t.np; ++i)
-    for (int v = 0; v < kKv; ++v) t.c[i * kKv + v] = acc[i][v];
+    for (int v = 0; v < kKv; ++v) t.c[i * ldc + v] = acc[i][v];
 }
 
 template <typename T>
@@ -317,15 +318,17 @@ void store_tile_t(const T* tile, int kv, int np, int kvalid, T* y, int64_t y0, i
                   int64_t kstride, const Epilogue<T>& ep) {
   const T* res = ep.residual;
   if (kstride == 1) {
+    // Runs of 32 and 16 as fixed-length loops, any rest with a run-time length.
     for (int i = 0; i < np; ++i) {
       const int64_t o = y0 + i * qstride;
-      const T* r = res ? res + o : nullptr;
-      if (kvalid == 16)
-        store_run<T, CB, RELU, SQRT, 16>(tile + i * kv, 1, y + o, r, 1, 16, ep.eps, ep.stream);
-      else if (kvalid == 32)
-        store_run<T, CB, RELU, SQRT, 32>(tile + i * kv, 1, y + o, r, 1, 32, ep.eps, ep.stream);
-      else
-        store_run<T, CB, RELU, SQRT>(tile + i * kv, 1, y + o, r, 1, kvalid, ep.eps);
+      const T* t = tile + i * kv;
+      int v = 0;
+      for (; v + 32 <= kvalid; v += 32)
+        store_run<T, CB, RELU, SQRT, 32>(t + v, 1, y + o + v, res ? res + o + v : nullptr, 1, 32, ep.eps, ep.stream);
+      for (; v + 16 <= kvalid; v += 16)
+        store_run<T, CB, RELU, SQRT, 16>(t + v, 1, y + o + v, res ? res + o + v : nullptr, 1, 16, ep.eps, ep.stream);
+      if (v < kvalid)
+        store_run<T, CB, RELU, SQRT>(t + v, 1, y + o + v, res ? res + o + v : nullptr, 1, kvalid - v, ep.eps);
     }
   } else {
     for (int v = 0; v < kvalid; ++v) {
@@ -551,7 +554,7 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   const Tensor4 &X = p.x, &Y = p.y, &W = p.w;
   const int64_t N = X.n, C = X.c, K = Y.c, Q = Y.w, PQ = Y.h * Y.w;
   const int kv = mk.kv, mp = mk.mp;
-  const int64_t JB = ceil_div(PQ, kv), panels = N * JB, plen = C * kv;
+  const int64_t JB = ceil_div(PQ, kv), plen = C * kv;
   // Dense planes: full 16-pixel panels are read in place (b_t = the plane stride); only each image's
   // last, partial panel is packed (zero-padded). Other layouts, strides and plane sizes gather
   // every panel.
@@ -595,36 +598,41 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   const int64_t kblk = std::min(K, std::max<int64_t>(mp, (192 << 10) / (C * int64_t(sizeof(T))) / mp * mp));
   const int64_t nkb = ceil_div(K, kblk);
   const int64_t kc = std::max<int64_t>(16, (16 << 10) / (kv * int64_t(sizeof(T))));
+  // A task computes a group of consecutive panels (about 128 pixels) into one [rows][group] buffer,
+  // so each output channel is stored (and its residual read) as one run of the group's pixels
+  // rather than as 16-pixel runs each on its own page.
+  const int64_t gp = std::min<int64_t>(JB, std::max(1, 128 / kv)), ngrp = ceil_div(JB, gp), ldc = gp * kv;
   EpilogueTables<T> tab(ep, K);
   const StoreFn<T> store = store_fn(ep);
   const Epilogue<T> ep_out = streamed(ep, Y);
   const int64_t seg0 = 0;
 #pragma omp parallel
   {
-    Buffer<T> tbuf(kblk * kv);
+    Buffer<T> tbuf(kblk * ldc);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < nkb * panels; ++task) {
-      const int64_t kb = task / panels, pn = task % panels;
-      const int64_t n = pn / JB, j0 = pn % JB * kv;
-      const int cnt = static_cast<int>(std::min<int64_t>(kv, PQ - j0));
+    for (int64_t task = 0; task < nkb * N * ngrp; ++task) {
+      const int64_t kb = task / (N * ngrp), n = task / ngrp % N, jg = task % ngrp;
+      const int64_t jb0 = jg * gp, jb1 = std::min(JB, jb0 + gp), j0 = jb0 * kv;
+      const int cnt = static_cast<int>(std::min<int64_t>(jb1 * kv, PQ) - j0);
       const int64_t kfirst = kb * kblk, k1 = std::min(K, kfirst + kblk);
-      for (int64_t c0 = 0; c0 < C; c0 += kc) {
-        const int64_t clen = std::min(kc, C - c0);
-        const int64_t jb = pn % JB;
-        const bool direct = jb < first_packed;
-        const T* b = direct ? x + n * X.sn + c0 * X.sc + j0
-                            : bp + (n * packed_per_image + jb - first_packed) * plen + c0 * kv;
-        for (int64_t k0 = kfirst; k0 < k1; k0 += mp)
-          mk.fn(TileArgs<T>{w + k0 * W.sn + c0 * W.sc, W.sn, W.sc, &seg0, 1, clen, b, tbuf.get() + (k0 - kfirst) * kv,
-                            static_cast<int>(std::min<int64_t>(mp, k1 - k0)), c0 > 0, direct ? X.sc : 0});
-      }
       T* tb = tbuf.get();
+      for (int64_t jb = jb0; jb < jb1; ++jb)
+        for (int64_t c0 = 0; c0 < C; c0 += kc) {
+          const int64_t clen = std::min(kc, C - c0);
+          const bool direct = jb < first_packed;
+          const T* b = direct ? x + n * X.sn + c0 * X.sc + jb * kv
+                              : bp + (n * packed_per_image + jb - first_packed) * plen + c0 * kv;
+          for (int64_t k0 = kfirst; k0 < k1; k0 += mp)
+            mk.fn(TileArgs<T>{w + k0 * W.sn + c0 * W.sc, W.sn, W.sc, &seg0, 1, clen, b,
+                              tb + (k0 - kfirst) * ldc + (jb - jb0) * kv, static_cast<int>(std::min<int64_t>(mp, k1 - k0)),
+                              c0 > 0, direct ? X.sc : 0, ldc});
+        }
       const int64_t rows = k1 - kfirst;
       if (tab.affine)
         for (int64_t i = 0; i < rows; ++i)
           for (int v = 0; v < cnt; ++v)
-            tb[i * kv + v] = tb[i * kv + v] * tab.alpha[kfirst + i] + tab.beta[kfirst + i];
-      store(tb, kv, static_cast<int>(rows), cnt, y, n * Y.sn + kfirst * Y.sc + j0, Y.sc, 1, ep_out);
+            tb[i * ldc + v] = tb[i * ldc + v] * tab.alpha[kfirst + i] + tab.beta[kfirst + i];
+      store(tb, static_cast<int>(ldc), static_cast<int>(rows), cnt, y, n * Y.sn + kfirst * Y.sc + j0, Y.sc, 1, ep_out);
     }
     if (ep_out.stream) _mm_sfence();
   }

@@ -45,10 +45,11 @@ struct TileArgs {
   const int64_t* seg_off;
   int64_t nseg, T_len;
   const T* b;
-  T* c;  // [np][kv]
+  T* c;  // [np][kv], rows c_ld apart
   int np;
   bool accumulate;
-  int64_t b_t = 0;  // distance between consecutive b rows (reduction steps); 0: kv (a packed panel)
+  int64_t b_t = 0;   // distance between consecutive b rows (reduction steps); 0: kv (a packed panel)
+  int64_t c_ld = 0;  // distance between consecutive c rows; 0: kv
 };
 
 template <typename T>
