@@ -114,4 +114,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     d["limit_bytes"] = limit;
     return d;
   }, "Entries, bytes and byte limit (FASTCONV_WEIGHT_CACHE_MB) of the CPU packed-weight cache.");
+  m.def("clear_output_cache", &fastconv::clear_output_cache,
+        "Free the cached blocks of released CPU outputs (they serve later outputs without page faults).");
+  m.def("output_cache_info", [] {
+    auto [bytes, limit] = fastconv::output_cache_stats();
+    pybind11::dict d;
+    d["bytes"] = bytes;
+    d["limit_bytes"] = limit;
+    return d;
+  }, "Bytes of freed CPU output blocks held for reuse, and the limit (FASTCONV_OUTPUT_CACHE_MB).");
 }

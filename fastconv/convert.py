@@ -153,6 +153,14 @@ def clear_weight_cache():
         _ext._C.clear_weight_cache()
 
 
+def empty_cache():
+    """Free the blocks of released CPU outputs that fastconv keeps to serve later outputs without page
+    faults (at most FASTCONV_OUTPUT_CACHE_MB, default 256 MB; 0 turns the cache off)."""
+    from fastconv import _ext
+    if _ext.native_available():
+        _ext._C.clear_output_cache()
+
+
 def fuse(model, *, inplace=True):
     """Turn on the fused inference path (BN folding, conv2d_fused epilogues) of every fastconv block
     in `model`, converting torch layers first; in place by default. Taken in eval mode only."""

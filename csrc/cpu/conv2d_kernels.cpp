@@ -687,24 +687,24 @@ WinoFns wino_fns() {
 
 // Where Winograd pays. Per (input, output) channel pair it saves 9·N·P·Q - 36·tiles multiply-adds
 // (tiles overhang the output when P or Q is not a multiple of 4) and costs one weight transform (36
-// values written and read back); `prepacked`: the transform is cached across calls, so only its
-// read remains. Thresholds from the r50/AlexNet 3x3 layers at batch 1 and 8 on AVX2: uncached,
-// r50 l3 and AlexNet conv3-5 at batch 1 (about 1000 saved) break even; cached, r50 l4 at batch 1
-// (about 300, 38 MB of transformed weights read per call) still loses.
+// values written and read back, or read from the packed-weight cache). Measured on the r50/AlexNet
+// 3x3 layers at batch 1 and 8 (AVX2): r50 l3 and AlexNet conv3-5 at batch 1 (about 950-1200 saved)
+// gain with cached weights and break even without; r50 l4 at batch 1 (about 300, 38 MB of
+// transformed weights per call) loses either way. The choice depends on the geometry alone, not on
+// whether the weights are cached, so registering a model's weights never changes its numerics.
 template <typename T>
-bool winograd_path(const Conv2dParams&, bool) {
+bool winograd_path(const Conv2dParams&) {
   return false;
 }
 
 template <>
-bool winograd_path<float>(const Conv2dParams& p, bool prepacked) {
+bool winograd_path<float>(const Conv2dParams& p) {
   if (!(cpu_winograd() && p.groups == 1 && p.w.h == 3 && p.w.w == 3 && p.stride_h == 1 && p.stride_w == 1 &&
         p.dil_h == 1 && p.dil_w == 1 && p.pad_h0 >= 0 && p.pad_w0 >= 0 && p.x.c >= 16 && p.y.c >= 16 &&
         p.y.h >= 4 && p.y.w >= 4))
     return false;
   const int64_t tiles = p.y.n * ceil_div(p.y.h, 4) * ceil_div(p.y.w, 4);
-  const int64_t saved = 9 * p.y.n * p.y.h * p.y.w - kWinoPoints * tiles;
-  return saved >= (prepacked ? 600 : 1500);
+  return 9 * p.y.n * p.y.h * p.y.w - kWinoPoints * tiles >= 900;
 }
 
 // U as [xi][kb][c][kv] (zero beyond K), from weights with strides W (any sign).
@@ -1036,7 +1036,7 @@ template <typename T>
 int64_t conv2d_fwd_packed_size(const Conv2dParams& p) {
   if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0 || is_depthwise(p) || pointwise_nchw_path(p)) return 0;
   const int kv = micro_kernel<T>().kv;
-  return winograd_path<T>(p, true) ? wino_packed_size(p, kv) : direct_packed_size(p, kv);
+  return winograd_path<T>(p) ? wino_packed_size(p, kv) : direct_packed_size(p, kv);
 }
 
 // Packs w for the direct path, or transforms it for Winograd (`wino`, float32 only).
@@ -1051,7 +1051,7 @@ void pack_for(const Conv2dParams& p, const T* w, T* out, const MicroKernel<T>& m
 
 template <typename T>
 void conv2d_fwd_pack(const Conv2dParams& p, const T* w, T* out) {
-  pack_for(p, w, out, micro_kernel<T>(), winograd_path<T>(p, true));
+  pack_for(p, w, out, micro_kernel<T>(), winograd_path<T>(p));
 }
 
 template <typename T>
@@ -1060,8 +1060,7 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   if (is_depthwise(p)) return dw_fwd(p, x, w, y, ep);
   const MicroKernel<T> mk = micro_kernel<T>();
   if (pointwise_nchw_path(p)) return pointwise_nchw(p, x, w, y, ep, mk);
-  // Weights packed by conv2d_fwd_pack (cached by the caller) chose their path as prepacked ones.
-  const bool wino = winograd_path<T>(p, packed != nullptr);
+  const bool wino = winograd_path<T>(p);
   Buffer<T> wstore;
   if (!packed) {
     wstore.alloc(wino ? wino_packed_size(p, mk.kv) : direct_packed_size(p, mk.kv));
@@ -1119,7 +1118,7 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     q.w = Tensor4{C, Kg, R, S, W.sc, W.sn, -W.sh, -W.sw};  // w read flipped, k <-> c (strides right for one group)
     q.pad_h0 = p.dil_h * (R - 1) - p.pad_h0;
     q.pad_w0 = p.dil_w * (S - 1) - p.pad_w0;
-    if (winograd_path<T>(q, false)) return conv2d_fwd_cpu(q, dy, w + (R - 1) * W.sh + (S - 1) * W.sw, dx, Epilogue<T>{});
+    if (winograd_path<T>(q)) return conv2d_fwd_cpu(q, dy, w + (R - 1) * W.sh + (S - 1) * W.sw, dx, Epilogue<T>{});
     // Its weights: output channel c (of Cg per group) reads the original's input channel c, input
     // channel kk (of Kg) its output channel kk.
     Buffer<T> wpack(G * ceil_div(Cg, kv) * R * S * Kg * kv);

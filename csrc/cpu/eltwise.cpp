@@ -18,7 +18,7 @@ at::MemoryFormat format_of(const at::Tensor& t) {
 }
 
 at::Tensor empty_like_fmt(const at::Tensor& t, at::MemoryFormat fmt) {
-  return at::empty(t.sizes(), t.options().memory_format(fmt));
+  return empty4(t.sizes(), t.options(), fmt);
 }
 
 void check_operand(const at::Tensor& first, const char* fname, const at::Tensor& t, const char* name) {

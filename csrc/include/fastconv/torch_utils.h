@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <tuple>
+#include <utility>
 
 #include "fastconv/common.h"
 
@@ -15,6 +16,10 @@ namespace fastconv {
 void cache_weight(const at::Tensor& weight);
 void clear_weight_cache();
 std::tuple<int64_t, int64_t, int64_t> weight_cache_stats();
+
+// The cache of freed CPU output blocks: release them all; (bytes held, limit in bytes).
+void clear_output_cache();
+std::pair<int64_t, int64_t> output_cache_stats();
 
 // Output memory format the way torch picks it: channels_last when the tensor is laid out
 // channels_last and not (also) NCHW-contiguous.
@@ -40,9 +45,9 @@ inline Tensor4 tensor4(const at::Tensor& t) {
   return d;
 }
 
-inline at::Tensor empty4(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt) {
-  return at::empty(sizes, opts.memory_format(fmt));
-}
+// Every op's output: at::empty, except that CPU outputs of 1 MB and more come from the cache of freed
+// output blocks (csrc/cpu/output_cache.cpp), which spares them a page fault per 4 KB. Any rank.
+at::Tensor empty4(at::IntArrayRef sizes, const at::TensorOptions& opts, at::MemoryFormat fmt);
 
 inline void check_4d(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.dim() == 4, "fastconv: '", name, "' must be a 4-D tensor (N, C, H, W), got ",
