@@ -777,7 +777,7 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
   const int64_t tb = rpb * TW, vsize = kWinoPoints * tb * C;
   // Output-channel panels split into groups when there are too few blocks to keep every thread busy.
   const int64_t want = 3 * static_cast<int64_t>(omp_get_max_threads());
-  int64_t kper = ceil_div(KB, std::min(KB, ceil_div(want, nblk)));
+  const int64_t kper = ceil_div(KB, std::min(KB, ceil_div(want, nblk)));
   const int64_t kgroups = ceil_div(KB, kper);
   const bool shared = kgroups > 1;
   Buffer<float> vall(shared ? nblk * vsize : 0);
