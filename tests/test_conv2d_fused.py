@@ -290,6 +290,14 @@ def test_winograd_isa(geom, layout, isa):
         torch.testing.assert_close(y, y_direct, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["x_cl", "w_cl", "sliced", "permuted"])
+def test_winograd_layouts(layout):
+    """Mixed layouts and strided views: the padded input copy and the weight transform read any strides."""
+    with winograd(True):
+        run_fused(WINOGRAD["17x18_c19_k21"], torch.float32, layout=layout, combine="sort", relu=True, grad=False)
+        run_fused(WINOGRAD["17x18_c19_k21"], torch.float32, layout=layout, combine="add", relu=True)
+
+
 def test_winograd_error_against_float64():
     """F(4x4, 3x3) rounding at a ResNet-50 layer 4 shape (512 channels): within 1e-5 of the output
     scale, a few times the direct sum's error."""
