@@ -766,10 +766,13 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
   const WinoFns f = wino_fns();
   const int64_t KB = ceil_div(K, kv);
   const int64_t TH = ceil_div(P, 4), TW = ceil_div(Q, 4), trows = X.n * TH, Q4 = 4 * TW;
-  // Zero-padded channels-last copy covering every tile (4 TH + 2 rows of 4 TW + 2 pixels).
+  // Input tiles: a channels-last input is read in place, tiles that reach into the padding through a
+  // zero-filled 6x6 staging tile; other layouts are first copied into a zero-padded channels-last
+  // buffer covering every tile (4 TH + 2 rows of 4 TW + 2 pixels).
+  const bool in_place = X.sc == 1 && X.sw == C;
   const Padded pd{4 * TH + 2, 4 * TW + 2, C};
   Buffer<float> xstore;
-  const float* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const float* xp = in_place ? nullptr : pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
   // Blocks of whole tile rows, about 32 tiles each, balanced.
   int64_t rpb = std::min(trows, std::max<int64_t>(1, ceil_div(32, TW)));
   const int64_t nblk = ceil_div(trows, rpb);
@@ -786,28 +789,48 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
   const StoreFn<float> store = store_fn(ep);
   const Epilogue<float> ep_out = streamed(ep, Y);
   const int64_t seg0 = 0;
-  auto transform_block = [&](int64_t blk, float* v) {
+  auto transform_block = [&](int64_t blk, float* v, float* stage) {
     for (int64_t tr = blk * rpb; tr < std::min(trows, (blk + 1) * rpb); ++tr) {
-      const int64_t n = tr / TH, th = tr % TH;
-      for (int64_t tw = 0; tw < TW; ++tw)
-        f.input(xp + n * pd.sn() + 4 * th * pd.sh() + 4 * tw * C, pd.sh(), C, C, v + ((tr - blk * rpb) * TW + tw) * C,
-                tb * C);
+      const int64_t n = tr / TH, th = tr % TH, h0 = 4 * th - p.pad_h0;
+      for (int64_t tw = 0; tw < TW; ++tw) {
+        float* vt = v + ((tr - blk * rpb) * TW + tw) * C;
+        if (!in_place) {
+          f.input(xp + n * pd.sn() + 4 * th * pd.sh() + 4 * tw * C, pd.sh(), C, C, vt, tb * C);
+          continue;
+        }
+        const int64_t w0 = 4 * tw - p.pad_w0;
+        const float* xn = x + n * X.sn;
+        if (h0 >= 0 && h0 + 6 <= X.h && w0 >= 0 && w0 + 6 <= X.w) {
+          f.input(xn + h0 * X.sh + w0 * X.sw, X.sh, X.sw, C, vt, tb * C);
+          continue;
+        }
+        for (int64_t i = 0; i < 6; ++i)
+          for (int64_t j = 0; j < 6; ++j) {
+            float* o = stage + (i * 6 + j) * C;
+            const int64_t h = h0 + i, w = w0 + j;
+            if (h >= 0 && h < X.h && w >= 0 && w < X.w)
+              std::memcpy(o, xn + h * X.sh + w * X.sw, sizeof(float) * C);
+            else
+              std::memset(o, 0, sizeof(float) * C);
+          }
+        f.input(stage, 6 * C, C, C, vt, tb * C);
+      }
     }
   };
 #pragma omp parallel
   {
     Buffer<float> vloc(shared ? 0 : vsize), mbuf(kWinoPoints * tb * kv), rows4(4 * Q4 * kv),
-        rowt(Y.sc != 1 ? Q * kv : 0);
+        rowt(Y.sc != 1 ? Q * kv : 0), stage(in_place ? 36 * C : 0);
     if (shared) {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t blk = 0; blk < nblk; ++blk) transform_block(blk, vall.get() + blk * vsize);
+      for (int64_t blk = 0; blk < nblk; ++blk) transform_block(blk, vall.get() + blk * vsize, stage.get());
     }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < nblk * kgroups; ++task) {
       const int64_t blk = task / kgroups, kg = task % kgroups;
       const int64_t tr0 = blk * rpb, ntr = std::min(trows, tr0 + rpb) - tr0, nt = ntr * TW;
       float* v = shared ? vall.get() + blk * vsize : vloc.get();
-      if (!shared) transform_block(blk, v);
+      if (!shared) transform_block(blk, v, stage.get());
       const RowTiles tiles(nt, mk.mp);
       float* m = mbuf.get();
       for (int64_t kb = kg * kper; kb < std::min(KB, (kg + 1) * kper); ++kb) {
