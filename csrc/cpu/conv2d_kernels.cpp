@@ -675,15 +675,21 @@ struct WinoFns {
   void (*input)(const float*, int64_t, int64_t, int64_t, float*, int64_t);
   void (*output)(const float*, int64_t, float*, int64_t, int64_t);
   void (*weight)(const float*, int64_t, int64_t, float*, int64_t);
+  void (*dy)(const float*, int64_t, int64_t, int64_t, float*, int64_t);
+  void (*wgrad_output)(const float*, int64_t, float*);
 };
 
+#define FASTCONV_WINO_FNS(ns)                                                                                   \
+  WinoFns { &ns::wino_input_f32, &ns::wino_output_f32, &ns::wino_weight_f32, &ns::wino_dy_f32,                 \
+            &ns::wino_wgrad_output_f32 }
 WinoFns wino_fns() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {&avx512::wino_input_f32, &avx512::wino_output_f32, &avx512::wino_weight_f32};
-    case Isa::kAvx2: return {&avx2::wino_input_f32, &avx2::wino_output_f32, &avx2::wino_weight_f32};
-    default: return {&portable::wino_input_f32, &portable::wino_output_f32, &portable::wino_weight_f32};
+    case Isa::kAvx512: return FASTCONV_WINO_FNS(avx512);
+    case Isa::kAvx2: return FASTCONV_WINO_FNS(avx2);
+    default: return FASTCONV_WINO_FNS(portable);
   }
 }
+#undef FASTCONV_WINO_FNS
 
 // Where Winograd pays. Per (input, output) channel pair it saves 9·N·P·Q - 36·tiles multiply-adds
 // (tiles overhang the output when P or Q is not a multiple of 4) and costs one weight transform (36
@@ -856,6 +862,61 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
       }
     }
     if (ep_out.stream) _mm_sfence();
+  }
+}
+
+// The weight gradient of a Winograd layer, F(3x3, 4x4) (the transposed algorithm): over 4x4 tiles of
+// dy and the 6x6 input tiles under them, dW = G^T [sum over tiles of (A dy A^T) . (B^T d B)] G, so
+// the sum over N·P·Q pixels becomes 36 GEMMs M[xi] (K x C) = D[xi]^T (K x tiles) V[xi] (tiles x C)
+// (rows: output channels broadcast from D, columns: kv input channels of V, reduction over tiles),
+// then one 6x6 -> 3x3 transform per (k, c). Tiles are processed in chunks whose transforms stay
+// within about 16 MB, M accumulating across chunks; tasks own disjoint (xi, channel panel, output
+// rows) blocks of M, so nothing is reduced across threads.
+void winograd_bwd_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw,
+                         const MicroKernel<float>& mk) {
+  const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
+  const int64_t C = X.c, K = Y.c, P = Y.h, Q = Y.w;
+  const int kv = mk.kv, mp = mk.mp;
+  const WinoFns f = wino_fns();
+  const int64_t TH = ceil_div(P, 4), TW = ceil_div(Q, 4), T = X.n * TH * TW;
+  const int64_t CB = ceil_div(C, kv), Cp = CB * kv;  // V's channels padded to whole panels (zeros)
+  const Padded pd{4 * TH + 2, 4 * TW + 2, C}, pdy{4 * TH, 4 * TW, K};
+  Buffer<float> xstore, dystore;
+  const float* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const float* dyp = pad_channels_last(Y, dy, 0, 0, pdy, dystore);
+  const int64_t tc = std::max<int64_t>(mp, std::min(T, (int64_t(16) << 20) / (kWinoPoints * (Cp + K) * 4)));
+  Buffer<float> vbuf(kWinoPoints * tc * Cp), dbuf(kWinoPoints * tc * K), mbuf(kWinoPoints * K * Cp);
+  float *v = vbuf.get(), *d = dbuf.get(), *m = mbuf.get();
+  const int64_t kblk = std::max<int64_t>(mp, ceil_div(K, 2) / mp * mp), nkb = ceil_div(K, kblk);
+  const int64_t seg0 = 0;
+  for (int64_t t0 = 0; t0 < T; t0 += tc) {
+    const int64_t nt = std::min(tc, T - t0);
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < nt; ++t) {
+      const int64_t tile = t0 + t, n = tile / (TH * TW), th = tile / TW % TH, tw = tile % TW;
+      f.input(xp + n * pd.sn() + 4 * th * pd.sh() + 4 * tw * C, pd.sh(), C, C, v + t * Cp, tc * Cp);
+      for (int xi = 0; xi < kWinoPoints && Cp > C; ++xi) std::memset(v + xi * tc * Cp + t * Cp + C, 0, sizeof(float) * (Cp - C));
+      f.dy(dyp + n * pdy.sn() + 4 * th * pdy.sh() + 4 * tw * K, pdy.sh(), K, K, d + t * K, tc * K);
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int64_t task = 0; task < kWinoPoints * CB * nkb; ++task) {
+      const int64_t xi = task / (CB * nkb), cb = task / nkb % CB, k1 = std::min(K, (task % nkb + 1) * kblk);
+      for (int64_t k0 = task % nkb * kblk; k0 < k1; k0 += mp)
+        mk.fn(TileArgs<float>{d + xi * tc * K + k0, 1, K, &seg0, 1, nt, v + xi * tc * Cp + cb * kv,
+                              m + (xi * K + k0) * Cp + cb * kv, static_cast<int>(std::min<int64_t>(mp, k1 - k0)), t0 > 0,
+                              Cp, Cp});
+    }
+  }
+#pragma omp parallel
+  {
+    alignas(64) float out[9 * 32];  // [r][s][kv], kv <= 32
+#pragma omp for collapse(2) schedule(static)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t cb = 0; cb < CB; ++cb) {
+        f.wgrad_output(m + k * Cp + cb * kv, K * Cp, out);
+        for (int64_t v0 = 0; v0 < std::min<int64_t>(kv, C - cb * kv); ++v0)
+          for (int rs = 0; rs < 9; ++rs) dw[k * W.sn + (cb * kv + v0) * W.sc + (rs / 3) * W.sh + (rs % 3) * W.sw] = out[rs * kv + v0];
+      }
   }
 }
 
@@ -1275,6 +1336,9 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   }
   if (is_depthwise(p)) return dw_bwd_weight(p, dy, x, dw);
   const MicroKernel<T> mk = micro_kernel<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    if (winograd_path<T>(p)) return winograd_bwd_weight(p, dy, x, dw, mk);
+  }
   if (is_pointwise(p) && p.stride_h == 1 && p.stride_w == 1 && X.sw == 1 && X.sh == X.w && Y.sw == 1 &&
       Y.sh == Y.w && X.c >= 16)
     return pointwise_bwd_weight_nchw(p, dy, x, dw, mk);

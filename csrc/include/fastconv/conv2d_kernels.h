@@ -88,7 +88,9 @@ struct DwReduce {
 // Winograd F(4x4, 3x3) transforms over channels (conv2d_winograd.inc; kv = the path's kKv):
 //   wino_input:  v[xi * vs + c] = (B^T d B)[xi], d[i][j] = src[i * sh + j * sw + c], for c < n;
 //   wino_output: out[i * os + j * ps + v] = (A^T m A)[i][j], m[xi] = m[xi * ms + v], for v < kv;
-//   wino_weight: u[xi * us + v] = (G g G^T)[xi], g[r][s] = g[r * sr + s * ss + v], for v < kv.
+//   wino_weight: u[xi * us + v] = (G g G^T)[xi], g[r][s] = g[r * sr + s * ss + v], for v < kv;
+//   wino_dy:     v[xi * vs + c] = (A g A^T)[xi], g[i][j] = src[i * sh + j * sw + c] (4x4), for c < n;
+//   wino_wgrad_output: out[(r * 3 + s) * kv + v] = (G^T m G)[r][s], m[xi] = m[xi * ms + v], for v < kv.
 #define FASTCONV_DW_DECLS                                                                             \
   void dw_taps_f32(const DwTaps<float>& d);                                                           \
   void dw_taps_f64(const DwTaps<double>& d);                                                          \
@@ -96,7 +98,9 @@ struct DwReduce {
   void dw_reduce_f64(const DwReduce<double>& d);                                                      \
   void wino_input_f32(const float* src, int64_t sh, int64_t sw, int64_t n, float* v, int64_t vs);     \
   void wino_output_f32(const float* m, int64_t ms, float* out, int64_t os, int64_t ps);               \
-  void wino_weight_f32(const float* g, int64_t sr, int64_t ss, float* u, int64_t us);
+  void wino_weight_f32(const float* g, int64_t sr, int64_t ss, float* u, int64_t us);                 \
+  void wino_dy_f32(const float* src, int64_t sh, int64_t sw, int64_t n, float* v, int64_t vs);        \
+  void wino_wgrad_output_f32(const float* m, int64_t ms, float* out);
 
 namespace portable {
 FASTCONV_DW_DECLS
