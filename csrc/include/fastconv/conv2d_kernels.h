@@ -85,13 +85,14 @@ struct DwReduce {
   int64_t o_ks;
 };
 
+// Per-ISA loops besides the micro-kernel: the depthwise loops above (conv2d_depthwise.inc) and the
 // Winograd F(4x4, 3x3) transforms over channels (conv2d_winograd.inc; kv = the path's kKv):
 //   wino_input:  v[xi * vs + c] = (B^T d B)[xi], d[i][j] = src[i * sh + j * sw + c], for c < n;
 //   wino_output: out[i * os + j * ps + v] = (A^T m A)[i][j], m[xi] = m[xi * ms + v], for v < kv;
 //   wino_weight: u[xi * us + v] = (G g G^T)[xi], g[r][s] = g[r * sr + s * ss + v], for v < kv;
 //   wino_dy:     v[xi * vs + c] = (A g A^T)[xi], g[i][j] = src[i * sh + j * sw + c] (4x4), for c < n;
 //   wino_wgrad_output: out[(r * 3 + s) * kv + v] = (G^T m G)[r][s], m[xi] = m[xi * ms + v], for v < kv.
-#define FASTCONV_DW_DECLS                                                                             \
+#define FASTCONV_ISA_DECLS                                                                            \
   void dw_taps_f32(const DwTaps<float>& d);                                                           \
   void dw_taps_f64(const DwTaps<double>& d);                                                          \
   void dw_reduce_f32(const DwReduce<float>& d);                                                       \
@@ -103,17 +104,17 @@ struct DwReduce {
   void wino_wgrad_output_f32(const float* m, int64_t ms, float* out);
 
 namespace portable {
-FASTCONV_DW_DECLS
+FASTCONV_ISA_DECLS
 constexpr int kKv = 16;
 }  // namespace portable
 namespace avx2 {
-FASTCONV_DW_DECLS
+FASTCONV_ISA_DECLS
 constexpr int kKv = 16, kMp = 6;
 void conv_tile_f32(const TileArgs<float>& t);
 void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
 }  // namespace avx2
 namespace avx512 {
-FASTCONV_DW_DECLS
+FASTCONV_ISA_DECLS
 constexpr int kKv = 32, kMp = 12;
 void conv_tile_f32(const TileArgs<float>& t);
 void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
