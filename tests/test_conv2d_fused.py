@@ -313,6 +313,19 @@ def test_winograd_weight_grad_in_tile_chunks():
     torch.testing.assert_close(got_x.double(), want_x, rtol=1e-4, atol=1e-4)
 
 
+def test_winograd_nan_spreads_to_its_tile_only():
+    """Documented difference: a NaN input makes its whole 4x4 output tile NaN (the direct path, like
+    torch, only the 3x3 outputs whose window holds it); every other output stays finite."""
+    x, wt, pad = _conv_pair((1, 16, 20, 20, 16, 3, 3, 1, 1, 1, 1), "nchw")
+    x[0, 3, 9, 9] = float("nan")
+    with winograd(True):
+        y = fastconv.conv2d(x, wt, None, 1, pad)
+    nan = y.isnan()
+    assert nan[:, :, 8:12, 8:12].all() and nan.sum().item() == 16 * 16
+    with winograd(False):
+        assert fastconv.conv2d(x, wt, None, 1, pad).isnan().sum().item() == 9 * 16
+
+
 def test_winograd_error_against_float64():
     """F(4x4, 3x3) rounding at a ResNet-50 layer 4 shape (512 channels): within 1e-5 of the output
     scale, a few times the direct sum's error."""
