@@ -718,6 +718,42 @@ inline int64_t wino_packed_size(const Conv2dParams& p, int kv) {
   return kWinoPoints * ceil_div(p.w.n, kv) * p.w.c * kv;
 }
 
+// The 6x6 input tiles of a Winograd layer (tile (n, th, tw) starts at input row 4 th - pad_h0 and
+// column 4 tw - pad_w0): a channels-last input is read in place, tiles that reach into the padding
+// through a zero-filled staging tile; other layouts are first copied into a zero-padded channels-last
+// buffer covering every tile (4 TH + 2 rows of 4 TW + 2 pixels).
+struct WinoTiles {
+  const Tensor4& X;
+  const float* x;
+  int64_t ph0, pw0;
+  bool in_place;
+  Padded pd;
+  Buffer<float> store;
+  const float* xp;
+  WinoTiles(const Conv2dParams& p, const float* x_, int64_t TH, int64_t TW)
+      : X(p.x), x(x_), ph0(p.pad_h0), pw0(p.pad_w0), in_place(p.x.sc == 1 && p.x.sw == p.x.c),
+        pd{4 * TH + 2, 4 * TW + 2, p.x.c}, xp(in_place ? nullptr : pad_channels_last(X, x_, ph0, pw0, pd, store)) {}
+  int64_t stage_size() const { return in_place ? 36 * X.c : 0; }
+  // v[xi * vs + c] = (B^T d B)[xi] of tile (n, th, tw) for every channel c; stage: stage_size() floats.
+  void transform(const WinoFns& f, int64_t n, int64_t th, int64_t tw, float* v, int64_t vs, float* stage) const {
+    const int64_t C = X.c;
+    if (!in_place) return f.input(xp + n * pd.sn() + 4 * th * pd.sh() + 4 * tw * C, pd.sh(), C, C, v, vs);
+    const int64_t h0 = 4 * th - ph0, w0 = 4 * tw - pw0;
+    const float* xn = x + n * X.sn;
+    if (h0 >= 0 && h0 + 6 <= X.h && w0 >= 0 && w0 + 6 <= X.w) return f.input(xn + h0 * X.sh + w0 * X.sw, X.sh, X.sw, C, v, vs);
+    for (int64_t i = 0; i < 6; ++i)
+      for (int64_t j = 0; j < 6; ++j) {
+        float* o = stage + (i * 6 + j) * C;
+        const int64_t h = h0 + i, w = w0 + j;
+        if (h >= 0 && h < X.h && w >= 0 && w < X.w)
+          std::memcpy(o, xn + h * X.sh + w * X.sw, sizeof(float) * C);
+        else
+          std::memset(o, 0, sizeof(float) * C);
+      }
+    f.input(stage, 6 * C, C, C, v, vs);
+  }
+};
+
 // Each task transforms kv output channels x up to 16 input channels: their taps are first brought
 // into an L1 panel g[c][r][s][kv] (zero beyond K) by 8x8 register transposes where the layout
 // allows (taps contiguous, forward or flipped; or channels contiguous), read in place when the kv
@@ -772,13 +808,7 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
   const WinoFns f = wino_fns();
   const int64_t KB = ceil_div(K, kv);
   const int64_t TH = ceil_div(P, 4), TW = ceil_div(Q, 4), trows = X.n * TH, Q4 = 4 * TW;
-  // Input tiles: a channels-last input is read in place, tiles that reach into the padding through a
-  // zero-filled 6x6 staging tile; other layouts are first copied into a zero-padded channels-last
-  // buffer covering every tile (4 TH + 2 rows of 4 TW + 2 pixels).
-  const bool in_place = X.sc == 1 && X.sw == C;
-  const Padded pd{4 * TH + 2, 4 * TW + 2, C};
-  Buffer<float> xstore;
-  const float* xp = in_place ? nullptr : pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const WinoTiles in(p, x, TH, TW);
   // Blocks of whole tile rows, about 32 tiles each, balanced.
   int64_t rpb = std::min(trows, std::max<int64_t>(1, ceil_div(32, TW)));
   const int64_t nblk = ceil_div(trows, rpb);
@@ -796,37 +826,14 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
   const Epilogue<float> ep_out = streamed(ep, Y);
   const int64_t seg0 = 0;
   auto transform_block = [&](int64_t blk, float* v, float* stage) {
-    for (int64_t tr = blk * rpb; tr < std::min(trows, (blk + 1) * rpb); ++tr) {
-      const int64_t n = tr / TH, th = tr % TH, h0 = 4 * th - p.pad_h0;
-      for (int64_t tw = 0; tw < TW; ++tw) {
-        float* vt = v + ((tr - blk * rpb) * TW + tw) * C;
-        if (!in_place) {
-          f.input(xp + n * pd.sn() + 4 * th * pd.sh() + 4 * tw * C, pd.sh(), C, C, vt, tb * C);
-          continue;
-        }
-        const int64_t w0 = 4 * tw - p.pad_w0;
-        const float* xn = x + n * X.sn;
-        if (h0 >= 0 && h0 + 6 <= X.h && w0 >= 0 && w0 + 6 <= X.w) {
-          f.input(xn + h0 * X.sh + w0 * X.sw, X.sh, X.sw, C, vt, tb * C);
-          continue;
-        }
-        for (int64_t i = 0; i < 6; ++i)
-          for (int64_t j = 0; j < 6; ++j) {
-            float* o = stage + (i * 6 + j) * C;
-            const int64_t h = h0 + i, w = w0 + j;
-            if (h >= 0 && h < X.h && w >= 0 && w < X.w)
-              std::memcpy(o, xn + h * X.sh + w * X.sw, sizeof(float) * C);
-            else
-              std::memset(o, 0, sizeof(float) * C);
-          }
-        f.input(stage, 6 * C, C, C, vt, tb * C);
-      }
-    }
+    for (int64_t tr = blk * rpb; tr < std::min(trows, (blk + 1) * rpb); ++tr)
+      for (int64_t tw = 0; tw < TW; ++tw)
+        in.transform(f, tr / TH, tr % TH, tw, v + ((tr - blk * rpb) * TW + tw) * C, tb * C, stage);
   };
 #pragma omp parallel
   {
     Buffer<float> vloc(shared ? 0 : vsize), mbuf(kWinoPoints * tb * kv), rows4(4 * Q4 * kv),
-        rowt(Y.sc != 1 ? Q * kv : 0), stage(in_place ? 36 * C : 0);
+        rowt(Y.sc != 1 ? Q * kv : 0), stage(in.stage_size());
     if (shared) {
 #pragma omp for schedule(dynamic, 1)
       for (int64_t blk = 0; blk < nblk; ++blk) transform_block(blk, vall.get() + blk * vsize, stage.get());
@@ -880,9 +887,9 @@ void winograd_bwd_weight(const Conv2dParams& p, const float* dy, const float* x,
   const WinoFns f = wino_fns();
   const int64_t TH = ceil_div(P, 4), TW = ceil_div(Q, 4), T = X.n * TH * TW;
   const int64_t CB = ceil_div(C, kv), Cp = CB * kv;  // V's channels padded to whole panels (zeros)
-  const Padded pd{4 * TH + 2, 4 * TW + 2, C}, pdy{4 * TH, 4 * TW, K};
-  Buffer<float> xstore, dystore;
-  const float* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const WinoTiles in(p, x, TH, TW);
+  const Padded pdy{4 * TH, 4 * TW, K};  // dy tiles: a zero-padded channels-last copy
+  Buffer<float> dystore;
   const float* dyp = pad_channels_last(Y, dy, 0, 0, pdy, dystore);
   const int64_t tc = std::max<int64_t>(mp, std::min(T, (int64_t(16) << 20) / (kWinoPoints * (Cp + K) * 4)));
   Buffer<float> vbuf(kWinoPoints * tc * Cp), dbuf(kWinoPoints * tc * K), mbuf(kWinoPoints * K * Cp);
@@ -891,12 +898,16 @@ void winograd_bwd_weight(const Conv2dParams& p, const float* dy, const float* x,
   const int64_t seg0 = 0;
   for (int64_t t0 = 0; t0 < T; t0 += tc) {
     const int64_t nt = std::min(tc, T - t0);
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < nt; ++t) {
-      const int64_t tile = t0 + t, n = tile / (TH * TW), th = tile / TW % TH, tw = tile % TW;
-      f.input(xp + n * pd.sn() + 4 * th * pd.sh() + 4 * tw * C, pd.sh(), C, C, v + t * Cp, tc * Cp);
-      for (int xi = 0; xi < kWinoPoints && Cp > C; ++xi) std::memset(v + xi * tc * Cp + t * Cp + C, 0, sizeof(float) * (Cp - C));
-      f.dy(dyp + n * pdy.sn() + 4 * th * pdy.sh() + 4 * tw * K, pdy.sh(), K, K, d + t * K, tc * K);
+#pragma omp parallel
+    {
+      Buffer<float> stage(in.stage_size());
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t tile = t0 + t, n = tile / (TH * TW), th = tile / TW % TH, tw = tile % TW;
+        in.transform(f, n, th, tw, v + t * Cp, tc * Cp, stage.get());
+        for (int xi = 0; xi < kWinoPoints && Cp > C; ++xi) std::memset(v + xi * tc * Cp + t * Cp + C, 0, sizeof(float) * (Cp - C));
+        f.dy(dyp + n * pdy.sn() + 4 * th * pdy.sh() + 4 * tw * K, pdy.sh(), K, K, d + t * K, tc * K);
+      }
     }
 #pragma omp parallel for schedule(dynamic, 1)
     for (int64_t task = 0; task < kWinoPoints * CB * nkb; ++task) {
