@@ -23,6 +23,7 @@
 
 #include "fastconv/common.h"
 #include "fastconv/conv2d_kernels.h"
+#include "fastconv/free_blocks.h"
 
 namespace fastconv {
 namespace portable {
@@ -38,34 +39,16 @@ namespace {
 // first) and are reused for requests of up to their size and at least half of it.
 class BlockPool {
  public:
-  static constexpr size_t kMin = size_t(256) << 10, kMax = size_t(128) << 20;
+  static constexpr size_t kMin = size_t(256) << 10;
   void* take(size_t bytes) {
-    if (bytes >= kMin) {
-      for (size_t i = 0; i < free_.size(); ++i) {
-        if (free_[i].first >= bytes && free_[i].first / 2 <= bytes) {
-          void* p = free_[i].second;
-          held_ -= free_[i].first;
-          free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
-          return p;
-        }
-      }
-    }
-    void* p = std::aligned_alloc(64, bytes);
+    void* p = bytes >= kMin ? blocks_.take(bytes) : nullptr;
+    if (!p) p = std::aligned_alloc(64, bytes);
     if (!p) throw std::bad_alloc();
     return p;
   }
   void give(void* p, size_t bytes) {
-    if (bytes < kMin || bytes > kMax) return std::free(p);
-    while (!free_.empty() && held_ + bytes > kMax) {
-      std::free(free_.front().second);
-      held_ -= free_.front().first;
-      free_.erase(free_.begin());
-    }
-    free_.emplace_back(bytes, p);
-    held_ += bytes;
-  }
-  ~BlockPool() {
-    for (auto& b : free_) std::free(b.second);
+    if (bytes < kMin) return std::free(p);
+    blocks_.give(p, bytes);
   }
   static BlockPool& local() {
     thread_local BlockPool pool;
@@ -73,8 +56,7 @@ class BlockPool {
   }
 
  private:
-  std::vector<std::pair<size_t, void*>> free_;
-  size_t held_ = 0;
+  FreeBlocks blocks_{size_t(128) << 20};
 };
 
 // 64-byte aligned scratch buffer (vector loads of packed panels never split cache lines), from the

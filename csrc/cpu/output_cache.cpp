@@ -9,13 +9,14 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <new>
 #include <utility>
-#include <vector>
 
+#include "fastconv/free_blocks.h"
 #include "fastconv/torch_utils.h"
 
 namespace fastconv {
@@ -32,9 +33,13 @@ class OutputCache final : public c10::Allocator {
   }
 
   c10::DataPtr allocate(size_t n) override {
-    if (n < kMinBytes || limit_ == 0) return c10::GetCPUAllocator()->allocate(n);
+    if (n < kMinBytes || blocks_.limit() == 0) return c10::GetCPUAllocator()->allocate(n);
     const size_t bytes = (n + kAlign - 1) / kAlign * kAlign;
-    void* p = take(bytes);
+    void* p;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      p = blocks_.take(bytes);
+    }
     if (!p) {
       p = std::aligned_alloc(kAlign, bytes);
       if (!p) throw std::bad_alloc();
@@ -49,18 +54,13 @@ class OutputCache final : public c10::Allocator {
   void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
 
   void clear() {
-    std::vector<std::pair<size_t, void*>> drop;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      drop.swap(free_);
-      held_ = 0;
-    }
-    for (auto& b : drop) std::free(b.second);
+    std::lock_guard<std::mutex> lock(mu_);
+    blocks_.clear();
   }
 
   std::pair<int64_t, int64_t> stats() {
     std::lock_guard<std::mutex> lock(mu_);
-    return {static_cast<int64_t>(held_), static_cast<int64_t>(limit_)};
+    return {static_cast<int64_t>(blocks_.held()), static_cast<int64_t>(blocks_.limit())};
   }
 
  private:
@@ -69,52 +69,23 @@ class OutputCache final : public c10::Allocator {
     size_t bytes;
   };
 
-  OutputCache() {
+  static size_t limit_from_env() {
     const char* env = std::getenv("FASTCONV_OUTPUT_CACHE_MB");
-    limit_ = static_cast<size_t>(env && *env ? std::max(0LL, std::atoll(env)) : 256) << 20;
-  }
-
-  void* take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
-    size_t best = free_.size();
-    for (size_t i = 0; i < free_.size(); ++i)
-      if (free_[i].first >= bytes && free_[i].first / 2 <= bytes && (best == free_.size() || free_[i].first < free_[best].first))
-        best = i;
-    if (best == free_.size()) return nullptr;
-    void* p = free_[best].second;
-    held_ -= free_[best].first;
-    free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
-    return p;
-  }
-
-  void give(void* p, size_t bytes) {
-    std::vector<void*> drop;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (bytes > limit_) {
-        drop.push_back(p);
-      } else {
-        while (!free_.empty() && held_ + bytes > limit_) {
-          drop.push_back(free_.front().second);
-          held_ -= free_.front().first;
-          free_.erase(free_.begin());
-        }
-        free_.emplace_back(bytes, p);
-        held_ += bytes;
-      }
-    }
-    for (void* d : drop) std::free(d);
+    return static_cast<size_t>(env && *env ? std::max(0LL, std::atoll(env)) : 256) << 20;
   }
 
   static void release(void* ctx) {
     auto* b = static_cast<Block*>(ctx);
-    get().give(b->ptr, b->bytes);
+    {
+      OutputCache& c = get();
+      std::lock_guard<std::mutex> lock(c.mu_);
+      c.blocks_.give(b->ptr, b->bytes);
+    }
     delete b;
   }
 
   std::mutex mu_;
-  std::vector<std::pair<size_t, void*>> free_;  // (bytes, block), oldest first
-  size_t held_ = 0, limit_ = 0;
+  FreeBlocks blocks_{limit_from_env()};
 };
 
 }  // namespace
