@@ -33,6 +33,8 @@ namespace portable {
 
 namespace {
 
+#include "stream_store.inc"
+
 // Large scratch blocks are kept per thread between calls: a fresh multi-megabyte allocation is a
 // fresh mapping, and filling it pays a page fault per 4 KB (a few percent of a convolution). Blocks
 // of 256 KB and more go back to the freeing thread's pool (at most 128 MB per thread, oldest out
@@ -260,17 +262,7 @@ inline T finish(T z, T r, T eps) {
 // N > 0: a run of exactly N (the panel width), a fixed-trip loop the compiler vectorizes and
 // inlines (a plain copy with a run-time length becomes a memmove call per 64-byte run; forcing a
 // full unroll instead turns it into scalar code with a branch per ReLU).
-// Non-temporal 16-byte stores of a run whose destination is 16-byte aligned (else plain stores):
-// outputs far larger than the caches skip the read-for-ownership of every line they fill.
-inline void stream_run(float* o, const float* v, int n) {
-  if (reinterpret_cast<uintptr_t>(o) % 16 || n % 4) return (void)std::memcpy(o, v, sizeof(float) * n);
-  for (int i = 0; i < n; i += 4) _mm_stream_ps(o + i, _mm_loadu_ps(v + i));
-}
-inline void stream_run(double* o, const double* v, int n) {
-  if (reinterpret_cast<uintptr_t>(o) % 16 || n % 2) return (void)std::memcpy(o, v, sizeof(double) * n);
-  for (int i = 0; i < n; i += 2) _mm_stream_pd(o + i, _mm_loadu_pd(v + i));
-}
-
+// Streamed runs (ep.stream) are finished into an L1 buffer and written with stream_store.
 template <typename T, Combine CB, bool RELU, bool SQRT, int N = 0>
 void store_run(const T* __restrict t, int64_t ts, T* __restrict o, const T* __restrict r, int64_t os, int64_t n, T eps,
                bool stream = false) {
@@ -279,7 +271,7 @@ void store_run(const T* __restrict t, int64_t ts, T* __restrict o, const T* __re
       alignas(64) T buf[N > 0 ? N : 1];
 #pragma omp simd
       for (int v = 0; v < N; ++v) buf[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
-      return stream_run(o, buf, N);
+      return stream_store(o, buf, int64_t(sizeof(T)) * N);
     }
 #pragma omp simd
     for (int v = 0; v < N; ++v) o[v] = finish<T, CB, RELU, SQRT>(t[v], CB == Combine::kNone ? T(0) : r[v], eps);
@@ -514,7 +506,7 @@ void conv_with(const Conv2dParams& p, const T* x, const T* wpack, T* y, const Ep
       }
       finish_row(rb, rowt.get(), Q, kv, kvalid, k0, tab, store, ep_out, mk, y, Y, n * Y.sn + k0 * Y.sc + pr * Y.sh);
     }
-    if (ep_out.stream) _mm_sfence();
+    if (ep_out.stream) stream_fence();
   }
 }
 
@@ -616,7 +608,7 @@ void pointwise_nchw(const Conv2dParams& p, const T* x, const T* w, T* y, const E
             tb[i * ldc + v] = tb[i * ldc + v] * tab.alpha[kfirst + i] + tab.beta[kfirst + i];
       store(tb, static_cast<int>(ldc), static_cast<int>(rows), cnt, y, n * Y.sn + kfirst * Y.sc + j0, Y.sc, 1, ep_out);
     }
-    if (ep_out.stream) _mm_sfence();
+    if (ep_out.stream) stream_fence();
   }
 }
 
@@ -850,7 +842,7 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
         }
       }
     }
-    if (ep_out.stream) _mm_sfence();
+    if (ep_out.stream) stream_fence();
   }
 }
 

@@ -1,5 +1,7 @@
 // Elementwise kernels: portable variant and run-time dispatch (AVX2 / AVX-512 variants compile the
 // same body with wider targets in eltwise_kernels_avx2.cpp / eltwise_kernels_avx512.cpp).
+#include <emmintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

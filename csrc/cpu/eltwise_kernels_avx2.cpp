@@ -13,9 +13,7 @@
 #pragma GCC target("avx2,fma,f16c")
 namespace fastconv {
 namespace avx2 {
-#define FASTCONV_STREAM_STORES 1
 #include "eltwise_kernels_impl.h"
-#undef FASTCONV_STREAM_STORES
 
 FASTCONV_ELTWISE_INSTANTIATE(float)
 FASTCONV_ELTWISE_INSTANTIATE(double)

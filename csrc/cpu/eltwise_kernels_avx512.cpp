@@ -13,9 +13,7 @@
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")
 namespace fastconv {
 namespace avx512 {
-#define FASTCONV_STREAM_STORES 1
 #include "eltwise_kernels_impl.h"
-#undef FASTCONV_STREAM_STORES
 
 FASTCONV_ELTWISE_INSTANTIATE(float)
 FASTCONV_ELTWISE_INSTANTIATE(double)

@@ -1,8 +1,8 @@
 // Body of the elementwise kernels, included once per ISA inside namespace fastconv::<isa> after all
 // standard headers (see eltwise_kernels.cpp, eltwise_kernels_avx2.cpp): plain loops that the
 // compiler vectorizes for the target of the including file.
-// Needs: <algorithm>, <cmath>, <cstring>, <cstdint>, <limits>, fastconv/eltwise_kernels.h, and
-// FASTCONV_STREAM_STORES defined to 1 (with <immintrin.h>) where AVX2 stores are available.
+// Needs: <algorithm>, <cmath>, <cstring>, <cstdint>, <limits>, <emmintrin.h> (x86-64),
+// fastconv/eltwise_kernels.h.
 
 inline float to_f32(float v) { return v; }
 inline double to_f32(double v) { return v; }

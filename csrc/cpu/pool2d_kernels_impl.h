@@ -12,9 +12,7 @@ struct Range {
 
 enum class Kind { kMax, kAvg, kAdaptive };
 
-#define FASTCONV_STREAM_STORES FASTCONV_IMPL_AVX2
 #include "stream_store.inc"
-#undef FASTCONV_STREAM_STORES
 constexpr int64_t kStreamChunk = 1024;  // elements per buffered chunk of a streamed output
 
 inline std::vector<Range> ranges(Kind kind, int64_t out, int64_t size, int64_t k, int64_t s, int64_t pad,
