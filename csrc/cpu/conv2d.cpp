@@ -5,7 +5,6 @@
 #include <c10/core/GradMode.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <mutex>
 #include <unordered_map>
 
@@ -126,10 +125,7 @@ class WeightCache {
   }
 
  private:
-  WeightCache() {
-    const char* env = std::getenv("FASTCONV_WEIGHT_CACHE_MB");
-    limit_ = (env && *env ? std::atoll(env) : 512) << 20;
-  }
+  WeightCache() : limit_(env_megabytes("FASTCONV_WEIGHT_CACHE_MB", 512)) {}
   static int64_t bytes_of(const at::Tensor& t) {
     return t.defined() ? t.numel() * static_cast<int64_t>(t.element_size()) : 0;
   }

@@ -9,7 +9,6 @@
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
 
-#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -69,11 +68,6 @@ class OutputCache final : public c10::Allocator {
     size_t bytes;
   };
 
-  static size_t limit_from_env() {
-    const char* env = std::getenv("FASTCONV_OUTPUT_CACHE_MB");
-    return static_cast<size_t>(env && *env ? std::max(0LL, std::atoll(env)) : 256) << 20;
-  }
-
   static void release(void* ctx) {
     auto* b = static_cast<Block*>(ctx);
     {
@@ -85,7 +79,7 @@ class OutputCache final : public c10::Allocator {
   }
 
   std::mutex mu_;
-  FreeBlocks blocks_{limit_from_env()};
+  FreeBlocks blocks_{static_cast<size_t>(env_megabytes("FASTCONV_OUTPUT_CACHE_MB", 256))};
 };
 
 }  // namespace

@@ -4,6 +4,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <tuple>
 #include <utility>
 
@@ -16,6 +18,12 @@ namespace fastconv {
 void cache_weight(const at::Tensor& weight);
 void clear_weight_cache();
 std::tuple<int64_t, int64_t, int64_t> weight_cache_stats();
+
+// A size limit from the environment: `name` in MB (negative or unparsable: 0), else `dflt_mb`; in bytes.
+inline int64_t env_megabytes(const char* name, int64_t dflt_mb) {
+  const char* env = std::getenv(name);
+  return std::max<int64_t>(0, env && *env ? std::atoll(env) : dflt_mb) << 20;
+}
 
 // The cache of freed CPU output blocks: release them all; (bytes held, limit in bytes).
 void clear_output_cache();
