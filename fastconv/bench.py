@@ -147,10 +147,12 @@ def block_rows(device, dtype, batch, repeats):
     def sort_relu(r, z):
         return TF.relu(r + z + torch.sqrt(TF.relu(r) * TF.relu(z) + eps))
 
-    def eager_block(x):
+    def eager_mid(x):  # the first two convolutions
         out = TF.relu(blk.bn1(TF.conv2d(x, blk.conv1.weight)))
-        out = TF.relu(blk.bn2(TF.conv2d(out, blk.conv2.weight, None, 1, 1)))
-        return sort_relu(x, blk.bn3(TF.conv2d(out, blk.conv3.weight)))
+        return TF.relu(blk.bn2(TF.conv2d(out, blk.conv2.weight, None, 1, 1)))
+
+    def eager_block(x):
+        return sort_relu(x, blk.bn3(TF.conv2d(eager_mid(x), blk.conv3.weight)))
 
     rows = []
     flops = 2.0 * batch * 56 * 56 * (256 * 64 + 64 * 64 * 9 + 64 * 256)
@@ -158,7 +160,7 @@ def block_rows(device, dtype, batch, repeats):
         torch.testing.assert_close(fused(x), eager_block(x), rtol=1e-3, atol=1e-3)
         t_o, t_p = time_pair(lambda: fused(x), lambda: eager_block(x), device, repeats)
         rows.append(_row("sort_bottleneck[fused]", f"{batch}x256x56x56", t_o, t_p, flops, "GFLOP/s"))
-        mid = TF.relu(blk.bn2(TF.conv2d(TF.relu(blk.bn1(TF.conv2d(x, blk.conv1.weight))), blk.conv2.weight, None, 1, 1)))
+        mid = eager_mid(x)
         from fastconv.nn import bn_scale_shift
         scale, shift = bn_scale_shift(blk.bn3)
         w3 = fused.conv3.weight
@@ -175,6 +177,7 @@ def block_rows(device, dtype, batch, repeats):
     return rows
 
 
+GROUPS = ("conv", "conv_bwd", "memory", "block", "models")  # --ops choices; default: all but models
 MODEL_FLOPS = {"resnet18": 1.82e9, "resnet50": 4.11e9}  # multiply-adds x 2 per 224x224 image
 
 
@@ -244,11 +247,11 @@ def main(args):
     quick = args.quick
     layers = [l for l in LAYERS if not quick or l[0] in QUICK_LAYERS]
     repeats = 5 if quick else 10
-    ops = set(args.ops.split(",")) if args.ops else {"conv", "conv_bwd", "memory", "block"}
-    unknown = ops - {"conv", "conv_bwd", "memory", "block", "models"}
+    ops = set(args.ops.split(",")) if args.ops else set(GROUPS) - {"models"}
+    unknown = ops - set(GROUPS)
     if unknown:
         raise SystemExit(f"fastconv bench: unknown --ops {', '.join(sorted(unknown))}; "
-                         "choose from conv, conv_bwd, memory, block, models")
+                         f"choose from {', '.join(GROUPS)}")
     if device == "cpu":
         torch.set_num_threads(torch.get_num_threads())
     info = fastconv.info()
