@@ -26,16 +26,32 @@ def _no_grad(*ts):
     return True
 
 
+def _plain(args):
+    """True when every tensor argument is an ordinary CPU or CUDA tensor (or parameter): no subclass,
+    fake or meta tensor that needs the dispatcher."""
+    for a in args:
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or a.device.type not in ("cpu", "cuda")):
+            return False
+    return True
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def _call(name, grad_inputs, *args):
     """The active backend's operator `name` on args. When no gradient can flow (grad mode off, or
     no tensor of grad_inputs requires grad) the call goes straight to the kernel below the autograd
     layer, as that layer itself would, minus its Python per-call cost (the bulk of a small op's
-    time). Under torch.compile the operator is called as is, for the tracer to see."""
-    op = getattr(_ops(), name)
+    time); a Python backend's kernel is called directly. Under torch.compile the operator is called
+    as is, for the tracer to see."""
+    ops = _ops()
     if not _no_grad(*grad_inputs) or torch.compiler.is_compiling():
-        return op(*args)
+        return getattr(ops, name)(*args)
+    kernels = getattr(ops, "kernels", None)
+    if kernels is not None and _plain(args):
+        return kernels[name](*args)
     with _below_autograd():
-        return op(*args)
+        return getattr(ops, name)(*args)
 
 
 def _conv_args(input, weight, bias, stride, padding, dilation, groups):

@@ -269,8 +269,7 @@ _AUTOGRAD["max_pool2d_values"] = (_values_only_backward, lambda ctx, inputs, out
 
 
 def register(namespace):
-    """Register the fakes and autograd formulas above for the operators of `namespace` (those it
-    defines: max_pool2d_values is native only)."""
+    """Register the fakes and autograd formulas above for the operators `namespace` defines."""
     ops = getattr(torch.ops, namespace)
     defined = set(torch._C._dispatch_get_all_op_names())
     for name, fn in _FAKES.items():

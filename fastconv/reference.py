@@ -251,6 +251,11 @@ def max_pool2d_fwd(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return y, idx
 
 
+def max_pool2d_values(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    """The values of max_pool2d_fwd."""
+    return max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode)[0]
+
+
 def max_pool2d_bwd(grad_out, indices, input_size):
     """Each output's gradient goes to the input position its index names (repeats accumulate)."""
     n, c, h, w = input_size

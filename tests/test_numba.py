@@ -97,6 +97,65 @@ def test_conv2d_fused(combine, mode, relu):
     torch.testing.assert_close(torch.from_numpy(y), ref(*inputs))
 
 
+WINOGRAD = [  # (N, C, H, W), K, padding: float32 3x3 stride-1 layers that take the Winograd path
+    ((1, 16, 22, 19), 16, 1),        # big enough for the rule; a tile column short of a multiple of 4
+    ((1, 16, 9, 7), 16, 1),          # rows overhanging
+    ((2, 17, 13, 10), 19, (1, 0)),   # odd channels, tiles across images, asymmetric padding
+    ((1, 20, 6, 6), 24, 2),           # padding larger than the tile overlap
+    ((3, 32, 12, 12), 16, 0),
+]
+
+
+@pytest.mark.parametrize("xs,k,padding", WINOGRAD)
+@pytest.mark.parametrize("block", [512, 8])  # 8: blocks of two tile rows, the last one shorter
+def test_conv2d_winograd(xs, k, padding, block, monkeypatch):
+    from fastconv.numba import cpu, kernels
+    monkeypatch.setattr(cpu, "WINO_TILE_BLOCK", block)
+    monkeypatch.setattr(kernels, "WINO_MIN_SAVED", 0 if xs[2] < 20 else kernels.WINO_MIN_SAVED)  # small layers too
+    x, w, b = randn(*xs), randn(k, xs[1], 3, 3) / (3 * xs[1] ** 0.5), randn(k)
+    p, q = TF.conv2d(x, w, None, 1, padding).shape[2:]
+    pads = (padding,) * 4 if isinstance(padding, int) else (padding[0],) * 2 + (padding[1],) * 2
+    assert kernels.winograd(x.numpy(), w.numpy(), (1, 1), pads, (1, 1), 1, p, q)
+    want = TF.conv2d(x.double(), w.double(), b.double(), 1, padding)
+    y = fastconv.conv2d(x, w, b, 1, padding)
+    scale = want.abs().max().item()
+    torch.testing.assert_close(y.double(), want, rtol=0, atol=2e-5 * scale)  # F(4x4, 3x3) in float32
+    r = randn(*y.shape)
+    fused = fastconv.conv2d_fused(x, w, b, 1, padding, residual=r, combine="sort", relu=True)
+    z = want.float()
+    torch.testing.assert_close(fused, torch.relu(r + z + torch.sqrt(r.relu() * z.relu() + 0.01)),
+                               rtol=1e-4, atol=1e-4 * scale)
+    if block == 512:  # gradients (the backward kernels are not Winograd) through a Winograd forward
+        assert_same(lambda x, w: fastconv.conv2d(x, w, None, 1, padding),
+                    lambda x, w: TF.conv2d(x, w, None, 1, padding), x, w, dtype=torch.float32)
+
+
+def test_conv2d_winograd_switch_and_rule():
+    from fastconv.numba import kernels
+    x, w = randn(1, 16, 20, 20), randn(16, 16, 3, 3)
+    before = kernels.set_winograd(False)
+    try:
+        assert not kernels.winograd(x.numpy(), w.numpy(), (1, 1), (1,) * 4, (1, 1), 1, 20, 20)
+        direct = fastconv.conv2d(x, w, None, 1, 1)
+    finally:
+        kernels.set_winograd(before)
+    assert kernels.winograd(x.numpy(), w.numpy(), (1, 1), (1,) * 4, (1, 1), 1, 20, 20)
+    torch.testing.assert_close(fastconv.conv2d(x, w, None, 1, 1), direct, rtol=1e-4, atol=1e-4)
+    # float64, strided, grouped, small channel counts and tiny outputs stay direct
+    for args in [(x.double().numpy(), w.double().numpy(), (1, 1), (1,) * 4, (1, 1), 1, 20, 20),
+                 (x.numpy(), w.numpy(), (2, 2), (1,) * 4, (1, 1), 1, 10, 10),
+                 (x.numpy(), w[:, :8].numpy(), (1, 1), (1,) * 4, (1, 1), 2, 20, 20),
+                 (x[:, :8].numpy(), w[:, :8].numpy(), (1, 1), (1,) * 4, (1, 1), 1, 20, 20),
+                 (x.numpy(), w.numpy(), (1, 1), (1,) * 4, (2, 2), 1, 18, 18),
+                 (x[..., :12, :12].numpy(), w.numpy(), (1, 1), (1,) * 4, (1, 1), 1, 12, 12)]:  # saves too little
+        assert not kernels.winograd(*args)
+    # a NaN spreads to its whole 4x4 output tile (documented), never beyond it
+    xn = x.clone()
+    xn[0, 3, 5, 6] = float("nan")
+    bad = fastconv.conv2d(xn, w, None, 1, 1)[0, 0].isnan()
+    assert bad[4:7, 5:8].all() and bad.sum() <= 16 and bad[4:8, 4:8].sum() == bad.sum()
+
+
 POOLS = [((2, 3, 9, 11), 3, 2, 1, 1, False), ((1, 2, 8, 7), (2, 3), (3, 1), (1, 0), (2, 1), True),
          ((1, 1, 5, 5), 5, None, 2, 1, True), ((3, 2, 6, 6), 1, 2, 0, 1, False)]
 
@@ -114,6 +173,60 @@ def test_max_pool2d(shape, k, s, p, d, ceil, dtype):
     xf = torch.randn_like(x)  # gradients on NaN-free data
     assert_same(lambda x: fastconv.max_pool2d(x, k, s, p, d, ceil), lambda x: TF.max_pool2d(x, k, s, p, d, ceil),
                 xf, dtype=dtype)
+
+
+def pool_sweep(seed, count):
+    """Random pooling geometries covering the kernels' literal-size spans (3x3 s2, 2x2 s2, 3x3 s1),
+    their border columns and rows, dilation, ceil mode and inputs narrower than a window."""
+    rng = np.random.default_rng(seed)
+    fixed = [((3, 3), (2, 2), (1, 1), (1, 1)), ((2, 2), (2, 2), (0, 0), (1, 1)), ((3, 3), (1, 1), (1, 1), (1, 1)),
+             ((3, 3), (2, 1), (0, 1), (1, 1)), ((2, 2), (2, 3), (1, 0), (1, 1))]
+    for i in range(count):
+        if i < len(fixed):
+            k, s, p, d = fixed[i]
+        else:
+            k = tuple(int(v) for v in rng.integers(1, 5, 2))
+            s = tuple(int(v) for v in rng.integers(1, 4, 2))
+            d = tuple(int(v) for v in rng.integers(1, 3, 2))
+            p = tuple(int(rng.integers(0, ((k[j] - 1) * d[j] + 1) // 2 + 1)) for j in range(2))
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        ceil = bool(rng.integers(0, 2))
+        try:
+            TF.max_pool2d(torch.empty(1, 1, h, w), k, s, p, d, ceil)
+        except RuntimeError:
+            continue  # output too small: torch refuses, as fastconv does
+        yield (int(rng.integers(1, 3)), int(rng.integers(1, 4)), h, w), k, s, p, d, ceil
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_sweep(dtype):
+    """Values, indices (ties: integer-valued data; NaN and -inf) and the values-only op."""
+    gen = torch.Generator().manual_seed(1)
+    for shape, k, s, p, d, ceil in pool_sweep(0, 60):
+        x = torch.randint(-3, 4, shape, generator=gen).to(dtype)
+        x.view(-1)[torch.randint(0, x.numel(), (2,), generator=gen)] = float("nan")
+        x.view(-1)[torch.randint(0, x.numel(), (2,), generator=gen)] = float("-inf")
+        case = f"{shape} k{k} s{s} p{p} d{d} ceil={ceil}"
+        y, i = fastconv.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+        ry, ri = TF.max_pool2d(x, k, s, p, d, ceil, return_indices=True)
+        torch.testing.assert_close(y, ry, equal_nan=True, msg=case)
+        assert torch.equal(i, ri), case
+        with torch.no_grad():
+            torch.testing.assert_close(fastconv.max_pool2d(x, k, s, p, d, ceil), ry, equal_nan=True, msg=case)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avg_pool2d_sweep(dtype):
+    gen = torch.Generator().manual_seed(2)
+    for j, (shape, k, s, p, _, ceil) in enumerate(pool_sweep(1, 60)):
+        x = torch.randn(shape, generator=gen, dtype=dtype)
+        args = (k, s, p, ceil, j % 2 == 0, 3 if j % 5 == 4 else None)
+        try:
+            want = TF.avg_pool2d(x, *args)
+        except RuntimeError:
+            continue
+        assert_same(lambda x: fastconv.avg_pool2d(x, *args), lambda x: TF.avg_pool2d(x, *args), x, dtype=dtype)
+        assert want.shape == fastconv.avg_pool2d(x, *args).shape
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -282,7 +395,7 @@ def test_backend_selection():
     assert fastconv.get_backend() == "numba"
     assert fastconv.info()["backend"] == "numba"
     with fastconv.use_backend("numba"):
-        assert backends.current_ops() is torch.ops.fastconv_numba
+        assert backends.current_ops().ops is torch.ops.fastconv_numba
     with pytest.raises(ValueError, match="unknown backend"):
         fastconv.set_backend("nope")
     with pytest.raises(ValueError, match="unknown backend"):

@@ -96,13 +96,15 @@ def _epilogue(y, k0, bias, has_bias, scale, has_scale, shift, has_shift, res, co
 
 
 @nb.njit(**_SERIAL)  # the parallel work is inside the helpers and BLAS
-def conv2d_fwd(x, xg, wg, yg, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct, bias, has_bias, scale, has_scale,
+def conv2d_fwd(x, xg, wg, yg, col, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct, bias, has_bias, scale, has_scale,
                shift, has_shift, resg, combine, relu, mode, eps, zero):
     """x (N,C,H,W); views xg (N,G,Cg,H*W), wg (G,Kg,Cg*R*S), yg (N,G,Kg,P*Q), resg like yg (or a
-    dummy). direct: 1x1 kernel, stride 1, no padding, so the input plane is its own column matrix."""
+    dummy); col (Cg*R*S, P*Q) work space. direct: 1x1 kernel, stride 1, no padding, so the input plane
+    is its own column matrix.
+    The epilogue (bias, scale, shift, combine, relu) runs on each (image, group) block while it is
+    still in cache."""
     N, G, Kg, PQ = yg.shape
     Cg = xg.shape[2]
-    col = np.empty((0 if direct else Cg * R * S, PQ), x.dtype)
     epi = has_bias or has_scale or has_shift or combine != 0 or relu
     for n in range(N):
         for g in range(G):
@@ -116,13 +118,170 @@ def conv2d_fwd(x, xg, wg, yg, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct, bias, 
                           resg[n, g] if combine != 0 else resg[0, 0], combine, relu, mode, eps, zero)
 
 
+# ---------------------------------------------------------------- Winograd F(4x4, 3x3)
+# float32 3x3 stride-1 convolutions, groups 1 (the rule of the native kernel: fastconv/numba/kernels.py
+# `winograd`). Output tile (n, ty, tx) covers rows 4ty.. and columns 4tx.. of the output; its 6x6
+# input tile starts at input row 4ty - pad_top, column 4tx - pad_left. Per block of tiles:
+#   V[a*6+b, c, t] = (B^T d B)[a, b]     (input tiles, zero outside the input)
+#   M[a*6+b, k, t] = U[a*6+b] @ V[a*6+b]  (36 GEMMs, U = G g G^T from the weights)
+#   y tile = A^T m A                      (clipped to the output)
+# The transforms apply the 1-D matrices to rows, then columns, each as an inner loop across the
+# columns or tiles of a row, which vectorizes.
+WINO_TILE_BLOCK = 512  # tiles per block at most: V and M of a 64-channel layer are 4.7 MB each
+
+
+def winograd_block(N, P, Q):
+    """Tiles per block: whole tile rows, blocks of (nearly) equal size."""
+    TW = (Q + 3) // 4
+    G = N * ((P + 3) // 4)
+    nblocks = -(-G // max(1, WINO_TILE_BLOCK // TW))
+    return -(-G // nblocks) * TW
+
+
+_F32 = np.float32  # the Winograd kernels are float32 only; literals must not widen them to float64
+
+
+@nb.njit(inline="always", cache=True)
+def _bt6(d0, d1, d2, d3, d4, d5):
+    """B^T (6x6) applied to a column of 6 input values."""
+    f, g, h = _F32(4), _F32(5), _F32(2)
+    return (f * d0 - g * d2 + d4, d3 + d4 - f * (d1 + d2), f * (d1 - d2) - d3 + d4,
+            h * (d3 - d1) + d4 - d2, h * (d1 - d3) + d4 - d2, f * d1 - g * d3 + d5)
+
+
+@nb.njit(inline="always", cache=True)
+def _at6(m0, m1, m2, m3, m4, m5):
+    """A^T (4x6) applied to a column of 6 products."""
+    p, q = m1 + m2, m1 - m2
+    r, u = m3 + m4, m3 - m4
+    return m0 + p + r, q + _F32(2) * u, p + _F32(4) * r, q + _F32(8) * u + m5
+
+
+@nb.njit(inline="always", cache=True)
+def _g3(g0, g1, g2):
+    """G (6x3) applied to a column of 3 weights."""
+    s = g0 + g2
+    e = g0 / _F32(24) + g2 / _F32(6)
+    return g0 / _F32(4), -(s + g1) / _F32(6), (g1 - s) / _F32(6), e + g1 / _F32(12), e - g1 / _F32(12), g2
+
+
+@nb.njit(**_FAST)
+def winograd_weight(w, U):
+    """w (K, C, 3, 3) -> U (36, K, C) = G g G^T per (k, c). The 36 values of a pair go to a row block
+    first: written straight into U they land K*C apart, in one L1 set when that is a multiple of
+    4 KB, which made the transform 5x slower."""
+    K, C = w.shape[0], w.shape[1]
+    for k in prange(K):
+        u36 = np.empty((36, C), w.dtype)
+        for c in range(C):
+            t0 = _g3(w[k, c, 0, 0], w[k, c, 1, 0], w[k, c, 2, 0])  # G applied to the weight columns
+            t1 = _g3(w[k, c, 0, 1], w[k, c, 1, 1], w[k, c, 2, 1])
+            t2 = _g3(w[k, c, 0, 2], w[k, c, 1, 2], w[k, c, 2, 2])
+            for a in range(6):
+                u = _g3(t0[a], t1[a], t2[a])
+                for b in range(6):
+                    u36[_U(a * 6 + b), c] = u[b]
+        for ab in range(36):
+            U[ab, k, :] = u36[ab]
+
+
+@nb.njit(**_FAST)
+def _wino_input(x, g0, g1, TH, TW, pt, pl, V, zrow):
+    """V[:, c, (g - g0) * TW + tx] for the tile rows g in [g0, g1) (of all images, g = n * TH + ty)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    WP = 4 * TW + 2
+    for c in prange(C):
+        R = np.empty((6, WP), x.dtype)  # B^T applied down the columns of one tile row's 6 input rows
+        for g in range(g0, g1):
+            n, ty = g // TH, g % TH
+            r0 = 4 * ty - pt
+            rows = [zrow] * 6
+            for i in range(6):
+                if 0 <= r0 + i < H:
+                    rows[i] = x[n, c, r0 + i]
+            R[:, :] = _F32(0)
+            lo, hi = max(0, pl), min(WP, W + pl)  # padded columns that lie inside the input
+            d0, d1, d2, d3, d4, d5 = rows[0], rows[1], rows[2], rows[3], rows[4], rows[5]
+            for u in range(lo, hi):
+                iu = _U(u - pl)
+                R[0, u], R[1, u], R[2, u], R[3, u], R[4, u], R[5, u] = _bt6(d0[iu], d1[iu], d2[iu], d3[iu],
+                                                                            d4[iu], d5[iu])
+            t0 = (g - g0) * TW
+            for a in range(6):
+                ra = R[a]
+                for tx in range(TW):
+                    b0 = _U(4 * tx)
+                    v = _bt6(ra[b0], ra[b0 + 1], ra[b0 + 2], ra[b0 + 3], ra[b0 + 4], ra[b0 + 5])
+                    for b in range(6):
+                        V[a * 6 + b, c, t0 + tx] = v[b]
+
+
+@nb.njit(**_FAST)
+def _wino_output(M, y, g0, g1, TH, TW):
+    """The output rows of tile rows [g0, g1) from the products M (36, K, tiles)."""
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    for k in prange(K):
+        S = np.empty((4, 6, TW), y.dtype)  # A^T applied down the columns of each tile
+        row = np.empty(4 * TW, y.dtype)
+        for g in range(g0, g1):
+            n, ty = g // TH, g % TH
+            t0 = (g - g0) * TW
+            for b in range(6):
+                for tx in range(TW):
+                    t = t0 + tx
+                    S[0, b, tx], S[1, b, tx], S[2, b, tx], S[3, b, tx] = _at6(
+                        M[b, k, t], M[6 + b, k, t], M[12 + b, k, t], M[18 + b, k, t], M[24 + b, k, t],
+                        M[30 + b, k, t])
+            for i in range(min(4, P - 4 * ty)):
+                s = S[i]
+                for tx in range(TW):
+                    o = _at6(s[0, tx], s[1, tx], s[2, tx], s[3, tx], s[4, tx], s[5, tx])
+                    for j in range(4):
+                        row[_U(4 * tx + j)] = o[j]
+                y[n, k, 4 * ty + i, :] = row[:Q]
+
+
+@nb.njit(**_FAST)
+def conv2d_winograd(x, U, y, pt, pl, V, M):
+    """y (N, K, P, Q) = the 3x3 stride-1 convolution of x (N, C, H, W) with pads pt (top), pl (left)
+    and weights U (36, K, C) from winograd_weight; work spaces V (36, C, T) and M (36, K, T) for
+    blocks of T tiles (winograd_block)."""
+    N, C = x.shape[0], x.shape[1]
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    TH, TW = (P + 3) // 4, (Q + 3) // 4
+    G = N * TH  # tile rows of all images
+    rows = V.shape[2] // TW
+    # A last, shorter block leaves V's last columns stale: the GEMMs' columns are independent, and
+    # those of M are never read.
+    zrow = np.zeros(x.shape[3], x.dtype)
+    for g0 in range(0, G, rows):
+        g1 = min(G, g0 + rows)
+        _wino_input(x, g0, g1, TH, TW, pt, pl, V, zrow)
+        for a in prange(36):
+            np.dot(U[a], V[a], M[a])
+        _wino_output(M, y, g0, g1, TH, TW)
+
+
+@nb.njit(**_SERIAL)  # the parallel work is inside the transforms, the GEMM loop and the epilogue
+def conv2d_fwd_winograd(x, w, y, yg, pt, pl, U, V, M, bias, has_bias, scale, has_scale, shift, has_shift, resg,
+                        combine, relu, mode, eps, zero):
+    """conv2d_fwd for a float32 3x3 stride-1 undilated convolution with groups 1 through Winograd;
+    yg is y's (N, 1, K, P*Q) view, U, V, M work spaces, the epilogue as in conv2d_fwd."""
+    winograd_weight(w, U)
+    conv2d_winograd(x, U, y, pt, pl, V, M)
+    if has_bias or has_scale or has_shift or combine != 0 or relu:
+        for n in range(y.shape[0]):
+            _epilogue(yg[n, 0], 0, bias, has_bias, scale, has_scale, shift, has_shift,
+                      resg[n, 0] if combine != 0 else resg[0, 0], combine, relu, mode, eps, zero)
+
+
 @nb.njit(**_SERIAL)  # the parallel work is inside the helpers and BLAS
-def conv2d_bwd_input(dyg, wt, dx, dxg, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct):
+def conv2d_bwd_input(dyg, wt, dx, dxg, col, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct):
     """dyg (N,G,Kg,P*Q); wt (G,Cg*R*S,Kg) = transposed weight; dx (N,C,H,W) zeroed, dxg its
-    (N,G,Cg,H*W) view. Column gradient = W^T dy, scattered back onto the input planes."""
+    (N,G,Cg,H*W) view; col (Cg*R*S, P*Q) work space. Column gradient = W^T dy, scattered back onto
+    the input planes."""
     N, G = dyg.shape[0], dyg.shape[1]
     Cg = dxg.shape[2]
-    col = np.empty((0 if direct else wt.shape[1], dyg.shape[3]), dx.dtype)
     for n in range(N):
         for g in range(G):
             if direct:
@@ -133,12 +292,11 @@ def conv2d_bwd_input(dyg, wt, dx, dxg, R, S, sh, sw, pt, pl, dh, dw, P, Q, direc
 
 
 @nb.njit(**_SERIAL)  # the parallel work is inside the helpers and BLAS
-def conv2d_bwd_weight(dyg, x, xg, dwg, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct, zero):
-    """dwg (G,Kg,Cg*R*S) zeroed; accumulates dy (Kg,P*Q) @ col^T over the images."""
+def conv2d_bwd_weight(dyg, x, xg, dwg, col, part, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct, zero):
+    """dwg (G,Kg,Cg*R*S) zeroed; accumulates dy (Kg,P*Q) @ col^T over the images (work spaces col
+    (Cg*R*S, P*Q) and part (Kg, Cg*R*S))."""
     N, G, Kg, PQ = dyg.shape
     Cg = xg.shape[2]
-    col = np.empty((Cg * R * S, PQ), x.dtype)
-    part = np.empty((Kg, Cg * R * S), x.dtype)
     for n in range(N):
         for g in range(G):
             if direct:
@@ -161,48 +319,109 @@ def conv2d_bwd_bias(dy3, db, zero):
 
 
 # ---------------------------------------------------------------- pooling (x3/y3: (N*C, H, W))
-# Forward pooling works an output row at a time: for each window tap, in torch's scan order (window
-# rows, then columns), it updates every output of the row -- an inner loop over contiguous outputs
-# that the compiler vectorizes, instead of a short loop per output window.
-@nb.njit(**_JIT)
-def max_pool2d_fwd(x3, y3, idx3, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
+# Each output is reduced in registers over its window. Output columns whose window lies wholly inside
+# the input form one span per output row; the common window shapes run that span with literal sizes
+# (the loops unroll and vectorize across outputs), every other shape and the border outputs with
+# runtime sizes. Indices are unsigned (_U): numba guards a signed index it cannot prove non-negative
+# with a wraparound select, which turned the strided loads into gathers and made the kernels 3-7x
+# slower.
+_U = np.uintp
+_SHAPES = ((3, 3, 2), (2, 2, 2), (3, 3, 1))  # (kh, kw, stride_w) with literal-size spans, dilation 1
+
+
+@nb.njit(inline="always", cache=True)
+def _shape_id(kh, kw, sw, dh, dw):
+    """1 + the index of (kh, kw, sw) in _SHAPES (undilated windows), else 0."""
+    if dh != 1 or dw != 1:
+        return 0
+    if kh == 3 and kw == 3:
+        return 1 if sw == 2 else (3 if sw == 1 else 0)
+    return 2 if kh == 2 and kw == 2 and sw == 2 else 0
+
+
+@nb.njit(inline="always", cache=True)
+def _inner_span(OW, sw, pw, kw, dw, W):
+    """[lo, hi): the output columns whose whole window lies inside the input."""
+    lo, hi = _valid_range(OW, sw, -pw, W - (kw - 1) * dw)
+    lo = min(lo, OW)
+    return lo, max(lo, min(hi, OW))
+
+
+@nb.njit(inline="always", cache=True)
+def _window_rows(oh, kh, sh, ph, dh, H):
+    """First input row and number of rows of output row oh's window inside the input."""
+    start = oh * sh - ph
+    i0, i1 = _valid_range(kh, dh, start, H)
+    return start + i0 * dh, i1 - i0
+
+
+@nb.njit(inline="always", cache=True)
+def _max_span(x3, y3, idx3, want_idx, p, oh, lo, hi, r0, nh, DH, J0, J1, SW, DW, off, W, neg_inf):
+    """y3[p, oh, lo:hi]: the max over rows r0 + i*DH (i < nh) and columns ow*SW + off + j*DW
+    (J0 <= j < J1), all inside the input. torch's order: the first maximum wins, a NaN wins over
+    numbers (the last NaN), a window of -inf reports its first position."""
+    for ow in range(lo, hi):
+        c0 = ow * SW + off
+        b = neg_inf
+        bi = r0 * W + c0 + J0 * DW
+        for i in range(nh):
+            r = r0 + i * DH
+            for j in range(J0, J1):
+                c = c0 + j * DW
+                v = x3[p, _U(r), _U(c)]
+                take = (v > b) | (v != v)  # branch-free, so the span vectorizes
+                b = v if take else b
+                if want_idx:
+                    bi = r * W + c if take else bi
+        y3[p, oh, ow] = b
+        if want_idx:
+            idx3[p, oh, ow] = bi
+
+
+@nb.njit(inline="always", cache=True)
+def _max_pool(x3, y3, idx3, want_idx, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
     H, W = x3.shape[1], x3.shape[2]
     OH, OW = y3.shape[1], y3.shape[2]
-    for pln in prange(x3.shape[0]):
-        best = y3[pln, 0].copy()
-        arg = idx3[pln, 0].copy()
+    lo, hi = _inner_span(OW, sw, pw, kw, dw, W)
+    sid = _shape_id(kh, kw, sw, dh, dw)
+    for p in prange(x3.shape[0]):
         for oh in range(OH):
-            h0 = oh * sh - ph
-            h1 = min(h0 + (kh - 1) * dh + 1, H)
-            while h0 < 0:
-                h0 += dh
-            for ow in range(OW):
-                w0 = ow * sw - pw
-                while w0 < 0:
-                    w0 += dw
-                best[ow] = neg_inf
-                arg[ow] = h0 * W + w0  # torch's index when nothing beats -inf
-            for ih in range(h0, h1, dh):
-                for j in range(kw):
-                    off = j * dw - pw
-                    lo, hi = _valid_range(OW, sw, off, W)
-                    base = ih * W + off
-                    for ow in range(lo, hi):
-                        v = x3[pln, ih, ow * sw + off]
-                        b = best[ow]
-                        take = (v > b) | (v != v)  # NaN wins, as in torch; branch-free so it vectorizes
-                        best[ow] = v if take else b
-                        arg[ow] = base + ow * sw if take else arg[ow]
-            y3[pln, oh, :] = best
-            idx3[pln, oh, :] = arg
+            r0, nh = _window_rows(oh, kh, sh, ph, dh, H)
+            for ow in range(OW):  # border columns: the taps inside the input
+                if ow == lo:
+                    break
+                j0, j1 = _valid_range(kw, dw, ow * sw - pw, W)
+                _max_span(x3, y3, idx3, want_idx, p, oh, ow, ow + 1, r0, nh, dh, j0, j1, sw, dw, -pw, W, neg_inf)
+            for ow in range(hi, OW):
+                j0, j1 = _valid_range(kw, dw, ow * sw - pw, W)
+                _max_span(x3, y3, idx3, want_idx, p, oh, ow, ow + 1, r0, nh, dh, j0, j1, sw, dw, -pw, W, neg_inf)
+            if sid == 1 and nh == 3:
+                _max_span(x3, y3, idx3, want_idx, p, oh, lo, hi, r0, 3, 1, 0, 3, 2, 1, -pw, W, neg_inf)
+            elif sid == 2 and nh == 2:
+                _max_span(x3, y3, idx3, want_idx, p, oh, lo, hi, r0, 2, 1, 0, 2, 2, 1, -pw, W, neg_inf)
+            elif sid == 3 and nh == 3:
+                _max_span(x3, y3, idx3, want_idx, p, oh, lo, hi, r0, 3, 1, 0, 3, 1, 1, -pw, W, neg_inf)
+            else:
+                _max_span(x3, y3, idx3, want_idx, p, oh, lo, hi, r0, nh, dh, 0, kw, sw, dw, -pw, W, neg_inf)
+
+
+@nb.njit(**_JIT)
+def max_pool2d_fwd(x3, y3, idx3, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
+    _max_pool(x3, y3, idx3, True, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf)
+
+
+@nb.njit(**_JIT)
+def max_pool2d_values(x3, y3, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
+    """max_pool2d_fwd without indices (no gradient can reach the call)."""
+    _max_pool(x3, y3, y3, False, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf)
 
 
 @nb.njit(**_JIT)
 def max_pool2d_bwd(dy2, idx2, dx2):
-    """dy2/idx2 (N*C, OH*OW), dx2 (N*C, H*W) zeroed."""
+    """dy2/idx2 (N*C, OH*OW), dx2 (N*C, H*W) zeroed; indices checked in range by the caller."""
     for pln in prange(dy2.shape[0]):
         for i in range(dy2.shape[1]):
-            dx2[pln, idx2[pln, i]] += dy2[pln, i]
+            dx2[pln, _U(idx2[pln, i])] += dy2[pln, i]
 
 
 @nb.njit(inline="always", cache=True)
@@ -214,29 +433,60 @@ def _avg_window(o, stride, pad, k, size):
     return max(start, 0), min(end, size), ext
 
 
+@nb.njit(inline="always", cache=True)
+def _avg_count(o, stride, pad, k, size, count_include_pad):
+    """First index and size of output o's window inside the input, and its factor of the divisor."""
+    a, b, ext = _avg_window(o, stride, pad, k, size)
+    return a, max(b - a, 0), (ext if count_include_pad else max(b - a, 0))
+
+
+@nb.njit(inline="always", cache=True)
+def _sum_span(x3, y3, p, oh, lo, hi, r0, nh, J, SW, off, div):
+    """y3[p, oh, lo:hi] = the sum over rows r0 .. r0+nh-1 and columns ow*SW + off + j (j < J),
+    all inside the input, divided by div."""
+    for ow in range(lo, hi):
+        c0 = ow * SW + off
+        acc = x3.dtype.type(0)
+        for i in range(nh):
+            for j in range(J):
+                acc += x3[p, _U(r0 + i), _U(c0 + j)]
+        y3[p, oh, ow] = acc / div
+
+
 @nb.njit(**_FAST)
 def avg_pool2d_fwd(x3, y3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, zero):
-    """divisor > 0 is divisor_override; windows and divisors as torch's avg_pool2d."""
+    """divisor > 0 is divisor_override; windows and divisors as torch's avg_pool2d (an empty
+    window gives 0)."""
     H, W = x3.shape[1], x3.shape[2]
     OH, OW = y3.shape[1], y3.shape[2]
-    for pln in prange(x3.shape[0]):
-        acc = y3[pln, 0].copy()
+    lo, hi = _inner_span(OW, sw, pw, kw, 1, W)
+    sid = _shape_id(kh, kw, sw, 1, 1)
+    fixed = x3.dtype.type(divisor)
+    for p in prange(x3.shape[0]):
         for oh in range(OH):
-            h0, h1, eh = _avg_window(oh, sh, ph, kh, H)
-            acc[:] = zero
-            for ih in range(h0, h1):
-                for j in range(kw):
-                    off = j - pw
-                    lo, hi = _valid_range(OW, sw, off, W)
-                    for ow in range(lo, hi):
-                        acc[ow] += x3[pln, ih, ow * sw + off]
+            r0, nh, fh = _avg_count(oh, sh, ph, kh, H, count_include_pad)
             for ow in range(OW):
-                w0, w1, ew = _avg_window(ow, sw, pw, kw, W)
-                if h0 >= h1 or w0 >= w1:
-                    y3[pln, oh, ow] = zero
+                if lo <= ow < hi:
                     continue
-                cnt = divisor if divisor > 0 else (eh * ew if count_include_pad else (h1 - h0) * (w1 - w0))
-                y3[pln, oh, ow] = acc[ow] / x3.dtype.type(cnt)
+                c0, nw, fw = _avg_count(ow, sw, pw, kw, W, count_include_pad)
+                if nh == 0 or nw == 0:
+                    y3[p, oh, ow] = zero
+                    continue
+                div = fixed if divisor > 0 else x3.dtype.type(fh * fw)
+                _sum_span(x3, y3, p, oh, ow, ow + 1, r0, nh, nw, 0, c0, div)
+            if nh == 0:
+                for ow in range(lo, hi):
+                    y3[p, oh, ow] = zero
+                continue
+            div = fixed if divisor > 0 else x3.dtype.type(fh * kw)
+            if sid == 1 and nh == 3:
+                _sum_span(x3, y3, p, oh, lo, hi, r0, 3, 3, 2, -pw, div)
+            elif sid == 2 and nh == 2:
+                _sum_span(x3, y3, p, oh, lo, hi, r0, 2, 2, 2, -pw, div)
+            elif sid == 3 and nh == 3:
+                _sum_span(x3, y3, p, oh, lo, hi, r0, 3, 3, 1, -pw, div)
+            else:
+                _sum_span(x3, y3, p, oh, lo, hi, r0, nh, kw, sw, -pw, div)
 
 
 @nb.njit(**_FAST)
@@ -244,46 +494,62 @@ def avg_pool2d_bwd(dy3, dx3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor)
     """dx3 zeroed; each output's gradient spread evenly over its window."""
     H, W = dx3.shape[1], dx3.shape[2]
     OH, OW = dy3.shape[1], dy3.shape[2]
-    for pln in prange(dy3.shape[0]):
+    for p in prange(dy3.shape[0]):
         for oh in range(OH):
-            h0, h1, eh = _avg_window(oh, sh, ph, kh, H)
+            r0, nh, fh = _avg_count(oh, sh, ph, kh, H, count_include_pad)
             for ow in range(OW):
-                w0, w1, ew = _avg_window(ow, sw, pw, kw, W)
-                if h0 >= h1 or w0 >= w1:
+                c0, nw, fw = _avg_count(ow, sw, pw, kw, W, count_include_pad)
+                if nh == 0 or nw == 0:
                     continue
-                cnt = divisor if divisor > 0 else (eh * ew if count_include_pad else (h1 - h0) * (w1 - w0))
-                g = dy3[pln, oh, ow] / dy3.dtype.type(cnt)
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        dx3[pln, ih, iw] += g
+                g = dy3[p, oh, ow] / dy3.dtype.type(divisor if divisor > 0 else fh * fw)
+                for i in range(nh):
+                    for j in range(nw):
+                        dx3[p, _U(r0 + i), _U(c0 + j)] += g
+
+
+@nb.njit(inline="always", cache=True)
+def _adaptive_window(o, size, out):
+    """[start, end) of adaptive pooling's window o: [floor(o*size/out), ceil((o+1)*size/out))."""
+    return o * size // out, -((-(o + 1) * size) // out)
 
 
 @nb.njit(**_FAST)
-def adaptive_avg_pool2d(x3, y3, backward, zero):
-    """Same conventions as avg_pool2d; windows [floor(o*H/OH), ceil((o+1)*H/OH))."""
-    if backward:
-        H, W, OH, OW = y3.shape[1], y3.shape[2], x3.shape[1], x3.shape[2]
-    else:
-        H, W, OH, OW = x3.shape[1], x3.shape[2], y3.shape[1], y3.shape[2]
-    for pln in prange(x3.shape[0]):
+def adaptive_avg_pool2d_fwd(x3, y3, zero):
+    H, W = x3.shape[1], x3.shape[2]
+    OH, OW = y3.shape[1], y3.shape[2]
+    x2 = x3.reshape(x3.shape[0], H * W)
+    for p in prange(x3.shape[0]):
         for oh in range(OH):
-            h0 = oh * H // OH
-            h1 = -((-(oh + 1) * H) // OH)
+            h0, h1 = _adaptive_window(oh, H, OH)
+            if OW == 1:  # whole rows (global pooling): one contiguous run
+                acc = zero
+                for i in range(h0 * W, h1 * W):
+                    acc += x2[p, _U(i)]
+                y3[p, oh, 0] = acc / x3.dtype.type((h1 - h0) * W)
+                continue
             for ow in range(OW):
-                w0 = ow * W // OW
-                w1 = -((-(ow + 1) * W) // OW)
-                cnt = (h1 - h0) * (w1 - w0)
-                if backward:
-                    g = x3[pln, oh, ow] / x3.dtype.type(cnt)
-                    for ih in range(h0, h1):
-                        for iw in range(w0, w1):
-                            y3[pln, ih, iw] += g
-                else:
-                    acc = zero
-                    for ih in range(h0, h1):
-                        for iw in range(w0, w1):
-                            acc += x3[pln, ih, iw]
-                    y3[pln, oh, ow] = acc / x3.dtype.type(cnt)
+                w0, w1 = _adaptive_window(ow, W, OW)
+                acc = zero
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        acc += x3[p, _U(ih), _U(iw)]
+                y3[p, oh, ow] = acc / x3.dtype.type((h1 - h0) * (w1 - w0))
+
+
+@nb.njit(**_FAST)
+def adaptive_avg_pool2d_bwd(dy3, dx3):
+    """dx3 zeroed; each output's gradient spread evenly over its window."""
+    H, W = dx3.shape[1], dx3.shape[2]
+    OH, OW = dy3.shape[1], dy3.shape[2]
+    for p in prange(dy3.shape[0]):
+        for oh in range(OH):
+            h0, h1 = _adaptive_window(oh, H, OH)
+            for ow in range(OW):
+                w0, w1 = _adaptive_window(ow, W, OW)
+                g = dy3[p, oh, ow] / dy3.dtype.type((h1 - h0) * (w1 - w0))
+                for ih in range(h0, h1):
+                    for iw in range(w0, w1):
+                        dx3[p, _U(ih), _U(iw)] += g
 
 
 # ---------------------------------------------------------------- elementwise (flat arrays)

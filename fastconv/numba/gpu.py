@@ -299,7 +299,7 @@ def conv2d_bwd_bias(dy):
 
 # ---------------------------------------------------------------- pooling (one thread per output)
 @cuda.jit
-def _max_pool_fwd(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
+def _max_pool_fwd(x, y, idx, want_idx, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
     N, C, H, W = x.shape
     OH, OW = y.shape[2], y.shape[3]
     for i in range(cuda.grid(1), y.size, cuda.gridsize(1)):
@@ -324,17 +324,27 @@ def _max_pool_fwd(x, y, idx, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
                     best = v
                     bi = ih * W + iw
         y[n, c, oh, ow] = best
-        idx[n, c, oh, ow] = bi
+        if want_idx:
+            idx[n, c, oh, ow] = bi
+
+
+def _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, want_idx):
+    (x,), (dx,), stream, zero = _prep(x)
+    shape = tuple(x.shape[:2]) + pool_out_hw(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    y = _empty(x, shape)
+    idx = _empty(x, shape, np.int64) if want_idx else None
+    dy = _dev(y)
+    _launch(_max_pool_fwd, dy.size, stream, dx, dy, _dev(idx) if want_idx else dy, want_idx, *kernel_size,
+            *stride, *padding, *dilation, zero.dtype.type(-np.inf))
+    return y, idx
 
 
 def max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode):
-    (x,), (dx,), stream, zero = _prep(x)
-    shape = tuple(x.shape[:2]) + pool_out_hw(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-    y, idx = _empty(x, shape), _empty(x, shape, np.int64)
-    dy = _dev(y)
-    _launch(_max_pool_fwd, dy.size, stream, dx, dy, _dev(idx), *kernel_size, *stride, *padding, *dilation,
-            zero.dtype.type(-np.inf))
-    return y, idx
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool2d_values(x, kernel_size, stride, padding, dilation, ceil_mode):
+    return _max_pool(x, kernel_size, stride, padding, dilation, ceil_mode, False)[0]
 
 
 @cuda.jit

@@ -5,6 +5,8 @@ device arrays) run the numba.cuda kernels of fastconv.numba.gpu and return array
 Arguments are assumed valid (the public functions validate them)."""
 import contextlib
 import functools
+import os
+import threading
 
 import numpy as np
 
@@ -40,7 +42,7 @@ def _need(cond, name, msg):
 
 
 def _shape(a):
-    return tuple(int(s) for s in a.shape)
+    return tuple(a.shape)
 
 
 def _check_conv(name, x_shape, w_shape, stride, padding, dilation, groups):
@@ -96,7 +98,7 @@ def _check(name, args):
             _check_pool(name, size, args[2], args[3], args[4], (1, 1))
             _need(_shape(a0)[2:] == pool_out_hw(size[2:], *args[2:5], (1, 1), args[5]), name,
                   "grad_out does not match the pooled size")
-    elif name == "max_pool2d_fwd":
+    elif name in ("max_pool2d_fwd", "max_pool2d_values"):
         _check_pool(name, _shape(a0), *args[1:5])
     elif name == "avg_pool2d_fwd":
         _check_pool(name, _shape(a0), *args[1:4], (1, 1))
@@ -110,9 +112,34 @@ def _check(name, args):
             _need(args[-2] in (0, 1), name, f"mode {args[-2]} must be 0 (sqrt) or 1 (product)")
 
 
+_CPU = []
+
+
 def _cpu():
-    from fastconv.numba import cpu  # imported on first use: loading the cached kernels takes a moment
-    return cpu
+    """fastconv.numba.cpu, imported on first use (loading the cached kernels takes a moment)."""
+    if not _CPU:
+        from fastconv.numba import cpu
+        _CPU.append(cpu)
+    return _CPU[0]
+
+
+_SCRATCH = threading.local()
+SCRATCH_KEEP = 64 << 20  # bytes: larger work spaces are freed after the call
+
+
+def _scratch(slot, shape, dtype):
+    """A work array for the conv kernels, kept per thread and slot between calls: fresh megabytes
+    page-fault on every call (on these VMs the im2col buffer and the Winograd blocks of one ResNet
+    layer took longer to fault in than to fill)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape))
+    bufs = _SCRATCH.__dict__.setdefault("bufs", {})
+    buf = bufs.get((slot, dtype))
+    if buf is None or buf.size < n:
+        buf = np.empty(max(n, 1), dtype)
+        if n * dtype.itemsize <= SCRATCH_KEEP:
+            bufs[(slot, dtype)] = buf
+    return buf[:n].reshape(shape)
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,10 +183,40 @@ def _conv_geometry(x, w, stride, padding, dilation, groups, P, Q):
             int(dilation[0]), int(dilation[1]), int(P), int(Q), direct)
 
 
+def _col(geo, cg, pq, dtype):
+    """The im2col work space (none for the direct 1x1 case, geo[-1])."""
+    return _scratch("col", (0 if geo[-1] else cg * geo[0] * geo[1], pq), dtype)
+
+
 def _grouped(a, groups):
     """(N, C, H, W) -> (N, G, C/G, H*W) view."""
     n, c, h, w = a.shape
     return a.reshape(n, groups, c // groups, h * w)
+
+
+_WINOGRAD = [os.environ.get("FASTCONV_WINOGRAD", "1").strip() != "0"]
+WINO_MIN_SAVED = 1500  # multiply-adds per channel pair Winograd must save (see `winograd`)
+
+
+def set_winograd(enabled):
+    """Allow (True) or forbid Winograd F(4x4, 3x3) for float32 convolutions on the CPU (default: on
+    unless FASTCONV_WINOGRAD=0, as for the native kernels); returns the previous setting."""
+    before = _WINOGRAD[0]
+    _WINOGRAD[0] = bool(enabled)
+    return before
+
+
+def winograd(x, w, stride, padding, dilation, groups, P, Q):
+    """The Winograd rule: the native kernel's (float32, groups 1, 3x3, stride and dilation 1, at least
+    16 input and output channels, output at least 4x4), where the multiply-adds it saves per channel
+    pair (9 N P Q - 36 tiles) pay for transforming the weights on every call (about the time of 1500
+    multiply-adds in a GEMM here, measured; the native kernel's vectorized transform needs 900)."""
+    if not (_WINOGRAD[0] and x.dtype == np.float32 and groups == 1 and tuple(w.shape[2:]) == (3, 3)
+            and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and x.shape[1] >= 16 and w.shape[0] >= 16
+            and P >= 4 and Q >= 4):
+        return False
+    tiles = x.shape[0] * ((P + 3) // 4) * ((Q + 3) // 4)
+    return 9 * x.shape[0] * P * Q - 36 * tiles >= WINO_MIN_SAVED
 
 
 @_dispatch
@@ -171,11 +228,18 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     y = np.empty((N, K, P, Q), x.dtype)
     res = _grouped(_c(residual), groups) if combine else np.zeros((1, 1, 1, 1), x.dtype)
     dt = x.dtype.type
+    epilogue = (*_vec(bias, x), *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode),
+                dt(eps), dt(0))
     with _one_blas_thread():
-        _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
-                          *_conv_geometry(x, w, stride, padding, dilation, groups, P, Q), *_vec(bias, x),
-                          *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode), dt(eps),
-                          dt(0))
+        if winograd(x, w, stride, padding, dilation, groups, P, Q):
+            C, T = x.shape[1], _cpu().winograd_block(N, P, Q)
+            _cpu().conv2d_fwd_winograd(x, w, y, _grouped(y, 1), int(padding[0]), int(padding[2]),
+                                       _scratch("U", (36, K, C), x.dtype), _scratch("V", (36, C, T), x.dtype),
+                                       _scratch("M", (36, K, T), x.dtype), *epilogue)
+        else:
+            geo = _conv_geometry(x, w, stride, padding, dilation, groups, P, Q)
+            _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
+                              _col(geo, w.shape[1], P * Q, x.dtype), *geo, *epilogue)
     return y
 
 
@@ -191,7 +255,8 @@ def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
     wt = np.ascontiguousarray(w.reshape(G, K // G, -1).transpose(0, 2, 1))
     geo = _conv_geometry(dx, w, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
     with _one_blas_thread():
-        _cpu().conv2d_bwd_input(_grouped(dy, G), wt, dx, _grouped(dx, G), *geo)
+        _cpu().conv2d_bwd_input(_grouped(dy, G), wt, dx, _grouped(dx, G),
+                                _col(geo, w.shape[1], dy.shape[2] * dy.shape[3], dy.dtype), *geo)
     return dx
 
 
@@ -201,9 +266,11 @@ def conv2d_bwd_weight(dy, x, weight_size, stride, padding, dilation, groups):
     dw = np.zeros(tuple(weight_size), dy.dtype)
     G, K = groups, dw.shape[0]
     geo = _conv_geometry(x, dw, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
+    cols = dw.shape[1] * dw.shape[2] * dw.shape[3]
     with _one_blas_thread():
-        _cpu().conv2d_bwd_weight(_grouped(dy, G), x, _grouped(x, G), dw.reshape(G, K // G, -1), *geo,
-                                 dy.dtype.type(0))
+        _cpu().conv2d_bwd_weight(_grouped(dy, G), x, _grouped(x, G), dw.reshape(G, K // G, -1),
+                                 _scratch("col", (cols, dy.shape[2] * dy.shape[3]), dy.dtype),
+                                 _scratch("part", (K // G, cols), dy.dtype), *geo, dy.dtype.type(0))
     return dw
 
 
@@ -225,15 +292,30 @@ def pool_out_hw(hw, kernel_size, stride, padding, dilation, ceil_mode):
                  for i in range(2))
 
 
+def _pool_shape(x, kernel_size, stride, padding, dilation, ceil_mode):
+    return x.shape[:2] + pool_out_hw(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def _max_args(x, kernel_size, stride, padding, dilation):
+    return (*map(int, (*kernel_size, *stride, *padding, *dilation)), x.dtype.type(-np.inf))
+
+
 @_dispatch
 def max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode):
     x = _c(x)
-    shape = x.shape[:2] + pool_out_hw(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    shape = _pool_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
     y = np.empty(shape, x.dtype)
     idx = np.empty(shape, np.int64)
-    _cpu().max_pool2d_fwd(_planes(x), _planes(y), _planes(idx), *map(int, (*kernel_size, *stride, *padding,
-                                                                            *dilation)), x.dtype.type(-np.inf))
+    _cpu().max_pool2d_fwd(_planes(x), _planes(y), _planes(idx), *_max_args(x, kernel_size, stride, padding, dilation))
     return y, idx
+
+
+@_dispatch
+def max_pool2d_values(x, kernel_size, stride, padding, dilation, ceil_mode):
+    x = _c(x)
+    y = np.empty(_pool_shape(x, kernel_size, stride, padding, dilation, ceil_mode), x.dtype)
+    _cpu().max_pool2d_values(_planes(x), _planes(y), *_max_args(x, kernel_size, stride, padding, dilation))
+    return y
 
 
 @_dispatch
@@ -271,7 +353,7 @@ def avg_pool2d_bwd(dy, input_size, kernel_size, stride, padding, ceil_mode, coun
 def adaptive_avg_pool2d_fwd(x, output_size):
     x = _c(x)
     y = np.empty(x.shape[:2] + tuple(output_size), x.dtype)
-    _cpu().adaptive_avg_pool2d(_planes(x), _planes(y), False, x.dtype.type(0))
+    _cpu().adaptive_avg_pool2d_fwd(_planes(x), _planes(y), x.dtype.type(0))
     return y
 
 
@@ -279,7 +361,7 @@ def adaptive_avg_pool2d_fwd(x, output_size):
 def adaptive_avg_pool2d_bwd(dy, input_size):
     dy = _c(dy)
     dx = np.zeros(tuple(input_size), dy.dtype)
-    _cpu().adaptive_avg_pool2d(_planes(dy), _planes(dx), True, dy.dtype.type(0))
+    _cpu().adaptive_avg_pool2d_bwd(_planes(dy), _planes(dx))
     return dx
 
 
