@@ -34,7 +34,21 @@ CONVS = [  # name, C, H, K, R, stride, pad
 ]
 
 
-def cases(batch, quick):
+def _train(f, *inputs):
+    """Forward and backward of f on fresh leaves (what a training step runs): the gradient seed is
+    fixed, made once."""
+    seed = f(*inputs).detach().clone().normal_()
+    leaves = [t.detach().requires_grad_() for t in inputs]
+
+    def run():
+        for t in leaves:
+            t.grad = None
+        f(*leaves).backward(seed)
+    return run
+
+
+def cases(batch, quick, backward=True):
+    """(name, fastconv callable, torch callable) per timed row: forward, then forward + backward."""
     g = torch.Generator().manual_seed(0)
     convs = CONVS[:2] if quick else CONVS
     for name, c, h, k, r, s, p in convs:
@@ -44,12 +58,25 @@ def cases(batch, quick):
                lambda x=x, w=w, s=s, p=p: TF.conv2d(x, w, None, s, p))
     x = torch.randn(batch, 64, 112, 112, generator=g)
     y = torch.randn(batch, 64, 112, 112, generator=g)
-    yield ("max_pool2d 3x3s2", lambda: fastconv.max_pool2d(x, 3, 2, 1), lambda: TF.max_pool2d(x, 3, 2, 1))
-    yield ("avg_pool2d 2x2s2", lambda: fastconv.avg_pool2d(x, 2), lambda: TF.avg_pool2d(x, 2))
-    yield ("adaptive_avg_pool2d 1", lambda: fastconv.adaptive_avg_pool2d(x, 1), lambda: TF.adaptive_avg_pool2d(x, 1))
-    yield ("relu", lambda: fastconv.relu(x), lambda: TF.relu(x))
-    yield ("sort sqrt", lambda: fastconv.sort(x, y),
-           lambda: x + y + torch.sqrt(x.relu() * y.relu() + 0.01))
+    pools = [("max_pool2d 3x3s2", lambda t, F: F.max_pool2d(t, 3, 2, 1)),
+             ("avg_pool2d 2x2s2", lambda t, F: F.avg_pool2d(t, 2)),
+             ("adaptive_avg_pool2d 1", lambda t, F: F.adaptive_avg_pool2d(t, 1)),
+             ("relu", lambda t, F: F.relu(t))]
+    for name, f in pools:
+        yield name, lambda f=f: f(x, fastconv), lambda f=f: f(x, TF)
+    yield ("sort sqrt", lambda: fastconv.sort(x, y), lambda: x + y + torch.sqrt(x.relu() * y.relu() + 0.01))
+    if not backward:
+        return
+    for name, c, h, k, r, s, p in convs[:1] + convs[2:3]:
+        x = torch.randn(batch, c, h, h, generator=g)
+        w = torch.randn(k, c, r, r, generator=g) / (c * r * r) ** 0.5
+        yield (f"fwd+bwd conv2d {name}", _train(lambda x, w, s=s, p=p: fastconv.conv2d(x, w, None, s, p), x, w),
+               _train(lambda x, w, s=s, p=p: TF.conv2d(x, w, None, s, p), x, w))
+    x = torch.randn(batch, 64, 112, 112, generator=g)
+    for name, f in pools:
+        yield (f"fwd+bwd {name}", _train(lambda t, f=f: f(t, fastconv), x), _train(lambda t, f=f: f(t, TF), x))
+    yield ("fwd+bwd sort sqrt", _train(fastconv.sort, x, y),
+           _train(lambda a, b: a + b + torch.sqrt(a.relu() * b.relu() + 0.01), x, y))
 
 
 def time_interleaved(fns, repeats, warmup=2):
@@ -121,6 +148,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--no-first-call", action="store_true")
+    ap.add_argument("--no-backward", action="store_true", help="forward rows only")
     ap.add_argument("--threads", type=int, help="threads for numba, torch and the native kernels (OpenMP)")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -148,7 +176,7 @@ def main():
     def ratio(a, b):
         return f"{a[0] / b[0]:5.2f} ({a[1] / b[1]:5.2f})" if a and b else f"{'n/a':>13s}"
 
-    for name, fn, ref in cases(args.batch, args.quick):
+    for name, fn, ref in cases(args.batch, args.quick, not args.no_backward):
         native_fn = _under("native", fn) if _native_runs(fn) else None
         t_nb, t_nat, t_ref = time_interleaved([_under("numba", fn), native_fn, ref], args.repeats)
         print(f"{name:24s} {ms(t_nb)} {ms(t_nat)} {ms(t_ref)} {ratio(t_nb, t_nat):>13s} {ratio(t_nb, t_ref):>13s}")

@@ -71,6 +71,7 @@ def run():
         xp[0, 0, 1, 1] = np.nan
         pool = ([3, 2], [2, 2], [1, 1], [1, 2], True)
         check("max_pool2d_fwd", xp, *pool, tol=tol)
+        check("max_pool2d_values", xp, *pool, tol=tol)
         ym, idx = K.max_pool2d_fwd(xp, *pool)
         check("max_pool2d_bwd", r(*ym.shape), idx, list(xp.shape), tol=tol)
         for cip, div in ((True, None), (False, None), (True, 5)):

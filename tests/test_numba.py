@@ -347,6 +347,37 @@ def test_numpy_entry_points():
         fnb.conv2d_fused(x, w, combine="add")
 
 
+def test_output_pool(monkeypatch):
+    """Output blocks of 1 MB and more are reused once nothing refers to them, never while a tensor or
+    an array made from them lives; the limit holds and empty_cache frees the idle blocks."""
+    from fastconv.numba import kernels
+    pool = kernels._OutputPool()
+    monkeypatch.setattr(kernels, "OUTPUTS", pool)
+    pool.limit = 8 << 20
+    x = randn(1, 16, 128, 128)  # 1 MB
+    a = fastconv.relu(x)
+    ptr = a.data_ptr()
+    b = fastconv.relu(x)
+    assert b.data_ptr() != ptr  # a still uses its block
+    view = a[0, :2]
+    del a
+    c = fastconv.relu(-x)
+    assert c.data_ptr() not in (ptr, b.data_ptr())  # a view keeps the block
+    del view
+    d = fastconv.sort(x, -x)
+    assert d.data_ptr() == ptr  # reused, fully overwritten
+    torch.testing.assert_close(d, torch_sort(x, -x))
+    arr = kernels._empty((4, 1 << 18), np.float32)  # NumPy callers of fastconv.numba get pooled arrays too
+    assert pool.bytes <= pool.limit
+    big = [kernels._empty((1 << 20,), np.float32) for _ in range(3)]  # 12 MB more than the limit allows
+    assert pool.bytes <= pool.limit and all(b_.shape == (1 << 20,) for b_ in big)
+    del b, c, d, arr, big
+    fastconv.empty_cache()
+    assert pool.bytes == 0
+    small = fastconv.relu(randn(4, 4))  # below 1 MB: not pooled
+    assert pool.bytes == 0 and small.shape == (4, 4)
+
+
 def test_cache_files_written():
     cache = ROOT / "fastconv" / "numba" / "__pycache__"
     names = [p.name for p in cache.glob("cpu.*.nbi")]

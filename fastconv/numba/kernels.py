@@ -5,7 +5,9 @@ device arrays) run the numba.cuda kernels of fastconv.numba.gpu and return array
 Arguments are assumed valid (the public functions validate them)."""
 import contextlib
 import functools
+import math
 import os
+import sys
 import threading
 
 import numpy as np
@@ -123,6 +125,77 @@ def _cpu():
     return _CPU[0]
 
 
+class _OutputPool:
+    """Memory for the output arrays of 1 MB and more, reused once every array made from a block is
+    gone (torch tensors from torch.from_numpy keep their array, and so the block, alive). Fresh
+    megabytes page-fault on every call -- about 2 us a 4 KB page on these VMs, 1.7 ms for a 3 MB output,
+    longer than ReLU on it -- whenever the C library hands out newly mapped memory, which depends on
+    the heap's history. The native kernels' output cache does the same; FASTCONV_OUTPUT_CACHE_MB
+    bounds both (default 256, 0: off), fastconv.empty_cache() frees the idle blocks."""
+
+    MIN_BYTES = 1 << 20
+
+    def __init__(self):
+        self.blocks = {}  # nbytes -> [uint8 arrays]
+        self.bytes = 0
+        self.lock = threading.Lock()
+        try:
+            self.limit = max(0, int(os.environ.get("FASTCONV_OUTPUT_CACHE_MB", "256"))) << 20
+        except ValueError:
+            self.limit = 256 << 20
+
+    @staticmethod
+    def _idle(blocks, i):
+        return sys.getrefcount(blocks[i]) == 2  # the list's reference and the argument's: no array uses it
+
+    def _evict(self, need):
+        for size, blocks in self.blocks.items():
+            for i in range(len(blocks) - 1, -1, -1):
+                if self.bytes + need <= self.limit:
+                    return
+                if self._idle(blocks, i):
+                    del blocks[i]
+                    self.bytes -= size
+
+    def empty(self, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.MIN_BYTES or nbytes > self.limit:
+            return np.empty(shape, dtype)
+        with self.lock:
+            blocks = self.blocks.get(nbytes)
+            if blocks is None:
+                blocks = self.blocks[nbytes] = []
+            for i in range(len(blocks)):
+                if self._idle(blocks, i):
+                    return blocks[i].view(dtype).reshape(shape)
+            if self.bytes + nbytes > self.limit:
+                self._evict(nbytes)
+            if self.bytes + nbytes > self.limit:
+                return np.empty(shape, dtype)
+            block = np.empty(nbytes, np.uint8)
+            blocks.append(block)
+            self.bytes += nbytes
+            return block.view(dtype).reshape(shape)
+
+    def clear(self):
+        with self.lock:
+            self._evict(self.limit + 1)
+
+
+OUTPUTS = _OutputPool()
+
+
+def _empty(shape, dtype):
+    return OUTPUTS.empty(tuple(shape), dtype)
+
+
+def _zeros(shape, dtype):
+    a = OUTPUTS.empty(tuple(shape), dtype)
+    a.fill(0)
+    return a
+
+
 _SCRATCH = threading.local()
 SCRATCH_KEEP = 64 << 20  # bytes: larger work spaces are freed after the call
 
@@ -225,7 +298,7 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     x, w = _c(x), _c(w)
     N, K = x.shape[0], w.shape[0]
     P, Q = conv_out_hw(x, w, stride, padding, dilation)
-    y = np.empty((N, K, P, Q), x.dtype)
+    y = _empty((N, K, P, Q), x.dtype)
     res = _grouped(_c(residual), groups) if combine else np.zeros((1, 1, 1, 1), x.dtype)
     dt = x.dtype.type
     epilogue = (*_vec(bias, x), *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode),
@@ -250,7 +323,7 @@ def conv2d_fwd(x, w, bias, stride, padding, dilation, groups):
 @_dispatch
 def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
     dy, w = _c(dy), _c(w)
-    dx = np.zeros(tuple(input_size), dy.dtype)
+    dx = _zeros(input_size, dy.dtype)
     G, K = groups, w.shape[0]
     wt = np.ascontiguousarray(w.reshape(G, K // G, -1).transpose(0, 2, 1))
     geo = _conv_geometry(dx, w, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
@@ -304,8 +377,8 @@ def _max_args(x, kernel_size, stride, padding, dilation):
 def max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode):
     x = _c(x)
     shape = _pool_shape(x, kernel_size, stride, padding, dilation, ceil_mode)
-    y = np.empty(shape, x.dtype)
-    idx = np.empty(shape, np.int64)
+    y = _empty(shape, x.dtype)
+    idx = _empty(shape, np.int64)
     _cpu().max_pool2d_fwd(_planes(x), _planes(y), _planes(idx), *_max_args(x, kernel_size, stride, padding, dilation))
     return y, idx
 
@@ -313,7 +386,7 @@ def max_pool2d_fwd(x, kernel_size, stride, padding, dilation, ceil_mode):
 @_dispatch
 def max_pool2d_values(x, kernel_size, stride, padding, dilation, ceil_mode):
     x = _c(x)
-    y = np.empty(_pool_shape(x, kernel_size, stride, padding, dilation, ceil_mode), x.dtype)
+    y = _empty(_pool_shape(x, kernel_size, stride, padding, dilation, ceil_mode), x.dtype)
     _cpu().max_pool2d_values(_planes(x), _planes(y), *_max_args(x, kernel_size, stride, padding, dilation))
     return y
 
@@ -322,7 +395,7 @@ def max_pool2d_values(x, kernel_size, stride, padding, dilation, ceil_mode):
 def max_pool2d_bwd(dy, indices, input_size):
     dy, idx = _c(dy), np.ascontiguousarray(indices, np.int64)
     n, c = dy.shape[:2]
-    dx = np.zeros(tuple(input_size), dy.dtype)
+    dx = _zeros(input_size, dy.dtype)
     _cpu().max_pool2d_bwd(dy.reshape(n * c, -1), idx.reshape(n * c, -1), dx.reshape(n * c, -1))
     return dx
 
@@ -334,7 +407,7 @@ def _avg_args(kernel_size, stride, padding, count_include_pad, divisor_override)
 @_dispatch
 def avg_pool2d_fwd(x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     x = _c(x)
-    y = np.empty(x.shape[:2] + pool_out_hw(x.shape[2:], kernel_size, stride, padding, (1, 1), ceil_mode), x.dtype)
+    y = _empty(x.shape[:2] + pool_out_hw(x.shape[2:], kernel_size, stride, padding, (1, 1), ceil_mode), x.dtype)
     _cpu().avg_pool2d_fwd(_planes(x), _planes(y), *_avg_args(kernel_size, stride, padding, count_include_pad,
                                                               divisor_override), x.dtype.type(0))
     return y
@@ -343,7 +416,7 @@ def avg_pool2d_fwd(x, kernel_size, stride, padding, ceil_mode, count_include_pad
 @_dispatch
 def avg_pool2d_bwd(dy, input_size, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     dy = _c(dy)
-    dx = np.zeros(tuple(input_size), dy.dtype)
+    dx = _zeros(input_size, dy.dtype)
     _cpu().avg_pool2d_bwd(_planes(dy), _planes(dx), *_avg_args(kernel_size, stride, padding, count_include_pad,
                                                                 divisor_override))
     return dx
@@ -352,7 +425,7 @@ def avg_pool2d_bwd(dy, input_size, kernel_size, stride, padding, ceil_mode, coun
 @_dispatch
 def adaptive_avg_pool2d_fwd(x, output_size):
     x = _c(x)
-    y = np.empty(x.shape[:2] + tuple(output_size), x.dtype)
+    y = _empty(x.shape[:2] + tuple(output_size), x.dtype)
     _cpu().adaptive_avg_pool2d_fwd(_planes(x), _planes(y), x.dtype.type(0))
     return y
 
@@ -360,7 +433,7 @@ def adaptive_avg_pool2d_fwd(x, output_size):
 @_dispatch
 def adaptive_avg_pool2d_bwd(dy, input_size):
     dy = _c(dy)
-    dx = np.zeros(tuple(input_size), dy.dtype)
+    dx = _zeros(input_size, dy.dtype)
     _cpu().adaptive_avg_pool2d_bwd(_planes(dy), _planes(dx))
     return dx
 
@@ -369,7 +442,7 @@ def adaptive_avg_pool2d_bwd(dy, input_size):
 @_dispatch
 def relu_fwd(x):
     x = _c(x)
-    y = np.empty_like(x)
+    y = _empty(x.shape, x.dtype)
     _cpu().relu_fwd(x.reshape(-1), y.reshape(-1), x.dtype.type(0))
     return y
 
@@ -377,7 +450,7 @@ def relu_fwd(x):
 @_dispatch
 def relu_bwd(dy, result):
     dy, r = _c(dy), _c(result)
-    dx = np.empty_like(dy)
+    dx = _empty(dy.shape, dy.dtype)
     _cpu().relu_bwd(dy.reshape(-1), r.reshape(-1), dx.reshape(-1), dy.dtype.type(0))
     return dx
 
@@ -385,7 +458,7 @@ def relu_bwd(dy, result):
 @_dispatch
 def sort_fwd(a, b, mode, eps):
     a, b = _c(a), _c(b)
-    y = np.empty_like(a)
+    y = _empty(a.shape, a.dtype)
     dt = a.dtype.type
     _cpu().sort_fwd(a.reshape(-1), b.reshape(-1), y.reshape(-1), int(mode), dt(eps), dt(0))
     return y
@@ -394,7 +467,7 @@ def sort_fwd(a, b, mode, eps):
 @_dispatch
 def sort_bwd(dy, a, b, mode, eps):
     dy, a, b = _c(dy), _c(a), _c(b)
-    ga, gb = np.empty_like(dy), np.empty_like(dy)
+    ga, gb = _empty(dy.shape, dy.dtype), _empty(dy.shape, dy.dtype)
     dt = dy.dtype.type
     _cpu().sort_bwd(dy.reshape(-1), a.reshape(-1), b.reshape(-1), ga.reshape(-1), gb.reshape(-1), int(mode),
                     dt(eps), dt(0), dt(1), dt(0.5))
