@@ -125,9 +125,13 @@ def test_conv2d_winograd(xs, k, padding, block, monkeypatch):
     z = want.float()
     torch.testing.assert_close(fused, torch.relu(r + z + torch.sqrt(r.relu() * z.relu() + 0.01)),
                                rtol=1e-4, atol=1e-4 * scale)
-    if block == 512:  # gradients (the backward kernels are not Winograd) through a Winograd forward
+    if block == 512:  # gradients: the input gradient through Winograd too (flipped weights, padding 2 - p)
+        calls = []
+        real = kernels._winograd_fwd
+        monkeypatch.setattr(kernels, "_winograd_fwd", lambda *a: calls.append(a[2].shape) or real(*a))
         assert_same(lambda x, w: fastconv.conv2d(x, w, None, 1, padding),
                     lambda x, w: TF.conv2d(x, w, None, 1, padding), x, w, dtype=torch.float32)
+        assert tuple(x.shape) in calls
 
 
 def test_conv2d_winograd_switch_and_rule():

@@ -15,6 +15,9 @@ from numba import prange
 _JIT = dict(parallel=True, cache=True, nogil=True)
 _FAST = dict(_JIT, fastmath={"contract", "reassoc", "arcp", "nsz"})
 _SERIAL = dict(cache=True, nogil=True, fastmath={"contract", "reassoc", "arcp", "nsz"})
+# Inner-loop indices are cast to unsigned: numba guards a signed index it cannot prove non-negative
+# with a wraparound select, which turns strided loads into gathers (3-7x slower pooling, im2col).
+_U = np.uintp
 
 
 @nb.njit(inline="always", cache=True)
@@ -43,11 +46,16 @@ def _im2col(x, n, c0, R, S, sh, sw, pt, pl, dh, dw, P, Q, col, zero):
                     col[row, base + q] = zero
                 continue
             for q in range(lo):
-                col[row, base + q] = zero
-            for q in range(lo, hi):
-                col[row, base + q] = x[n, c0 + c, ih, q * sw + off]
+                col[row, _U(base + q)] = zero
+            src = x[n, c0 + c, ih]
+            if sw == 1:  # a literal stride: a contiguous copy
+                for q in range(lo, hi):
+                    col[row, _U(base + q)] = src[_U(q + off)]
+            else:
+                for q in range(lo, hi):
+                    col[row, _U(base + q)] = src[_U(q * sw + off)]
             for q in range(hi, Q):
-                col[row, base + q] = zero
+                col[row, _U(base + q)] = zero
 
 
 @nb.njit(**_FAST)
@@ -65,8 +73,9 @@ def _col2im(col, dx, n, c0, R, S, sh, sw, pt, pl, dh, dw, P, Q):
                     if ih < 0 or ih >= H:
                         continue
                     base = p * Q
+                    dst = dx[n, c0 + c, ih]
                     for q in range(lo, hi):
-                        dx[n, c0 + c, ih, q * sw + off] += col[row, base + q]
+                        dst[_U(q * sw + off)] += col[row, _U(base + q)]
 
 
 @nb.njit(inline="always", cache=True)
@@ -322,10 +331,7 @@ def conv2d_bwd_bias(dy3, db, zero):
 # Each output is reduced in registers over its window. Output columns whose window lies wholly inside
 # the input form one span per output row; the common window shapes run that span with literal sizes
 # (the loops unroll and vectorize across outputs), every other shape and the border outputs with
-# runtime sizes. Indices are unsigned (_U): numba guards a signed index it cannot prove non-negative
-# with a wraparound select, which turned the strided loads into gathers and made the kernels 3-7x
-# slower.
-_U = np.uintp
+# runtime sizes. Indices are unsigned (_U).
 _SHAPES = ((3, 3, 2), (2, 2, 2), (3, 3, 1))  # (kh, kw, stride_w) with literal-size spans, dilation 1
 
 
@@ -489,22 +495,46 @@ def avg_pool2d_fwd(x3, y3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, z
                 _sum_span(x3, y3, p, oh, lo, hi, r0, nh, kw, sw, -pw, div)
 
 
+@nb.njit(inline="always", cache=True)
+def _spread_span(dy3, dx3, p, oh, lo, hi, r0, nh, J, SW, off, div):
+    """The gradients of outputs y3[p, oh, lo:hi] spread over their windows (as in _sum_span); with
+    literal sizes and windows that tile the row (J == SW) the loop over the outputs vectorizes."""
+    for i in range(nh):
+        for ow in range(lo, hi):
+            g = dy3[p, oh, ow] / div
+            for j in range(J):
+                dx3[p, _U(r0 + i), _U(ow * SW + off + j)] += g
+
+
 @nb.njit(**_FAST)
 def avg_pool2d_bwd(dy3, dx3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor):
     """dx3 zeroed; each output's gradient spread evenly over its window."""
     H, W = dx3.shape[1], dx3.shape[2]
     OH, OW = dy3.shape[1], dy3.shape[2]
+    lo, hi = _inner_span(OW, sw, pw, kw, 1, W)
+    sid = _shape_id(kh, kw, sw, 1, 1)
+    fixed = dy3.dtype.type(divisor)
     for p in prange(dy3.shape[0]):
         for oh in range(OH):
             r0, nh, fh = _avg_count(oh, sh, ph, kh, H, count_include_pad)
+            if nh == 0:
+                continue
             for ow in range(OW):
-                c0, nw, fw = _avg_count(ow, sw, pw, kw, W, count_include_pad)
-                if nh == 0 or nw == 0:
+                if lo <= ow < hi:
                     continue
-                g = dy3[p, oh, ow] / dy3.dtype.type(divisor if divisor > 0 else fh * fw)
-                for i in range(nh):
-                    for j in range(nw):
-                        dx3[p, _U(r0 + i), _U(c0 + j)] += g
+                c0, nw, fw = _avg_count(ow, sw, pw, kw, W, count_include_pad)
+                if nw > 0:
+                    div = fixed if divisor > 0 else dy3.dtype.type(fh * fw)
+                    _spread_span(dy3, dx3, p, oh, ow, ow + 1, r0, nh, nw, 0, c0, div)
+            div = fixed if divisor > 0 else dy3.dtype.type(fh * kw)
+            if sid == 1 and nh == 3:
+                _spread_span(dy3, dx3, p, oh, lo, hi, r0, 3, 3, 2, -pw, div)
+            elif sid == 2 and nh == 2:
+                _spread_span(dy3, dx3, p, oh, lo, hi, r0, 2, 2, 2, -pw, div)
+            elif sid == 3 and nh == 3:
+                _spread_span(dy3, dx3, p, oh, lo, hi, r0, 3, 3, 1, -pw, div)
+            else:
+                _spread_span(dy3, dx3, p, oh, lo, hi, r0, nh, kw, sw, -pw, div)
 
 
 @nb.njit(inline="always", cache=True)

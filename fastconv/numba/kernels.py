@@ -292,6 +292,19 @@ def winograd(x, w, stride, padding, dilation, groups, P, Q):
     return 9 * x.shape[0] * P * Q - 36 * tiles >= WINO_MIN_SAVED
 
 
+def _winograd_fwd(x, w, y, pt, pl, epilogue):
+    N, C, K = x.shape[0], x.shape[1], w.shape[0]
+    T = _cpu().winograd_block(N, y.shape[2], y.shape[3])
+    _cpu().conv2d_fwd_winograd(x, w, y, _grouped(y, 1), pt, pl, _scratch("U", (36, K, C), x.dtype),
+                               _scratch("V", (36, C, T), x.dtype), _scratch("M", (36, K, T), x.dtype), *epilogue)
+
+
+def _no_epilogue(x):
+    none = np.zeros(1, x.dtype)
+    dt = x.dtype.type
+    return none, False, none, False, none, False, np.zeros((1, 1, 1, 1), x.dtype), 0, False, 0, dt(0), dt(0)
+
+
 @_dispatch
 def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu,
                      mode, eps):
@@ -305,10 +318,7 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
                 dt(eps), dt(0))
     with _one_blas_thread():
         if winograd(x, w, stride, padding, dilation, groups, P, Q):
-            C, T = x.shape[1], _cpu().winograd_block(N, P, Q)
-            _cpu().conv2d_fwd_winograd(x, w, y, _grouped(y, 1), int(padding[0]), int(padding[2]),
-                                       _scratch("U", (36, K, C), x.dtype), _scratch("V", (36, C, T), x.dtype),
-                                       _scratch("M", (36, K, T), x.dtype), *epilogue)
+            _winograd_fwd(x, w, y, int(padding[0]), int(padding[2]), epilogue)
         else:
             geo = _conv_geometry(x, w, stride, padding, dilation, groups, P, Q)
             _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
@@ -323,6 +333,17 @@ def conv2d_fwd(x, w, bias, stride, padding, dilation, groups):
 @_dispatch
 def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
     dy, w = _c(dy), _c(w)
+    H, W = int(input_size[2]), int(input_size[3])
+    # Stride 1: the input gradient is the convolution of dy with the flipped, transposed weights and
+    # padding 2 - p, which Winograd takes where it pays (top and left pads at most 2).
+    flipped_pads = tuple(2 - int(p) for p in padding)
+    if tuple(w.shape[2:]) == (3, 3) and min(flipped_pads) >= 0 and \
+            winograd(dy, w.transpose(1, 0, 2, 3), stride, flipped_pads, dilation, groups, H, W):
+        wf = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+        dx = _empty(input_size, dy.dtype)
+        with _one_blas_thread():
+            _winograd_fwd(dy, wf, dx, flipped_pads[0], flipped_pads[2], _no_epilogue(dy))
+        return dx
     dx = _zeros(input_size, dy.dtype)
     G, K = groups, w.shape[0]
     wt = np.ascontiguousarray(w.reshape(G, K // G, -1).transpose(0, 2, 1))
