@@ -137,63 +137,75 @@ void max_fwd_cl(const Pool2dParams& p, const Windows& win, const T* __restrict x
   });
 }
 
-// One plane row of outputs. Outputs [q0, q1) have their whole window inside the row, so their loop
-// over ow runs without clipping and vectorizes (SW: the stride as a constant, 0 = run time); the
-// window is still visited in row-major order per output, so ties and NaN resolve as in torch.
-template <typename T, typename S, int SW>
+// Outputs [q0, q1) of one plane row whose window lies inside the row, each reduced in registers over
+// its window (rows h0 + i*dh, i < kh; columns ow*sw - pw + j*dw, j < kw) in torch's row-major order.
+// KH/KW/SW > 0 fix the sizes (undilated) so the taps unroll and the loop over outputs vectorizes; 0
+// takes them at run time. IDX = false: values only.
+template <typename T, typename S, int KH, int KW, int SW, bool IDX>
+void max_span_nchw(const T* __restrict xp, int64_t rs, int64_t W, int64_t h0, int64_t kh_, int64_t kw_,
+                   int64_t sw_, int64_t dh_, int64_t dw_, int64_t pw, int64_t q0, int64_t q1, T* __restrict yp,
+                   int64_t* __restrict ip) {
+  const int64_t kh = KH ? KH : kh_, kw = KW ? KW : kw_, sw = SW ? SW : sw_;
+  const int64_t dh = KH ? 1 : dh_, dw = KW ? 1 : dw_;
+  for (int64_t ow = q0; ow < q1; ++ow) {
+    const int64_t c0 = ow * sw - pw;
+    T best = -std::numeric_limits<T>::infinity();
+    S at = static_cast<S>(h0 * W + c0);
+    for (int64_t i = 0; i < kh; ++i) {
+      const T* row = xp + (h0 + i * dh) * rs;
+      for (int64_t j = 0; j < kw; ++j) {
+        const T v = row[c0 + j * dw];
+        const bool take = (v > best) | (v != v);  // the first maximum wins, a NaN wins (the last NaN)
+        best = take ? v : best;
+        if constexpr (IDX) at = take ? static_cast<S>((h0 + i * dh) * W + c0 + j * dw) : at;
+      }
+    }
+    yp[ow] = best;
+    if constexpr (IDX) ip[ow] = at;
+  }
+}
+
+// One plane row of outputs: border outputs (window clipped by the padding) one by one, the rest as a
+// span, with literal window sizes for 3x3 stride 2, 2x2 stride 2 and 3x3 stride 1 (the rows of the
+// window all inside the input).
+template <typename T, typename S, bool IDX>
 void max_row_nchw(const Pool2dParams& p, const Windows& win, const T* __restrict xp, const Range& rh,
-                  T* __restrict yp, int64_t* __restrict ip, T* __restrict m, S* __restrict s) {
-  const int64_t W = p.x.w, Q = p.y.w, sw = SW ? SW : p.stride_w, pw = p.pad_w, dw = p.dil_w, kw = p.kw;
+                  T* __restrict yp, int64_t* __restrict ip) {
+  const int64_t W = p.x.w, Q = p.y.w, sw = p.stride_w, pw = p.pad_w, dw = p.dil_w, kw = p.kw, rs = p.x.sh;
   const int64_t q0 = std::min(Q, (pw + sw - 1) / sw);
   const int64_t last = W - 1 - (kw - 1) * dw + pw;  // interior: ow * sw <= last
   const int64_t q1 = last < 0 ? q0 : std::max(q0, std::min(Q, last / sw + 1));
-  auto scalar = [&](int64_t ow) {
+  const int64_t nh = (rh.hi - rh.lo + win.dh - 1) / win.dh;  // window rows inside the input
+  for (int64_t ow = 0; ow < Q; ++ow) {
+    if (ow == q0) ow = std::max(q0, q1);
+    if (ow >= Q) break;
     const Range& rw = win.w[ow];
-    T best = -std::numeric_limits<T>::infinity();
-    int64_t at = rh.lo * W + rw.lo;
-    for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh)
-      for (int64_t iw = rw.lo; iw < rw.hi; iw += win.dw) {
-        T v = xp[ih * p.x.sh + iw];
-        if ((v > best) | (v != v)) best = v, at = ih * W + iw;
-      }
-    yp[ow] = best, ip[ow] = at;
-  };
-  for (int64_t ow = 0; ow < q0; ++ow) scalar(ow);
-  for (int64_t ow = q1; ow < Q; ++ow) scalar(ow);
-  if (q0 >= q1) return;
-  for (int64_t ow = q0; ow < q1; ++ow)
-    m[ow] = -std::numeric_limits<T>::infinity(), s[ow] = static_cast<S>(rh.lo * W + ow * sw - pw);
-  for (int64_t ih = rh.lo; ih < rh.hi; ih += win.dh) {
-    for (int64_t j = 0; j < kw; ++j) {
-      const int64_t off = j * dw - pw;
-      const T* __restrict row = xp + ih * p.x.sh;
-      const S base = static_cast<S>(ih * W + off);
-      for (int64_t ow = q0; ow < q1; ++ow) {
-        T v = row[off + ow * sw];
-        S at = base + static_cast<S>(ow * sw);
-        bool take = (v > m[ow]) | (v != v);
-        m[ow] = take ? v : m[ow];
-        s[ow] = take ? at : s[ow];
-      }
-    }
+    const int64_t first = rw.lo - (ow * sw - pw);  // taps skipped in the padding, times dw
+    max_span_nchw<T, S, 0, 0, 0, IDX>(xp, rs, W, rh.lo, nh, (rw.hi - rw.lo + dw - 1) / dw, sw, win.dh, dw,
+                                      pw - first, ow, ow + 1, yp, ip);
   }
-  for (int64_t ow = q0; ow < q1; ++ow) yp[ow] = m[ow], ip[ow] = s[ow];
+  if (q0 >= q1) return;
+  const bool undilated = win.dh == 1 && dw == 1;
+  if (undilated && nh == 3 && kw == 3 && sw == 2)
+    max_span_nchw<T, S, 3, 3, 2, IDX>(xp, rs, W, rh.lo, 3, 3, 2, 1, 1, pw, q0, q1, yp, ip);
+  else if (undilated && nh == 2 && kw == 2 && sw == 2)
+    max_span_nchw<T, S, 2, 2, 2, IDX>(xp, rs, W, rh.lo, 2, 2, 2, 1, 1, pw, q0, q1, yp, ip);
+  else if (undilated && nh == 3 && kw == 3 && sw == 1)
+    max_span_nchw<T, S, 3, 3, 1, IDX>(xp, rs, W, rh.lo, 3, 3, 1, 1, 1, pw, q0, q1, yp, ip);
+  else
+    max_span_nchw<T, S, 0, 0, 0, IDX>(xp, rs, W, rh.lo, nh, kw, sw, win.dh, dw, pw, q0, q1, yp, ip);
 }
 
 // NCHW: both tensors have unit stride along W (NCHW-contiguous, or C == 1).
-template <typename T, typename S>
+template <typename T, typename S, bool IDX>
 void max_fwd_nchw(const Pool2dParams& p, const Windows& win, const T* __restrict x, T* __restrict y,
                   int64_t* __restrict idx) {
   const int64_t C = p.x.c, P = p.y.h, Q = p.y.w;
-  auto row = p.stride_w == 1 ? max_row_nchw<T, S, 1> : p.stride_w == 2 ? max_row_nchw<T, S, 2> : max_row_nchw<T, S, 0>;
   parallel_ranges(p.x.n * C * P, p.x.n * C * P * Q * p.kh * p.kw, [&](int64_t r0, int64_t r1) {
-    std::vector<T> m(static_cast<size_t>(Q));
-    std::vector<S> s(static_cast<size_t>(Q));
-    std::vector<int64_t> discard(idx ? 0 : static_cast<size_t>(Q));  // values only: positions dropped per row
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / (C * P), c = r / P % C, oh = r % P;
       const int64_t yo = n * p.y.sn + c * p.y.sc + oh * p.y.sh;
-      row(p, win, x + n * p.x.sn + c * p.x.sc, win.h[oh], y + yo, idx ? idx + yo : discard.data(), m.data(), s.data());
+      max_row_nchw<T, S, IDX>(p, win, x + n * p.x.sn + c * p.x.sc, win.h[oh], y + yo, IDX ? idx + yo : nullptr);
     }
   });
 }
@@ -205,8 +217,9 @@ void max_pool2d_fwd(const Pool2dParams& p, const T* x, T* y, int64_t* idx) {
   // 32-bit window positions vectorize with float; planes past 2^31 elements take 64-bit ones.
   const bool narrow = sizeof(T) == 4 && p.x.h * p.x.w <= std::numeric_limits<int32_t>::max();
   if (!channels_last(p)) {
-    if (narrow) return max_fwd_nchw<T, int32_t>(p, win, x, y, idx);
-    return max_fwd_nchw<T, int64_t>(p, win, x, y, idx);
+    if (!idx) return max_fwd_nchw<T, int32_t, false>(p, win, x, y, idx);
+    if (narrow) return max_fwd_nchw<T, int32_t, true>(p, win, x, y, idx);
+    return max_fwd_nchw<T, int64_t, true>(p, win, x, y, idx);
   }
   if (!idx) return narrow ? max_fwd_cl<T, int32_t, false>(p, win, x, y, idx) : max_fwd_cl<T, int64_t, false>(p, win, x, y, idx);
   if (narrow) return max_fwd_cl<T, int32_t, true>(p, win, x, y, idx);
