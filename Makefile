@@ -12,7 +12,7 @@ export CUDA_HOME
 export MAX_JOBS := $(JOBS)
 export CPATH := $(if $(CU13_INC),$(abspath $(CU13_INC)):,)$(CPATH)
 
-.PHONY: all setup build native native-asan test test-py run bench info gpu-check clean
+.PHONY: all setup build native native-asan test test-py run bench info gpu-check gpu-check-models clean
 
 all: build
 
@@ -55,6 +55,11 @@ info: build
 # On the lent GPU machine (system python with torch+CUDA): build, check, time; table printed last.
 gpu-check:
 	bash benchmarks/gpu_check.sh
+
+# The second call on the GPU machine (while it is warm the build is incremental): whole nets against
+# torch.compile, SORT's cost, and the numba.cuda kernels against the native ones.
+gpu-check-models:
+	FASTCONV_GPU_PARTS=build,models,numba bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build fastconv/_C*.so

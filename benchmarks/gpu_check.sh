@@ -3,7 +3,9 @@
 # verify every op against torch, time them against cuDNN, run the pytest suite on CUDA and
 # compute-sanitizer memcheck. Logs go to $OUT (or /tmp/fastconv-gpu); a compact summary and the
 # benchmark table are printed last. Whole run: under 9 minutes.
-#   FASTCONV_GPU_PARTS=build,sass,bench,test,sanitize   (default: all, in this order)
+#   FASTCONV_GPU_PARTS=build,sass,bench,test,sanitize   (default, in this order; `make gpu-check`)
+#   FASTCONV_GPU_PARTS=build,models,numba               (`make gpu-check-models`: the second call --
+#       ResNet-18/50 and AlexNet against torch.compile, SORT's cost and block, numba.cuda vs native)
 #   FASTCONV_GPU_BUDGET=520   seconds for everything; each part gets at most what is left
 #   FASTCONV_BENCH_*          see benchmarks/gpu_bench.py (parts, layers, dtypes, batch)
 set -uo pipefail
@@ -93,6 +95,21 @@ if has sanitize; then
   note "memcheck rc=$rc ($(( $(date +%s) - t )) s): $(grep -E 'ERROR SUMMARY|smoke:' "$OUT/memcheck.log" | tr '\n' ' ')"
 fi
 
+if has models; then
+  t=$(date +%s)
+  OUT="$OUT" timeout "$(slot 400 100)" "$PY" benchmarks/gpu_models.py > "$OUT/models.log" 2>&1
+  rc=$?
+  note "models rc=$rc ($(( $(date +%s) - t )) s), models.log"
+fi
+
+if has numba; then
+  t=$(date +%s)
+  timeout "$(slot 200 5)" "$PY" benchmarks/numba_bench.py --device cuda --batch 32 --repeats 11 \
+    --json "$OUT/numba_gpu.json" > "$OUT/numba.log" 2>&1
+  rc=$?
+  note "numba rc=$rc ($(( $(date +%s) - t )) s), numba.log"
+fi
+
 echo
 echo "==== summary ($(( $(date +%s) - T0 )) s, logs in $OUT)"
 printf '%s\n' "${SUMMARY[@]}"
@@ -100,4 +117,14 @@ if [ -f "$OUT/bench.log" ]; then
   echo
   sed -n '/^total /,$p' "$OUT/bench.log" | tail -n +2
   grep -E 'FAIL|Error|error' "$OUT/bench.log" | head -10
+fi
+if [ -f "$OUT/models.log" ]; then
+  echo
+  sed -n '/^total /,$p' "$OUT/models.log" | tail -n +2
+  grep -E 'Error|error' "$OUT/models.log" | head -5
+fi
+if [ -f "$OUT/numba.log" ]; then
+  echo
+  grep -A40 '^first call' "$OUT/numba.log" | head -60
+  grep -E 'Error|error' "$OUT/numba.log" | head -5
 fi

@@ -3,6 +3,10 @@ interleaved. First-call cost is reported separately: compile (empty numba cache)
 cache), each measured in a fresh process.
 
   python benchmarks/numba_bench.py [--repeats 7] [--batch 1] [--threads N] [--quick] [--json out.json]
+  python3 benchmarks/numba_bench.py --device cuda --batch 32   # numba.cuda against the native CUDA kernels
+
+On CUDA every call is timed to its completion (synchronize), so the numba launch cost counts; float32
+convolutions run with TF32 off (the native exact-float32 path, issue 6's peer).
 
 On a shared machine use --threads 1: with more threads than free cores every parallel region waits
 for its threads to be scheduled and all three implementations time at the scheduler's quantum.
@@ -47,17 +51,20 @@ def _train(f, *inputs):
     return run
 
 
-def cases(batch, quick, backward=True):
+def cases(batch, quick, backward=True, device="cpu"):
     """(name, fastconv callable, torch callable) per timed row: forward, then forward + backward."""
     g = torch.Generator().manual_seed(0)
     convs = CONVS[:2] if quick else CONVS
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g).to(device)
     for name, c, h, k, r, s, p in convs:
-        x = torch.randn(batch, c, h, h, generator=g)
-        w = torch.randn(k, c, r, r, generator=g) / (c * r * r) ** 0.5
+        x = randn(batch, c, h, h)
+        w = randn(k, c, r, r) / (c * r * r) ** 0.5
         yield (f"conv2d {name}", lambda x=x, w=w, s=s, p=p: fastconv.conv2d(x, w, None, s, p),
                lambda x=x, w=w, s=s, p=p: TF.conv2d(x, w, None, s, p))
-    x = torch.randn(batch, 64, 112, 112, generator=g)
-    y = torch.randn(batch, 64, 112, 112, generator=g)
+    x = randn(batch, 64, 112, 112)
+    y = randn(batch, 64, 112, 112)
     pools = [("max_pool2d 3x3s2", lambda t, F: F.max_pool2d(t, 3, 2, 1)),
              ("avg_pool2d 2x2s2", lambda t, F: F.avg_pool2d(t, 2)),
              ("adaptive_avg_pool2d 1", lambda t, F: F.adaptive_avg_pool2d(t, 1)),
@@ -68,30 +75,34 @@ def cases(batch, quick, backward=True):
     if not backward:
         return
     for name, c, h, k, r, s, p in convs[:1] + convs[2:3]:
-        x = torch.randn(batch, c, h, h, generator=g)
-        w = torch.randn(k, c, r, r, generator=g) / (c * r * r) ** 0.5
+        x = randn(batch, c, h, h)
+        w = randn(k, c, r, r) / (c * r * r) ** 0.5
         yield (f"fwd+bwd conv2d {name}", _train(lambda x, w, s=s, p=p: fastconv.conv2d(x, w, None, s, p), x, w),
                _train(lambda x, w, s=s, p=p: TF.conv2d(x, w, None, s, p), x, w))
-    x = torch.randn(batch, 64, 112, 112, generator=g)
+    x = randn(batch, 64, 112, 112)
     for name, f in pools:
         yield (f"fwd+bwd {name}", _train(lambda t, f=f: f(t, fastconv), x), _train(lambda t, f=f: f(t, TF), x))
     yield ("fwd+bwd sort sqrt", _train(fastconv.sort, x, y),
            _train(lambda a, b: a + b + torch.sqrt(a.relu() * b.relu() + 0.01), x, y))
 
 
-def time_interleaved(fns, repeats, warmup=2):
+def time_interleaved(fns, repeats, warmup=2, cuda=False):
     """(median, min) seconds of each callable (None: skipped), round-robin so load drift hits all
-    alike; on a shared machine the minimum is the better estimate of the uncontended time."""
+    alike; on a shared machine the minimum is the better estimate of the uncontended time. cuda:
+    each call is timed to the end of its GPU work."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(warmup):
         for f in fns:
             if f is not None:
                 f()
+    sync()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for f, acc in zip(fns, times):
             if f is not None:
                 t0 = time.perf_counter()
                 f()
+                sync()
                 acc.append(time.perf_counter() - t0)
     return [(statistics.median(t), min(t)) if t else None for t in times]
 
@@ -120,24 +131,28 @@ import fastconv.numba as fnb
 from fastconv.numba import kernels
 t_import = time.perf_counter() - t0
 x = np.random.rand(1, 8, 16, 16).astype(np.{dt}); w = np.random.rand(8, 8, 3, 3).astype(np.{dt})
+sync = lambda: None
+if "{device}" == "cuda":  # CUDA arrays (torch tensors): the numba.cuda kernels
+    x, w = torch.from_numpy(x).cuda(), torch.from_numpy(w).cuda()
+    sync = torch.cuda.synchronize
 out = {{"import": t_import}}
 for name, f in [("conv2d", lambda: fnb.conv2d(x, w, None, 1, 1)), ("max_pool2d", lambda: fnb.max_pool2d(x, 3, 2, 1)),
                 ("avg_pool2d", lambda: fnb.avg_pool2d(x, 2)), ("relu", lambda: fnb.relu(x)),
                 ("sort", lambda: fnb.sort(x, x))]:
-    t0 = time.perf_counter(); f(); t1 = time.perf_counter(); f(); t2 = time.perf_counter()
+    t0 = time.perf_counter(); f(); sync(); t1 = time.perf_counter(); f(); sync(); t2 = time.perf_counter()
     out[name] = (t1 - t0, t2 - t1)
 print(repr(out))
 """
 
 
-def first_call(dtype="float32"):
+def first_call(dtype="float32", device="cpu"):
     """{'compile': {...}, 'cached': {...}}: first/second call seconds per op, fresh processes."""
     res = {}
     with tempfile.TemporaryDirectory() as cache:
         env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
         for label in ("compile", "cached"):
-            out = subprocess.run([sys.executable, "-c", FIRST_CALL.format(dt=dtype)], env=env, cwd=ROOT,
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run([sys.executable, "-c", FIRST_CALL.format(dt=dtype, device=device)], env=env,
+                                 cwd=ROOT, capture_output=True, text=True, check=True)
             res[label] = eval(out.stdout.strip().splitlines()[-1])  # noqa: S307 (our own repr output)
     return res
 
@@ -150,17 +165,24 @@ def main():
     ap.add_argument("--no-first-call", action="store_true")
     ap.add_argument("--no-backward", action="store_true", help="forward rows only")
     ap.add_argument("--threads", type=int, help="threads for numba, torch and the native kernels (OpenMP)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json")
     args = ap.parse_args()
+    cuda = args.device == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            raise SystemExit("numba_bench: --device cuda but torch sees no CUDA device")
+        torch.backends.cudnn.allow_tf32 = False  # exact float32 everywhere (fastconv follows this flag)
+        torch.backends.cuda.matmul.allow_tf32 = False
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {args.batch}, "
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, "
           f"native {'yes' if backends.available('native') else 'no'}")
     rows = []
     if not args.no_first_call:
-        fc = first_call()
+        fc = first_call(device=args.device)
         print("\nfirst call, fresh process (s): op, compile (empty cache) 1st / 2nd call, cached 1st / 2nd call")
         print(f"  import fastconv.numba: {fc['compile']['import']:.2f} / cached {fc['cached']['import']:.2f}")
         for op in ("conv2d", "max_pool2d", "avg_pool2d", "relu", "sort"):
@@ -176,9 +198,9 @@ def main():
     def ratio(a, b):
         return f"{a[0] / b[0]:5.2f} ({a[1] / b[1]:5.2f})" if a and b else f"{'n/a':>13s}"
 
-    for name, fn, ref in cases(args.batch, args.quick, not args.no_backward):
+    for name, fn, ref in cases(args.batch, args.quick, not args.no_backward, args.device):
         native_fn = _under("native", fn) if _native_runs(fn) else None
-        t_nb, t_nat, t_ref = time_interleaved([_under("numba", fn), native_fn, ref], args.repeats)
+        t_nb, t_nat, t_ref = time_interleaved([_under("numba", fn), native_fn, ref], args.repeats, cuda=cuda)
         print(f"{name:24s} {ms(t_nb)} {ms(t_nat)} {ms(t_ref)} {ratio(t_nb, t_nat):>13s} {ratio(t_nb, t_ref):>13s}")
         rows.append({"op": name, "numba_s": t_nb, "native_s": t_nat, "torch_s": t_ref})
     if args.json:

@@ -166,14 +166,18 @@ def bench_model(name, args, dtype):
     ref = _randomize_bn(getattr(torchvision.models, name)(weights=None)).eval()
     ref = ref.to(args.device, dtype)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
+    cuda = args.device.type == "cuda"
+    if cuda:  # on the GPU every backend runs channels_last (tensor-core layout; BASELINES.md's setting)
+        ref = ref.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     fns, compile_s = {}, {}
     for b in args.backends:
         if b == "torch eager":
             fns[b] = ref
         elif b == "fastconv":
-            # On the CPU the activations run channels_last, the layout fastconv's kernels read and
-            # write without transposes (the input stays as given; the first conv switches layout).
-            fns[b] = fastconv.convert(ref, channels_last=args.device.type == "cpu")
+            # Activations channels_last, the layout fastconv's kernels read and write without
+            # transposes (on the CPU the input stays NCHW; the first conv switches layout).
+            fns[b] = fastconv.convert(ref, channels_last=True)
         else:
             fns[b] = torch.compile(ref)
     out, times = {}, {b: [] for b in fns}
@@ -313,9 +317,9 @@ def write_report(results, out, plots):
                   f"{r0['image_size']}x{r0['image_size']}, {r0['dtype']}, device {results['machine']['device']}; "
                   f"median of {results['bench_setup']['repeats']} forward passes interleaved across backends "
                   "after one warm-up. fastconv = `fastconv.convert(model)` (convs, pools, ReLUs on fastconv; "
-                  "BatchNorm folded; conv->bn->(add)->relu as one fused kernel; on the CPU with "
-                  "`channels_last=True`: activations channels_last from the first conv on, the input "
-                  "and torch's nets as given, NCHW). Logits are compared with "
+                  "BatchNorm folded; conv->bn->(add)->relu as one fused kernel; `channels_last=True`: "
+                  "activations channels_last from the first conv on; on the CPU the input and torch's nets "
+                  "as given, NCHW; on CUDA every backend and the input channels_last). Logits are compared with "
                   "torch eager (max |diff| relative to the largest logit). 'first call' of torch.compile is its "
                   "compile time (short when the inductor cache is warm from an earlier run).", "",
                   _table(bench, [("model", lambda r: r["model"]), ("backend", lambda r: r["backend"]),

@@ -3,6 +3,8 @@ OpenMP threads and whether CUDA was built."""
 import subprocess
 import sys
 
+import pytest
+
 import fastconv
 from conftest import isa_path
 
@@ -54,3 +56,26 @@ def test_bench_runs_and_checks_its_groups(tmp_path):
     assert {"relu", "sort(sqrt)", "sort_bottleneck[fused]", "conv1x1+bn+sort+relu"} <= ops
     bad = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--ops", "nope"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown --ops" in bad.stderr
+
+
+@pytest.mark.slow
+def test_gpu_scripts_smoke_on_cpu(tmp_path):
+    """The scripts of the GPU calls (`make gpu-check-models`) run every code path end to end at tiny
+    sizes on the CPU: whole nets against torch.compile, SORT's cost and block, numba vs native."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OUT=str(tmp_path), PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_models.py", "--device", "cpu", "--quick", "--models", "alexnet"],
+                          capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads((tmp_path / "models.json").read_text())["rows"]
+    assert {r["part"] for r in rows} == {"models", "sort_cost", "sort_block"}
+    assert all(r.get("logits_agree", True) and r.get("agree", True) for r in rows)
+    proc = subprocess.run([sys.executable, "benchmarks/numba_bench.py", "--quick", "--no-first-call", "--no-backward",
+                           "--repeats", "1", "--json", str(tmp_path / "numba.json")],
+                          capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert any(r.get("op") == "relu" for r in json.loads((tmp_path / "numba.json").read_text()))
