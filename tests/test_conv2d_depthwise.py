@@ -16,6 +16,10 @@ CASES = [
     (1, 9, 7, 6, 1, 1, 1, 3, 0, 1),         # stride > kernel
     (1, 130, 7, 7, 2, 3, 3, 1, 1, 1),
     (2, 3, 5, 6, 1, 3, 3, 1, 4, 1),          # padding wider than the kernel
+    (2, 20, 11, 10, 1, 5, 5, 2, 2, 1),       # 5x5 row kernel: two vectors + a 4-channel tail, stride 2
+    (1, 16, 13, 12, 1, 3, 3, 1, 2, 2),       # dilated
+    (1, 8, 3, 2, 1, 3, 3, 1, 1, 1),          # narrower than the window: border outputs only
+    (1, 40, 6, 23, 1, 3, 3, (1, 3), (0, 1), 1),  # unequal strides, no row padding
 ]
 
 

@@ -917,6 +917,7 @@ template <typename T>
 struct DwFns {
   void (*taps)(const DwTaps<T>&);
   void (*reduce)(const DwReduce<T>&);
+  bool (*row)(const DwRow<T>&);
 };
 
 template <typename T>
@@ -924,17 +925,17 @@ DwFns<T> dw_fns();
 template <>
 DwFns<float> dw_fns<float>() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {&avx512::dw_taps_f32, &avx512::dw_reduce_f32};
-    case Isa::kAvx2: return {&avx2::dw_taps_f32, &avx2::dw_reduce_f32};
-    default: return {&portable::dw_taps_f32, &portable::dw_reduce_f32};
+    case Isa::kAvx512: return {&avx512::dw_taps_f32, &avx512::dw_reduce_f32, &avx512::dw_row_f32};
+    case Isa::kAvx2: return {&avx2::dw_taps_f32, &avx2::dw_reduce_f32, &avx2::dw_row_f32};
+    default: return {&portable::dw_taps_f32, &portable::dw_reduce_f32, &portable::dw_row_f32};
   }
 }
 template <>
 DwFns<double> dw_fns<double>() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {&avx512::dw_taps_f64, &avx512::dw_reduce_f64};
-    case Isa::kAvx2: return {&avx2::dw_taps_f64, &avx2::dw_reduce_f64};
-    default: return {&portable::dw_taps_f64, &portable::dw_reduce_f64};
+    case Isa::kAvx512: return {&avx512::dw_taps_f64, &avx512::dw_reduce_f64, &avx512::dw_row_f64};
+    case Isa::kAvx2: return {&avx2::dw_taps_f64, &avx2::dw_reduce_f64, &avx2::dw_row_f64};
+    default: return {&portable::dw_taps_f64, &portable::dw_reduce_f64, &portable::dw_row_f64};
   }
 }
 
@@ -964,12 +965,58 @@ void dw_taps_mult(const DwFns<T>& f, DwTaps<T> d, int64_t C, int64_t m) {
   }
 }
 
+// Finishes one output row computed into rb ([q][k]): the per-channel affine part, then the store with
+// the residual combine and ReLU into y's layout.
+template <typename T>
+inline void dw_finish_row(T* rb, int64_t Q, int64_t K, const EpilogueTables<T>& tab, const StoreFn<T>& store, T* y,
+                          int64_t yoff, const Tensor4& Y, const Epilogue<T>& ep) {
+  if (tab.affine)
+    for (int64_t q = 0; q < Q; ++q)
+      for (int64_t k = 0; k < K; ++k) rb[q * K + k] = rb[q * K + k] * tab.alpha[k] + tab.beta[k];
+  store(rb, static_cast<int>(K), static_cast<int>(Q), static_cast<int>(K), y, yoff, Y.sw, Y.sc, ep);
+}
+
+// Multiplier 1 and a window dw_row handles: each output row straight from the source, a channels-last
+// input in place (taps in the padding skipped), any other layout from one zero-padded channels-last
+// copy. Returns false when the case is not covered.
+template <typename T>
+bool dw_fwd_rows(const Conv2dParams& p, const T* x, const std::vector<T>& wpk, T* y, const Epilogue<T>& ep,
+                 const DwFns<T>& f) {
+  const Tensor4 &X = p.x, &Y = p.y;
+  const int64_t N = X.n, C = X.c, R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
+  if (Y.c != C || !((R == 3 && S == 3) || (R == 5 && S == 5))) return false;
+  const bool in_place = X.sc == 1;
+  Buffer<T> xstore;
+  const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
+  const T* src = in_place ? x : pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const int64_t sn = in_place ? X.sn : pd.sn(), xsh = in_place ? X.sh : pd.sh(), xsw = in_place ? X.sw : C;
+  const int64_t H = in_place ? X.h : pd.hp, W = in_place ? X.w : pd.wp;
+  const int64_t ph = in_place ? p.pad_h0 : 0, pw = in_place ? p.pad_w0 : 0;
+  EpilogueTables<T> tab(ep, C);
+  const StoreFn<T> store = store_fn(ep);
+  const bool direct = Y.sc == 1 && !tab.affine && ep.combine == Combine::kNone && !ep.relu;
+#pragma omp parallel
+  {
+    Buffer<T> rowbuf(direct ? 0 : Q * C);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t row = 0; row < N * P; ++row) {
+      const int64_t n = row / P, pr = row % P;
+      T* out = direct ? y + n * Y.sn + pr * Y.sh : rowbuf.get();
+      f.row(DwRow<T>{src + n * sn, H, W, xsh, xsw, wpk.data(), R, S, C, pr * p.stride_h - ph, p.dil_h, -pw,
+                     p.stride_w, p.dil_w, Q, out, direct ? Y.sw : C});
+      if (!direct) dw_finish_row(out, Q, C, tab, store, y, n * Y.sn + pr * Y.sh, Y, ep);
+    }
+  }
+  return true;
+}
+
 template <typename T>
 void dw_fwd(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep) {
   const Tensor4 &X = p.x, &Y = p.y;
   const int64_t N = X.n, C = X.c, K = Y.c, m = K / C, R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
   const DwFns<T> f = dw_fns<T>();
   const std::vector<T> wpk = dw_pack(p.w, w);
+  if (dw_fwd_rows(p, x, wpk, y, ep, f)) return;
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   Buffer<T> xstore;
   const TapRows<T> taprows(X, x, p.pad_h0, p.pad_w0, p.stride_h, p.dil_h, R, pd, xstore);
@@ -993,11 +1040,7 @@ void dw_fwd(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<
       T* out = direct ? y + n * Y.sn + pr * Y.sh : rb;
       dw_taps_mult(f, DwTaps<T>{taprows.get(n, pr, xrows.get(), last), wpk.data(), aoff.data(), boff.data(),
                                 R * S, Q, p.stride_w * C, direct ? Y.sw : K, K, 1, 1, 1, out}, C, m);
-      if (direct) continue;
-      if (tab.affine)
-        for (int64_t q = 0; q < Q; ++q)
-          for (int64_t k = 0; k < K; ++k) rb[q * K + k] = rb[q * K + k] * tab.alpha[k] + tab.beta[k];
-      store(rb, static_cast<int>(K), static_cast<int>(Q), static_cast<int>(K), y, n * Y.sn + pr * Y.sh, Y.sw, Y.sc, ep);
+      if (!direct) dw_finish_row(rb, Q, K, tab, store, y, n * Y.sn + pr * Y.sh, Y, ep);
     }
   }
 }

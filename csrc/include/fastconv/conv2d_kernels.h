@@ -85,6 +85,21 @@ struct DwReduce {
   int64_t o_ks;
 };
 
+// One output row of a depthwise convolution with multiplier 1 over a channels-last source, read in
+// place: out[q * osw + c] = sum over taps (r, s) inside the source of
+// x[(h0 + r * dh) * xsh + (w0 + q * sw + s * dw) * xsw + c] * w[(r * S + s) * C + c]; taps outside
+// [0, H) x [0, W) are the zero padding. dw_row_* return false for window sizes they do not handle.
+template <typename T>
+struct DwRow {
+  const T* x;
+  int64_t H, W, xsh, xsw;
+  const T* w;
+  int64_t R, S, C;
+  int64_t h0, dh, w0, sw, dw, Q;
+  T* out;
+  int64_t osw;
+};
+
 // Per-ISA loops besides the micro-kernel: the depthwise loops above (conv2d_depthwise.inc) and the
 // Winograd F(4x4, 3x3) transforms over channels (conv2d_winograd.inc; kv = the path's kKv):
 //   wino_input:  v[xi * vs + c] = (B^T d B)[xi], d[i][j] = src[i * sh + j * sw + c], for c < n;
@@ -97,6 +112,8 @@ struct DwReduce {
   void dw_taps_f64(const DwTaps<double>& d);                                                          \
   void dw_reduce_f32(const DwReduce<float>& d);                                                       \
   void dw_reduce_f64(const DwReduce<double>& d);                                                      \
+  bool dw_row_f32(const DwRow<float>& d);                                                             \
+  bool dw_row_f64(const DwRow<double>& d);                                                            \
   void wino_input_f32(const float* src, int64_t sh, int64_t sw, int64_t n, float* v, int64_t vs);     \
   void wino_output_f32(const float* m, int64_t ms, float* out, int64_t os, int64_t ps);               \
   void wino_weight_f32(const float* g, int64_t sr, int64_t ss, float* u, int64_t us);                 \
