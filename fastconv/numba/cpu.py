@@ -497,8 +497,8 @@ def avg_pool2d_fwd(x3, y3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, z
 
 @nb.njit(inline="always", cache=True)
 def _spread_span(dy3, dx3, p, oh, lo, hi, r0, nh, J, SW, off, div):
-    """The gradients of outputs y3[p, oh, lo:hi] spread over their windows (as in _sum_span); with
-    literal sizes and windows that tile the row (J == SW) the loop over the outputs vectorizes."""
+    """The gradients of outputs y3[p, oh, lo:hi] spread over their windows (as in _sum_span). (Literal
+    window sizes, which speed up the forward spans, gained nothing here: the scatter stays scalar.)"""
     for i in range(nh):
         for ow in range(lo, hi):
             g = dy3[p, oh, ow] / div
@@ -512,7 +512,6 @@ def avg_pool2d_bwd(dy3, dx3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor)
     H, W = dx3.shape[1], dx3.shape[2]
     OH, OW = dy3.shape[1], dy3.shape[2]
     lo, hi = _inner_span(OW, sw, pw, kw, 1, W)
-    sid = _shape_id(kh, kw, sw, 1, 1)
     fixed = dy3.dtype.type(divisor)
     for p in prange(dy3.shape[0]):
         for oh in range(OH):
@@ -527,14 +526,7 @@ def avg_pool2d_bwd(dy3, dx3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor)
                     div = fixed if divisor > 0 else dy3.dtype.type(fh * fw)
                     _spread_span(dy3, dx3, p, oh, ow, ow + 1, r0, nh, nw, 0, c0, div)
             div = fixed if divisor > 0 else dy3.dtype.type(fh * kw)
-            if sid == 1 and nh == 3:
-                _spread_span(dy3, dx3, p, oh, lo, hi, r0, 3, 3, 2, -pw, div)
-            elif sid == 2 and nh == 2:
-                _spread_span(dy3, dx3, p, oh, lo, hi, r0, 2, 2, 2, -pw, div)
-            elif sid == 3 and nh == 3:
-                _spread_span(dy3, dx3, p, oh, lo, hi, r0, 3, 3, 1, -pw, div)
-            else:
-                _spread_span(dy3, dx3, p, oh, lo, hi, r0, nh, kw, sw, -pw, div)
+            _spread_span(dy3, dx3, p, oh, lo, hi, r0, nh, kw, sw, -pw, div)
 
 
 @nb.njit(inline="always", cache=True)
