@@ -20,6 +20,8 @@ CASES = [
     (1, 16, 13, 12, 1, 3, 3, 1, 2, 2),       # dilated
     (1, 8, 3, 2, 1, 3, 3, 1, 1, 1),          # narrower than the window: border outputs only
     (1, 40, 6, 23, 1, 3, 3, (1, 3), (0, 1), 1),  # unequal strides, no row padding
+    (1, 12, 17, 40, 1, 3, 3, (2, 1), 1, 1),  # NCHW planes: runs of two vectors, one vector, scalar tail
+    (1, 8, 9, 70, 1, 3, 3, 2, 1, 1),         # NCHW planes at column stride 2 (even lanes of two loads)
 ]
 
 
@@ -57,12 +59,13 @@ def test_depthwise_matches_torch(case, dtype, layout, isa):
 @pytest.mark.parametrize("combine", [None, "add", "sort"])
 def test_depthwise_fused_epilogue(layout, combine):
     g = torch.Generator().manual_seed(2)
-    n, c, h = 2, 24, 9
+    n, c, h, w = 2, 24, 9, 40  # 20 outputs a row: NCHW without a residual takes the plane kernel
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.randn(n, c, h, h, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    x = torch.randn(n, c, h, w, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    x[0, 1, 4, 7] = float("nan")  # stays NaN through the ReLU, as in torch
     wt = torch.randn(c, 1, 3, 3, generator=g, dtype=torch.float64)
     scale, shift, bias = (torch.randn(c, generator=g, dtype=torch.float64) for _ in range(3))
-    res = torch.randn(n, c, 5, 5, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
+    res = torch.randn(n, c, 5, 20, generator=g, dtype=torch.float64).contiguous(memory_format=fmt)
     y = fastconv.conv2d_fused(x, wt, bias, 2, 1, 1, c, scale=scale, shift=shift,
                               residual=res if combine else None, combine=combine, relu=True)
     z = F.conv2d(x, wt, None, 2, 1, 1, c) * scale[:, None, None] + (shift + bias)[:, None, None]
@@ -70,4 +73,5 @@ def test_depthwise_fused_epilogue(layout, combine):
         z = res + z
     elif combine == "sort":
         z = res + z + torch.sqrt(res.relu() * z.relu() + 0.01)
-    torch.testing.assert_close(y, z.relu(), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(y, z.relu(), rtol=1e-10, atol=1e-10, equal_nan=True)
+    assert y.isnan().any()

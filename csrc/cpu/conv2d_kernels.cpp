@@ -918,6 +918,7 @@ struct DwFns {
   void (*taps)(const DwTaps<T>&);
   void (*reduce)(const DwReduce<T>&);
   bool (*row)(const DwRow<T>&);
+  bool (*plane)(const DwPlane<T>&);
 };
 
 template <typename T>
@@ -925,17 +926,17 @@ DwFns<T> dw_fns();
 template <>
 DwFns<float> dw_fns<float>() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {&avx512::dw_taps_f32, &avx512::dw_reduce_f32, &avx512::dw_row_f32};
-    case Isa::kAvx2: return {&avx2::dw_taps_f32, &avx2::dw_reduce_f32, &avx2::dw_row_f32};
-    default: return {&portable::dw_taps_f32, &portable::dw_reduce_f32, &portable::dw_row_f32};
+    case Isa::kAvx512: return {&avx512::dw_taps_f32, &avx512::dw_reduce_f32, &avx512::dw_row_f32, &avx512::dw_plane_f32};
+    case Isa::kAvx2: return {&avx2::dw_taps_f32, &avx2::dw_reduce_f32, &avx2::dw_row_f32, &avx2::dw_plane_f32};
+    default: return {&portable::dw_taps_f32, &portable::dw_reduce_f32, &portable::dw_row_f32, &portable::dw_plane_f32};
   }
 }
 template <>
 DwFns<double> dw_fns<double>() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {&avx512::dw_taps_f64, &avx512::dw_reduce_f64, &avx512::dw_row_f64};
-    case Isa::kAvx2: return {&avx2::dw_taps_f64, &avx2::dw_reduce_f64, &avx2::dw_row_f64};
-    default: return {&portable::dw_taps_f64, &portable::dw_reduce_f64, &portable::dw_row_f64};
+    case Isa::kAvx512: return {&avx512::dw_taps_f64, &avx512::dw_reduce_f64, &avx512::dw_row_f64, &avx512::dw_plane_f64};
+    case Isa::kAvx2: return {&avx2::dw_taps_f64, &avx2::dw_reduce_f64, &avx2::dw_row_f64, &avx2::dw_plane_f64};
+    default: return {&portable::dw_taps_f64, &portable::dw_reduce_f64, &portable::dw_row_f64, &portable::dw_plane_f64};
   }
 }
 
@@ -986,6 +987,23 @@ bool dw_fwd_rows(const Conv2dParams& p, const T* x, const std::vector<T>& wpk, T
   const int64_t N = X.n, C = X.c, R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
   if (Y.c != C || !((R == 3 && S == 3) || (R == 5 && S == 5))) return false;
   const bool in_place = X.sc == 1;
+  // NCHW planes (unit column strides) without a residual and with rows of at least 16 outputs (the
+  // plane kernel's vectors run along a row; 7x7 planes are faster through the channels-last copy):
+  // per (image, channel) plane, no transposes.
+  if (!in_place && X.sw == 1 && Y.sw == 1 && ep.combine == Combine::kNone && p.stride_w <= 2 && Q >= 16) {
+    EpilogueTables<T> tab(ep, C);
+    bool ok = true;
+#pragma omp parallel for schedule(dynamic, 1) reduction(&& : ok)
+    for (int64_t nc = 0; nc < N * C; ++nc) {
+      const int64_t n = nc / C, c = nc % C;
+      T wc[25];  // the channel's taps (R, S <= 5 here)
+      for (int64_t t = 0; t < R * S; ++t) wc[t] = wpk[t * C + c];
+      ok = ok && f.plane(DwPlane<T>{x + n * X.sn + c * X.sc, X.h, X.w, X.sh, wc, R, S, -p.pad_h0, p.stride_h,
+                                    p.dil_h, -p.pad_w0, p.stride_w, p.dil_w, P, Q, y + n * Y.sn + c * Y.sc, Y.sh,
+                                    tab.affine ? tab.alpha[c] : T(1), tab.affine ? tab.beta[c] : T(0), ep.relu});
+    }
+    return ok;
+  }
   Buffer<T> xstore;
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
   const T* src = in_place ? x : pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);

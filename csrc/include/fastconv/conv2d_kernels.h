@@ -100,6 +100,23 @@ struct DwRow {
   int64_t osw;
 };
 
+// One channel plane of a depthwise convolution with multiplier 1, unit column strides (NCHW):
+// out[p * osh + q] = relu?(alpha * sum over taps inside the plane of
+// x[(h0 + p * sh + r * dh) * xsh + w0 + q * sw + s * dw] * w[r * S + s] + beta), for p < P, q < Q.
+// dw_plane_* return false for window sizes they do not handle.
+template <typename T>
+struct DwPlane {
+  const T* x;
+  int64_t H, W, xsh;
+  const T* w;
+  int64_t R, S;
+  int64_t h0, sh, dh, w0, sw, dw, P, Q;
+  T* out;
+  int64_t osh;
+  T alpha, beta;
+  bool relu;
+};
+
 // Per-ISA loops besides the micro-kernel: the depthwise loops above (conv2d_depthwise.inc) and the
 // Winograd F(4x4, 3x3) transforms over channels (conv2d_winograd.inc; kv = the path's kKv):
 //   wino_input:  v[xi * vs + c] = (B^T d B)[xi], d[i][j] = src[i * sh + j * sw + c], for c < n;
@@ -114,6 +131,8 @@ struct DwRow {
   void dw_reduce_f64(const DwReduce<double>& d);                                                      \
   bool dw_row_f32(const DwRow<float>& d);                                                             \
   bool dw_row_f64(const DwRow<double>& d);                                                            \
+  bool dw_plane_f32(const DwPlane<float>& d);                                                         \
+  bool dw_plane_f64(const DwPlane<double>& d);                                                        \
   void wino_input_f32(const float* src, int64_t sh, int64_t sw, int64_t n, float* v, int64_t vs);     \
   void wino_output_f32(const float* m, int64_t ms, float* out, int64_t os, int64_t ps);               \
   void wino_weight_f32(const float* g, int64_t sr, int64_t ss, float* u, int64_t us);                 \
