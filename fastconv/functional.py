@@ -28,14 +28,17 @@ def _no_grad(*ts):
 
 def _plain(args):
     """True when every tensor argument is an ordinary CPU or CUDA tensor (or parameter): no subclass,
-    fake or meta tensor that needs the dispatcher."""
+    fake or meta tensor, nor a functorch wrapper (vmap, grad, functionalize), that needs the
+    dispatcher."""
     for a in args:
-        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or a.device.type not in ("cpu", "cuda")):
+        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or a.device.type not in ("cpu", "cuda")
+                                            or _wrapped(a)):
             return False
     return True
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
 def _call(name, grad_inputs, *args):

@@ -444,3 +444,13 @@ def test_backend_selection():
     env["FASTCONV_BACKEND"] = "nope"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT)
     assert out.returncode != 0 and "unknown backend" in out.stderr
+
+
+def test_function_transforms_go_through_the_dispatcher():
+    """Without a gradient the numba kernels are called directly, but never on functorch-wrapped
+    tensors: vmap (the batched fallback) and functionalize work as on the native backend."""
+    from torch.func import functionalize, vmap
+    x, y = randn(3, 2, 4, 5), randn(3, 2, 4, 5)
+    torch.testing.assert_close(vmap(fastconv.relu)(x), x.relu())
+    torch.testing.assert_close(vmap(fastconv.sort)(x, y), torch_sort(x, y))
+    torch.testing.assert_close(functionalize(fastconv.relu)(x), x.relu())
