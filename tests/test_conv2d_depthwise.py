@@ -22,6 +22,7 @@ CASES = [
     (1, 40, 6, 23, 1, 3, 3, (1, 3), (0, 1), 1),  # unequal strides, no row padding
     (1, 12, 17, 40, 1, 3, 3, (2, 1), 1, 1),  # NCHW planes: runs of two vectors, one vector, scalar tail
     (1, 8, 9, 70, 1, 3, 3, 2, 1, 1),         # NCHW planes at column stride 2 (even lanes of two loads)
+    (2, 16, 10, 36, 1, 5, 5, 1, (1, 3), 1),  # stride 1: the input gradient as a flipped-window forward
 ]
 
 

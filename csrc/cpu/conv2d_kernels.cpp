@@ -1073,6 +1073,20 @@ void dw_bwd_input(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
   const int64_t sh = p.stride_h, sw = p.stride_w;
   const DwFns<T> f = dw_fns<T>();
   const std::vector<T> wpk = dw_pack(p.w, w);
+  // Stride 1, multiplier 1: dx is the depthwise convolution of dy with the window flipped and padding
+  // (R-1)*dil - pad, which the forward's row and plane kernels run.
+  if (sh == 1 && sw == 1 && m == 1 && (R - 1) * p.dil_h >= p.pad_h0 && (S - 1) * p.dil_w >= p.pad_w0) {
+    Conv2dParams t = p;
+    t.x = Y;
+    t.y = X;
+    t.pad_h0 = (R - 1) * p.dil_h - p.pad_h0;
+    t.pad_w0 = (S - 1) * p.dil_w - p.pad_w0;
+    std::vector<T> flipped(wpk.size());
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t s = 0; s < S; ++s)
+        std::copy_n(wpk.data() + ((R - 1 - r) * S + (S - 1 - s)) * C, C, flipped.data() + (r * S + s) * C);
+    if (dw_fwd_rows(t, dy, flipped, dx, Epilogue<T>{}, f)) return;
+  }
   const int64_t Ht = ceil_div((R - 1) * p.dil_h, sh), Wt = ceil_div((S - 1) * p.dil_w, sw);
   const int64_t oh = p.pad_h0 + Ht * sh, ow = p.pad_w0 + Wt * sw;  // h + oh - r*dil_h >= 0
   const Padded pd{std::max(Y.h + Ht, (H - 1 + oh) / sh + 1), std::max(Y.w + Wt, (Wd - 1 + ow) / sw + 1), K};
