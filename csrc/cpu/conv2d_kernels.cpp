@@ -919,6 +919,7 @@ struct DwFns {
   void (*reduce)(const DwReduce<T>&);
   bool (*row)(const DwRow<T>&);
   bool (*plane)(const DwPlane<T>&);
+  bool (*wgrad)(const DwWgrad<T>&);
 };
 
 template <typename T>
@@ -926,17 +927,17 @@ DwFns<T> dw_fns();
 template <>
 DwFns<float> dw_fns<float>() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {&avx512::dw_taps_f32, &avx512::dw_reduce_f32, &avx512::dw_row_f32, &avx512::dw_plane_f32};
-    case Isa::kAvx2: return {&avx2::dw_taps_f32, &avx2::dw_reduce_f32, &avx2::dw_row_f32, &avx2::dw_plane_f32};
-    default: return {&portable::dw_taps_f32, &portable::dw_reduce_f32, &portable::dw_row_f32, &portable::dw_plane_f32};
+    case Isa::kAvx512: return {&avx512::dw_taps_f32, &avx512::dw_reduce_f32, &avx512::dw_row_f32, &avx512::dw_plane_f32, &avx512::dw_wgrad_f32};
+    case Isa::kAvx2: return {&avx2::dw_taps_f32, &avx2::dw_reduce_f32, &avx2::dw_row_f32, &avx2::dw_plane_f32, &avx2::dw_wgrad_f32};
+    default: return {&portable::dw_taps_f32, &portable::dw_reduce_f32, &portable::dw_row_f32, &portable::dw_plane_f32, &portable::dw_wgrad_f32};
   }
 }
 template <>
 DwFns<double> dw_fns<double>() {
   switch (cpu_isa()) {
-    case Isa::kAvx512: return {&avx512::dw_taps_f64, &avx512::dw_reduce_f64, &avx512::dw_row_f64, &avx512::dw_plane_f64};
-    case Isa::kAvx2: return {&avx2::dw_taps_f64, &avx2::dw_reduce_f64, &avx2::dw_row_f64, &avx2::dw_plane_f64};
-    default: return {&portable::dw_taps_f64, &portable::dw_reduce_f64, &portable::dw_row_f64, &portable::dw_plane_f64};
+    case Isa::kAvx512: return {&avx512::dw_taps_f64, &avx512::dw_reduce_f64, &avx512::dw_row_f64, &avx512::dw_plane_f64, &avx512::dw_wgrad_f64};
+    case Isa::kAvx2: return {&avx2::dw_taps_f64, &avx2::dw_reduce_f64, &avx2::dw_row_f64, &avx2::dw_plane_f64, &avx2::dw_wgrad_f64};
+    default: return {&portable::dw_taps_f64, &portable::dw_reduce_f64, &portable::dw_row_f64, &portable::dw_plane_f64, &portable::dw_wgrad_f64};
   }
 }
 
@@ -1134,8 +1135,11 @@ void dw_bwd_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
   const int64_t N = X.n, C = X.c, K = Y.c, m = K / C, R = W.h, S = W.w, P = Y.h, Q = Y.w;
   const DwFns<T> f = dw_fns<T>();
   const Padded pd{(P - 1) * p.stride_h + (R - 1) * p.dil_h + 1, (Q - 1) * p.stride_w + (S - 1) * p.dil_w + 1, C};
+  // Multiplier 1, 3x3 or 5x5: a channels-last input read in place (taps in the padding skipped).
+  const bool rows_kernel = m == 1 && ((R == 3 && S == 3) || (R == 5 && S == 5));
+  const bool in_place = rows_kernel && X.sc == 1;
   Buffer<T> xstore, dystore;
-  const T* xp = pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
+  const T* xp = in_place ? x : pad_channels_last(X, x, p.pad_h0, p.pad_w0, pd, xstore);
   const T* dyc = pad_channels_last(Y, dy, 0, 0, Padded{P, Q, K}, dystore);
   const int64_t nth = omp_get_max_threads(), RSK = R * S * K;
   std::vector<T> parts(nth * RSK, T(0));
@@ -1144,6 +1148,14 @@ void dw_bwd_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
     T* part = parts.data() + omp_get_thread_num() * RSK;
 #pragma omp for schedule(static)
     for (int64_t row = 0; row < N * P; ++row) {
+      if (rows_kernel) {
+        const int64_t n = row / P, pr = row % P;
+        f.wgrad(in_place ? DwWgrad<T>{x + n * X.sn, X.h, X.w, X.sh, X.sw, dyc + row * Q * K, K, R, S, C,
+                                      pr * p.stride_h - p.pad_h0, p.dil_h, -p.pad_w0, p.stride_w, p.dil_w, Q, part}
+                         : DwWgrad<T>{xp + n * pd.sn(), pd.hp, pd.wp, pd.sh(), C, dyc + row * Q * K, K, R, S, C,
+                                      pr * p.stride_h, p.dil_h, 0, p.stride_w, p.dil_w, Q, part});
+        continue;
+      }
       const int64_t n = row / P, pr = row % P;
       const T* b = dyc + row * Q * K;
       for (int64_t t = 0; t < R * S; ++t) {

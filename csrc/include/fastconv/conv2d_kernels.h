@@ -117,6 +117,19 @@ struct DwPlane {
   bool relu;
 };
 
+// The weight gradient's share of one output row of a depthwise convolution with multiplier 1 (the
+// source as in DwRow): acc[(r * S + s) * C + c] += sum over q of
+// g[q * gsw + c] * x[(h0 + r * dh) * xsh + (w0 + q * sw + s * dw) * xsw + c], taps inside the source.
+template <typename T>
+struct DwWgrad {
+  const T* x;
+  int64_t H, W, xsh, xsw;
+  const T* g;
+  int64_t gsw, R, S, C;
+  int64_t h0, dh, w0, sw, dw, Q;
+  T* acc;
+};
+
 // Per-ISA loops besides the micro-kernel: the depthwise loops above (conv2d_depthwise.inc) and the
 // Winograd F(4x4, 3x3) transforms over channels (conv2d_winograd.inc; kv = the path's kKv):
 //   wino_input:  v[xi * vs + c] = (B^T d B)[xi], d[i][j] = src[i * sh + j * sw + c], for c < n;
@@ -133,6 +146,8 @@ struct DwPlane {
   bool dw_row_f64(const DwRow<double>& d);                                                            \
   bool dw_plane_f32(const DwPlane<float>& d);                                                         \
   bool dw_plane_f64(const DwPlane<double>& d);                                                        \
+  bool dw_wgrad_f32(const DwWgrad<float>& d);                                                         \
+  bool dw_wgrad_f64(const DwWgrad<double>& d);                                                        \
   void wino_input_f32(const float* src, int64_t sh, int64_t sw, int64_t n, float* v, int64_t vs);     \
   void wino_output_f32(const float* m, int64_t ms, float* out, int64_t os, int64_t ps);               \
   void wino_weight_f32(const float* g, int64_t sr, int64_t ss, float* u, int64_t us);                 \
