@@ -29,12 +29,15 @@ sys.path.insert(0, str(ROOT))
 import fastconv  # noqa: E402
 from fastconv import backends  # noqa: E402
 
-CONVS = [  # name, C, H, K, R, stride, pad
+CONVS = [  # name, C, H, K, R, stride, pad[, groups]
     ("r50_l1_3x3", 64, 56, 64, 3, 1, 1),
     ("r50_l1_1x1", 64, 56, 256, 1, 1, 0),
     ("r50_l3_3x3", 256, 14, 256, 3, 1, 1),
     ("r50_conv1_7x7s2", 3, 224, 64, 7, 2, 3),
     ("alex_conv2_5x5", 64, 27, 192, 5, 1, 2),
+    ("mb2_dw_112", 32, 112, 32, 3, 1, 1, 32),  # MobileNetV2 depthwise layers
+    ("mb2_dw_56s2", 144, 56, 144, 3, 2, 1, 144),
+    ("mb2_dw_7", 960, 7, 960, 3, 1, 1, 960),
 ]
 
 
@@ -58,11 +61,12 @@ def cases(batch, quick, backward=True, device="cpu"):
 
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device)
-    for name, c, h, k, r, s, p in convs:
+    for name, c, h, k, r, s, p, *g in convs:
+        g = g[0] if g else 1
         x = randn(batch, c, h, h)
-        w = randn(k, c, r, r) / (c * r * r) ** 0.5
-        yield (f"conv2d {name}", lambda x=x, w=w, s=s, p=p: fastconv.conv2d(x, w, None, s, p),
-               lambda x=x, w=w, s=s, p=p: TF.conv2d(x, w, None, s, p))
+        w = randn(k, c // g, r, r) / (c // g * r * r) ** 0.5
+        yield (f"conv2d {name}", lambda x=x, w=w, s=s, p=p, g=g: fastconv.conv2d(x, w, None, s, p, 1, g),
+               lambda x=x, w=w, s=s, p=p, g=g: TF.conv2d(x, w, None, s, p, 1, g))
     x = randn(batch, 64, 112, 112)
     y = randn(batch, 64, 112, 112)
     pools = [("max_pool2d 3x3s2", lambda t, F: F.max_pool2d(t, 3, 2, 1)),

@@ -97,6 +97,31 @@ def test_conv2d_fused(combine, mode, relu):
     torch.testing.assert_close(torch.from_numpy(y), ref(*inputs))
 
 
+DEPTHWISE = [  # (N, C, H, W), multiplier, (R, S), stride, padding, dilation: the direct depthwise kernels
+    ((2, 5, 9, 20), 1, (3, 3), 1, 1, 1),          # plane rows of 20: literal 3x3 spans at stride 1
+    ((1, 6, 11, 23), 1, (3, 3), 2, 1, 1),         # stride 2
+    ((1, 7, 7, 7), 1, (3, 3), 1, 1, 1),           # small planes: the channels-last copy
+    ((1, 3, 9, 18), 2, (3, 3), (1, 2), (0, 1), 1),  # multiplier 2, unequal strides
+    ((1, 4, 12, 17), 1, (5, 5), 1, 4, 2),         # 5x5 dilated, padding wider than the window
+    ((1, 4, 5, 6), 1, (3, 3), 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("xs,m,rs,stride,padding,dilation", DEPTHWISE)
+def test_conv2d_depthwise(xs, m, rs, stride, padding, dilation, dtype):
+    c = xs[1]
+    x, w, b = randn(*xs, dtype=dtype), randn(c * m, 1, *rs, dtype=dtype), randn(c * m, dtype=dtype)
+    args = (stride, padding, dilation, c)
+    assert_same(lambda x, w, b: fastconv.conv2d(x, w, b, *args), lambda x, w, b: TF.conv2d(x, w, b, *args),
+                x, w, b, dtype=dtype)
+    y = TF.conv2d(x, w, b, *args)
+    r = randn(*y.shape, dtype=dtype)
+    fused = fastconv.conv2d_fused(x, w, None, *args, scale=b, shift=b, residual=r, combine="sort", relu=True)
+    z = TF.conv2d(x, w, None, *args) * b[:, None, None] + b[:, None, None]
+    torch.testing.assert_close(fused, torch.relu(r + z + torch.sqrt(r.relu() * z.relu() + 0.01)), **tol(dtype))
+
+
 WINOGRAD = [  # (N, C, H, W), K, padding: float32 3x3 stride-1 layers that take the Winograd path
     ((1, 16, 22, 19), 16, 1),        # big enough for the rule; a tile column short of a multiple of 4
     ((1, 16, 9, 7), 16, 1),          # rows overhanging

@@ -127,6 +127,98 @@ def conv2d_fwd(x, xg, wg, yg, col, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct, b
                           resg[n, g] if combine != 0 else resg[0, 0], combine, relu, mode, eps, zero)
 
 
+# ---------------------------------------------------------------- depthwise (groups == C)
+# Each output reduced in registers over its window (as the pooling kernels below): a GEMM per channel
+# would be a 1-row product. Literal-size spans for 3x3 windows at stride 1 and 2.
+@nb.njit(inline="always", cache=True)
+def _dw_span(x, w, y, n, k, ci, oh, lo, hi, r0, i0, nh, DH, J0, J1, SW, DW, off, zero):
+    """y[n, k, oh, lo:hi] from input channel ci: window rows r0 + i*DH (weight rows i0 + i, i < nh),
+    columns ow*SW + off + j*DW (J0 <= j < J1), all inside the input."""
+    for ow in range(lo, hi):
+        c0 = ow * SW + off
+        acc = zero
+        for i in range(nh):
+            for j in range(J0, J1):
+                acc += x[n, ci, _U(r0 + i * DH), _U(c0 + j * DW)] * w[k, 0, _U(i0 + i), _U(j)]
+        y[n, k, oh, ow] = acc
+
+
+@nb.njit(**_FAST)
+def conv2d_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, zero):
+    """y (N, K, P, Q) = the convolution of x (N, C, H, W) with w (K, 1, R, S), groups C (output
+    channel k reads input channel k // (K / C))."""
+    N, C, H, W = x.shape
+    K, P, Q = y.shape[1], y.shape[2], y.shape[3]
+    R, S = w.shape[2], w.shape[3]
+    m = K // C
+    lo, hi = _inner_span(Q, sw, pl, S, dw, W)
+    lit = dh == 1 and dw == 1 and R == 3 and S == 3
+    for nk in prange(N * K):
+        n, k = nk // K, nk % K
+        ci = k // m
+        for oh in range(P):
+            start = oh * sh - pt
+            i0, i1 = _valid_range(R, dh, start, H)
+            r0, nh = start + i0 * dh, i1 - i0
+            if nh <= 0:
+                for ow in range(Q):
+                    y[n, k, oh, ow] = zero
+                continue
+            for ow in range(Q):
+                if lo <= ow < hi:
+                    continue
+                j0, j1 = _valid_range(S, dw, ow * sw - pl, W)
+                _dw_span(x, w, y, n, k, ci, oh, ow, ow + 1, r0, i0, nh, dh, j0, j1, sw, dw, -pl, zero)
+            if lit and nh == 3 and sw == 1:
+                _dw_span(x, w, y, n, k, ci, oh, lo, hi, r0, 0, 3, 1, 0, 3, 1, 1, -pl, zero)
+            elif lit and nh == 3 and sw == 2:
+                _dw_span(x, w, y, n, k, ci, oh, lo, hi, r0, 0, 3, 1, 0, 3, 2, 1, -pl, zero)
+            else:
+                _dw_span(x, w, y, n, k, ci, oh, lo, hi, r0, i0, nh, dh, 0, S, sw, dw, -pl, zero)
+
+
+@nb.njit(**_FAST)
+def conv2d_depthwise_cl(xc, wc, yc, sh, sw, pt, pl, dh, dw, zero):
+    """Multiplier 1 on channels-last copies, for planes too small to vectorize along: xc (N, H, W, C),
+    wc (R, S, C), yc (N, P, Q, C); the loops over channels vectorize."""
+    N, H, W, C = xc.shape
+    P, Q = yc.shape[1], yc.shape[2]
+    R, S = wc.shape[0], wc.shape[1]
+    for npq in prange(N * P):
+        n, oh = npq // P, npq % P
+        for ow in range(Q):
+            for c in range(C):
+                yc[n, oh, ow, _U(c)] = zero
+            for r in range(R):
+                ih = oh * sh - pt + r * dh
+                if ih < 0 or ih >= H:
+                    continue
+                for s in range(S):
+                    iw = ow * sw - pl + s * dw
+                    if iw < 0 or iw >= W:
+                        continue
+                    for c in range(C):
+                        yc[n, oh, ow, _U(c)] += xc[n, _U(ih), _U(iw), _U(c)] * wc[_U(r), _U(s), _U(c)]
+
+
+@nb.njit(**_SERIAL)  # the parallel work is inside the kernel and the epilogue
+def conv2d_fwd_depthwise(x, w, y, y3, sh, sw, pt, pl, dh, dw, bias, has_bias, scale, has_scale, shift, has_shift,
+                         res3, combine, relu, mode, eps, zero):
+    """conv2d_fwd for groups == C; y3, res3: (N, K, P*Q) views; the epilogue as in conv2d_fwd. Rows
+    of fewer than 16 outputs with multiplier 1 go through channels-last copies."""
+    if y.shape[3] < 16 and w.shape[0] == x.shape[1]:
+        yc = np.empty((y.shape[0], y.shape[2], y.shape[3], y.shape[1]), y.dtype)
+        conv2d_depthwise_cl(np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                            np.ascontiguousarray(w[:, 0].transpose(1, 2, 0)), yc, sh, sw, pt, pl, dh, dw, zero)
+        y[:] = yc.transpose(0, 3, 1, 2)
+    else:
+        conv2d_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, zero)
+    if has_bias or has_scale or has_shift or combine != 0 or relu:
+        for n in range(y.shape[0]):
+            _epilogue(y3[n], 0, bias, has_bias, scale, has_scale, shift, has_shift,
+                      res3[n] if combine != 0 else res3[0], combine, relu, mode, eps, zero)
+
+
 # ---------------------------------------------------------------- Winograd F(4x4, 3x3)
 # float32 3x3 stride-1 convolutions, groups 1 (the rule of the native kernel: fastconv/numba/kernels.py
 # `winograd`). Output tile (n, ty, tx) covers rows 4ty.. and columns 4tx.. of the output; its 6x6

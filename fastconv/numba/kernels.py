@@ -316,6 +316,12 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     dt = x.dtype.type
     epilogue = (*_vec(bias, x), *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode),
                 dt(eps), dt(0))
+    if groups > 1 and groups == x.shape[1]:  # depthwise: direct, no BLAS
+        _cpu().conv2d_fwd_depthwise(x, w, y, y.reshape(N, K, P * Q), int(stride[0]), int(stride[1]), int(padding[0]),
+                                    int(padding[2]), int(dilation[0]), int(dilation[1]), *epilogue[:6],
+                                    _c(residual).reshape(N, K, P * Q) if combine else np.zeros((1, 1, 1), x.dtype),
+                                    *epilogue[7:])
+        return y
     with _one_blas_thread():
         if winograd(x, w, stride, padding, dilation, groups, P, Q):
             _winograd_fwd(x, w, y, int(padding[0]), int(padding[2]), epilogue)
