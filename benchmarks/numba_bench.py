@@ -61,12 +61,12 @@ def cases(batch, quick, backward=True, device="cpu"):
 
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device)
-    for name, c, h, k, r, s, p, *g in convs:
-        g = g[0] if g else 1
+    for name, c, h, k, r, s, p, *groups in convs:
+        grp = groups[0] if groups else 1
         x = randn(batch, c, h, h)
-        w = randn(k, c // g, r, r) / (c // g * r * r) ** 0.5
-        yield (f"conv2d {name}", lambda x=x, w=w, s=s, p=p, g=g: fastconv.conv2d(x, w, None, s, p, 1, g),
-               lambda x=x, w=w, s=s, p=p, g=g: TF.conv2d(x, w, None, s, p, 1, g))
+        w = randn(k, c // grp, r, r) / (c // grp * r * r) ** 0.5
+        yield (f"conv2d {name}", lambda x=x, w=w, s=s, p=p, grp=grp: fastconv.conv2d(x, w, None, s, p, 1, grp),
+               lambda x=x, w=w, s=s, p=p, grp=grp: TF.conv2d(x, w, None, s, p, 1, grp))
     x = randn(batch, 64, 112, 112)
     y = randn(batch, 64, 112, 112)
     pools = [("max_pool2d 3x3s2", lambda t, F: F.max_pool2d(t, 3, 2, 1)),
@@ -91,8 +91,9 @@ def cases(batch, quick, backward=True, device="cpu"):
 
 
 def time_interleaved(fns, repeats, warmup=2, cuda=False):
-    """(median, min) seconds of each callable (None: skipped), round-robin so load drift hits all
-    alike; on a shared machine the minimum is the better estimate of the uncontended time. cuda:
+    """(median, min) seconds of each callable (None: skipped), round-robin in a rotating order so load
+    drift and cache state hit all alike; on a shared machine the minimum is the better estimate of the
+    uncontended time. cuda:
     each call is timed to the end of its GPU work."""
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(warmup):
@@ -101,13 +102,16 @@ def time_interleaved(fns, repeats, warmup=2, cuda=False):
                 f()
     sync()
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for f, acc in zip(fns, times):
-            if f is not None:
+    for rep in range(repeats):
+        # Rotate the order each round: the call after torch's composite (which evicts the caches with
+        # its temporaries) runs cold, and a fixed order would always hand that to the same column.
+        for i in range(len(fns)):
+            j = (i + rep) % len(fns)
+            if fns[j] is not None:
                 t0 = time.perf_counter()
-                f()
+                fns[j]()
                 sync()
-                acc.append(time.perf_counter() - t0)
+                times[j].append(time.perf_counter() - t0)
     return [(statistics.median(t), min(t)) if t else None for t in times]
 
 
