@@ -1021,8 +1021,9 @@ bool dw_fwd_rows(const Conv2dParams& p, const T* x, const std::vector<T>& wpk, T
     for (int64_t row = 0; row < N * P; ++row) {
       const int64_t n = row / P, pr = row % P;
       T* out = direct ? y + n * Y.sn + pr * Y.sh : rowbuf.get();
-      f.row(DwRow<T>{src + n * sn, H, W, xsh, xsw, wpk.data(), R, S, C, pr * p.stride_h - ph, p.dil_h, -pw,
-                     p.stride_w, p.dil_w, Q, out, direct ? Y.sw : C});
+      f.row(DwRow<T>{DwSrc<T>{src + n * sn, H, W, xsh, xsw, R, S, C, pr * p.stride_h - ph, p.dil_h, -pw,
+                              p.stride_w, p.dil_w, Q},
+                     wpk.data(), out, direct ? Y.sw : C});
       if (!direct) dw_finish_row(out, Q, C, tab, store, y, n * Y.sn + pr * Y.sh, Y, ep);
     }
   }
@@ -1150,10 +1151,11 @@ void dw_bwd_weight(const Conv2dParams& p, const T* dy, const T* x, T* dw) {
     for (int64_t row = 0; row < N * P; ++row) {
       if (rows_kernel) {
         const int64_t n = row / P, pr = row % P;
-        f.wgrad(in_place ? DwWgrad<T>{x + n * X.sn, X.h, X.w, X.sh, X.sw, dyc + row * Q * K, K, R, S, C,
-                                      pr * p.stride_h - p.pad_h0, p.dil_h, -p.pad_w0, p.stride_w, p.dil_w, Q, part}
-                         : DwWgrad<T>{xp + n * pd.sn(), pd.hp, pd.wp, pd.sh(), C, dyc + row * Q * K, K, R, S, C,
-                                      pr * p.stride_h, p.dil_h, 0, p.stride_w, p.dil_w, Q, part});
+        const DwSrc<T> src = in_place ? DwSrc<T>{x + n * X.sn, X.h, X.w, X.sh, X.sw, R, S, C, pr * p.stride_h - p.pad_h0,
+                                                 p.dil_h, -p.pad_w0, p.stride_w, p.dil_w, Q}
+                                      : DwSrc<T>{xp + n * pd.sn(), pd.hp, pd.wp, pd.sh(), C, R, S, C, pr * p.stride_h,
+                                                 p.dil_h, 0, p.stride_w, p.dil_w, Q};
+        f.wgrad(DwWgrad<T>{src, dyc + row * Q * K, K, part});
         continue;
       }
       const int64_t n = row / P, pr = row % P;

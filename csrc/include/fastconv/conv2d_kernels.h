@@ -85,17 +85,24 @@ struct DwReduce {
   int64_t o_ks;
 };
 
-// One output row of a depthwise convolution with multiplier 1 over a channels-last source, read in
-// place: out[q * osw + c] = sum over taps (r, s) inside the source of
-// x[(h0 + r * dh) * xsh + (w0 + q * sw + s * dw) * xsw + c] * w[(r * S + s) * C + c]; taps outside
-// [0, H) x [0, W) are the zero padding. dw_row_* return false for window sizes they do not handle.
+// A channels-last source of a depthwise convolution with multiplier 1, read in place, and the
+// window geometry of one output row: tap (r, s) of output q reads
+// x[(h0 + r * dh) * xsh + (w0 + q * sw + s * dw) * xsw + c], for q < Q and channels c < C; taps
+// outside [0, H) x [0, W) are the zero padding.
 template <typename T>
-struct DwRow {
+struct DwSrc {
   const T* x;
   int64_t H, W, xsh, xsw;
-  const T* w;
   int64_t R, S, C;
   int64_t h0, dh, w0, sw, dw, Q;
+};
+
+// One output row: out[q * osw + c] = sum over taps of the source times w[(r * S + s) * C + c].
+// dw_row_* return false for window sizes they do not handle.
+template <typename T>
+struct DwRow {
+  DwSrc<T> src;
+  const T* w;
   T* out;
   int64_t osw;
 };
@@ -117,16 +124,13 @@ struct DwPlane {
   bool relu;
 };
 
-// The weight gradient's share of one output row of a depthwise convolution with multiplier 1 (the
-// source as in DwRow): acc[(r * S + s) * C + c] += sum over q of
-// g[q * gsw + c] * x[(h0 + r * dh) * xsh + (w0 + q * sw + s * dw) * xsw + c], taps inside the source.
+// The weight gradient's share of one output row: acc[(r * S + s) * C + c] += sum over q of
+// g[q * gsw + c] times the source's tap (r, s) of output q.
 template <typename T>
 struct DwWgrad {
-  const T* x;
-  int64_t H, W, xsh, xsw;
+  DwSrc<T> src;
   const T* g;
-  int64_t gsw, R, S, C;
-  int64_t h0, dh, w0, sw, dw, Q;
+  int64_t gsw;
   T* acc;
 };
 
