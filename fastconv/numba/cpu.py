@@ -201,6 +201,55 @@ def conv2d_depthwise_cl(xc, wc, yc, sh, sw, pt, pl, dh, dw, zero):
                         yc[n, oh, ow, _U(c)] += xc[n, _U(ih), _U(iw), _U(c)] * wc[_U(r), _U(s), _U(c)]
 
 
+@nb.njit(**_FAST)
+def conv2d_depthwise_bwd_input(dy, w, dx, sh, sw, pt, pl, dh, dw):
+    """dx (N, C, H, W), zeroed: each output's gradient times its window's weights, scattered per input
+    plane (its m = K / C output planes one after another, so no two threads write one plane)."""
+    N, C, H, W = dx.shape
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    R, S = w.shape[2], w.shape[3]
+    m = K // C
+    for nc in prange(N * C):
+        n, c = nc // C, nc % C
+        for k in range(c * m, c * m + m):
+            for p in range(P):
+                for r in range(R):
+                    h = p * sh - pt + r * dh
+                    if h < 0 or h >= H:
+                        continue
+                    for s in range(S):
+                        off = s * dw - pl
+                        lo, hi = _valid_range(Q, sw, off, W)
+                        wt = w[k, 0, r, s]
+                        for q in range(lo, hi):
+                            dx[n, c, _U(h), _U(q * sw + off)] += dy[n, k, p, _U(q)] * wt
+
+
+@nb.njit(**_FAST)
+def conv2d_depthwise_bwd_weight(dy, x, dwt, sh, sw, pt, pl, dh, dw, zero):
+    """dwt (K, 1, R, S): per output channel and tap, the sum over images and outputs of its gradient
+    times the input the tap reads."""
+    N, C, H, W = x.shape
+    K, P, Q = dy.shape[1], dy.shape[2], dy.shape[3]
+    R, S = dwt.shape[2], dwt.shape[3]
+    m = K // C
+    for k in prange(K):
+        c = k // m
+        for r in range(R):
+            for s in range(S):
+                off = s * dw - pl
+                lo, hi = _valid_range(Q, sw, off, W)
+                acc = zero
+                for n in range(N):
+                    for p in range(P):
+                        h = p * sh - pt + r * dh
+                        if h < 0 or h >= H:
+                            continue
+                        for q in range(lo, hi):
+                            acc += dy[n, k, p, _U(q)] * x[n, c, _U(h), _U(q * sw + off)]
+                dwt[k, 0, r, s] = acc
+
+
 @nb.njit(**_SERIAL)  # the parallel work is inside the kernel and the epilogue
 def conv2d_fwd_depthwise(x, w, y, y3, sh, sw, pt, pl, dh, dw, bias, has_bias, scale, has_scale, shift, has_shift,
                          res3, combine, relu, mode, eps, zero):

@@ -256,6 +256,11 @@ def _conv_geometry(x, w, stride, padding, dilation, groups, P, Q):
             int(dilation[0]), int(dilation[1]), int(P), int(Q), direct)
 
 
+def _dw_geometry(stride, padding, dilation):
+    """(stride h, w, padding top, left, dilation h, w) as ints for the depthwise kernels."""
+    return (int(stride[0]), int(stride[1]), int(padding[0]), int(padding[2]), int(dilation[0]), int(dilation[1]))
+
+
 def _col(geo, cg, pq, dtype):
     """The im2col work space (none for the direct 1x1 case, geo[-1])."""
     return _scratch("col", (0 if geo[-1] else cg * geo[0] * geo[1], pq), dtype)
@@ -317,8 +322,8 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     epilogue = (*_vec(bias, x), *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode),
                 dt(eps), dt(0))
     if groups > 1 and groups == x.shape[1]:  # depthwise: direct, no BLAS
-        _cpu().conv2d_fwd_depthwise(x, w, y, y.reshape(N, K, P * Q), int(stride[0]), int(stride[1]), int(padding[0]),
-                                    int(padding[2]), int(dilation[0]), int(dilation[1]), *epilogue[:6],
+        _cpu().conv2d_fwd_depthwise(x, w, y, y.reshape(N, K, P * Q), *_dw_geometry(stride, padding, dilation),
+                                    *epilogue[:6],
                                     _c(residual).reshape(N, K, P * Q) if combine else np.zeros((1, 1, 1), x.dtype),
                                     *epilogue[7:])
         return y
@@ -351,6 +356,9 @@ def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
             _winograd_fwd(dy, wf, dx, flipped_pads[0], flipped_pads[2], _no_epilogue(dy))
         return dx
     dx = _zeros(input_size, dy.dtype)
+    if groups > 1 and groups == dx.shape[1]:  # depthwise: direct, no BLAS
+        _cpu().conv2d_depthwise_bwd_input(dy, w, dx, *_dw_geometry(stride, padding, dilation))
+        return dx
     G, K = groups, w.shape[0]
     wt = np.ascontiguousarray(w.reshape(G, K // G, -1).transpose(0, 2, 1))
     geo = _conv_geometry(dx, w, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
@@ -364,6 +372,9 @@ def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
 def conv2d_bwd_weight(dy, x, weight_size, stride, padding, dilation, groups):
     dy, x = _c(dy), _c(x)
     dw = np.zeros(tuple(weight_size), dy.dtype)
+    if groups > 1 and groups == x.shape[1]:  # depthwise: direct, no BLAS
+        _cpu().conv2d_depthwise_bwd_weight(dy, x, dw, *_dw_geometry(stride, padding, dilation), dy.dtype.type(0))
+        return dw
     G, K = groups, dw.shape[0]
     geo = _conv_geometry(x, dw, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
     cols = dw.shape[1] * dw.shape[2] * dw.shape[3]
