@@ -104,6 +104,16 @@ def _epilogue(y, k0, bias, has_bias, scale, has_scale, shift, has_shift, res, co
             y[kk, i] = z
 
 
+@nb.njit(inline="always", cache=True)
+def _epilogue_images(y3, bias, has_bias, scale, has_scale, shift, has_shift, res3, combine, relu, mode, eps, zero):
+    """conv2d_fwd's epilogue on whole images after the convolution: y3 and res3 are (N, K, P*Q) views of
+    the output and the residual (a dummy without a combine)."""
+    if has_bias or has_scale or has_shift or combine != 0 or relu:
+        for n in range(y3.shape[0]):
+            _epilogue(y3[n], 0, bias, has_bias, scale, has_scale, shift, has_shift,
+                      res3[n] if combine != 0 else res3[0], combine, relu, mode, eps, zero)
+
+
 @nb.njit(**_SERIAL)  # the parallel work is inside the helpers and BLAS
 def conv2d_fwd(x, xg, wg, yg, col, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct, bias, has_bias, scale, has_scale,
                shift, has_shift, resg, combine, relu, mode, eps, zero):
@@ -253,8 +263,8 @@ def conv2d_depthwise_bwd_weight(dy, x, dwt, sh, sw, pt, pl, dh, dw, zero):
 @nb.njit(**_SERIAL)  # the parallel work is inside the kernel and the epilogue
 def conv2d_fwd_depthwise(x, w, y, y3, sh, sw, pt, pl, dh, dw, bias, has_bias, scale, has_scale, shift, has_shift,
                          res3, combine, relu, mode, eps, zero):
-    """conv2d_fwd for groups == C; y3, res3: (N, K, P*Q) views; the epilogue as in conv2d_fwd. Rows
-    of fewer than 16 outputs with multiplier 1 go through channels-last copies."""
+    """conv2d_fwd for groups == C, the epilogue as in _epilogue_images. Rows of fewer than 16 outputs
+    with multiplier 1 go through channels-last copies."""
     if y.shape[3] < 16 and w.shape[0] == x.shape[1]:
         yc = np.empty((y.shape[0], y.shape[2], y.shape[3], y.shape[1]), y.dtype)
         conv2d_depthwise_cl(np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
@@ -262,10 +272,7 @@ def conv2d_fwd_depthwise(x, w, y, y3, sh, sw, pt, pl, dh, dw, bias, has_bias, sc
         y[:] = yc.transpose(0, 3, 1, 2)
     else:
         conv2d_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, zero)
-    if has_bias or has_scale or has_shift or combine != 0 or relu:
-        for n in range(y.shape[0]):
-            _epilogue(y3[n], 0, bias, has_bias, scale, has_scale, shift, has_shift,
-                      res3[n] if combine != 0 else res3[0], combine, relu, mode, eps, zero)
+    _epilogue_images(y3, bias, has_bias, scale, has_scale, shift, has_shift, res3, combine, relu, mode, eps, zero)
 
 
 # ---------------------------------------------------------------- Winograd F(4x4, 3x3)
@@ -413,16 +420,13 @@ def conv2d_winograd(x, U, y, pt, pl, V, M):
 
 
 @nb.njit(**_SERIAL)  # the parallel work is inside the transforms, the GEMM loop and the epilogue
-def conv2d_fwd_winograd(x, w, y, yg, pt, pl, U, V, M, bias, has_bias, scale, has_scale, shift, has_shift, resg,
+def conv2d_fwd_winograd(x, w, y, y3, pt, pl, U, V, M, bias, has_bias, scale, has_scale, shift, has_shift, res3,
                         combine, relu, mode, eps, zero):
     """conv2d_fwd for a float32 3x3 stride-1 undilated convolution with groups 1 through Winograd;
-    yg is y's (N, 1, K, P*Q) view, U, V, M work spaces, the epilogue as in conv2d_fwd."""
+    U, V, M work spaces, the epilogue as in _epilogue_images."""
     winograd_weight(w, U)
     conv2d_winograd(x, U, y, pt, pl, V, M)
-    if has_bias or has_scale or has_shift or combine != 0 or relu:
-        for n in range(y.shape[0]):
-            _epilogue(yg[n, 0], 0, bias, has_bias, scale, has_scale, shift, has_shift,
-                      resg[n, 0] if combine != 0 else resg[0, 0], combine, relu, mode, eps, zero)
+    _epilogue_images(y3, bias, has_bias, scale, has_scale, shift, has_shift, res3, combine, relu, mode, eps, zero)
 
 
 @nb.njit(**_SERIAL)  # the parallel work is inside the helpers and BLAS

@@ -205,7 +205,7 @@ def _scratch(slot, shape, dtype):
     page-fault on every call (on these VMs the im2col buffer and the Winograd blocks of one ResNet
     layer took longer to fault in than to fill)."""
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape))
+    n = math.prod(shape)
     bufs = _SCRATCH.__dict__.setdefault("bufs", {})
     buf = bufs.get((slot, dtype))
     if buf is None or buf.size < n:
@@ -297,17 +297,20 @@ def winograd(x, w, stride, padding, dilation, groups, P, Q):
     return 9 * x.shape[0] * P * Q - 36 * tiles >= WINO_MIN_SAVED
 
 
+def _epilogue_args(x, res, bias=None, scale=None, shift=None, combine=0, relu=False, mode=0, eps=0.0):
+    """The epilogue arguments of the conv kernels, with the residual view `res` (a dummy without a
+    combine); the defaults: none."""
+    dt = x.dtype.type
+    return (*_vec(bias, x), *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode), dt(eps),
+            dt(0))
+
+
 def _winograd_fwd(x, w, y, pt, pl, epilogue):
+    """epilogue: _epilogue_args with the residual as an (N, K, P*Q) view."""
     N, C, K = x.shape[0], x.shape[1], w.shape[0]
     T = _cpu().winograd_block(N, y.shape[2], y.shape[3])
-    _cpu().conv2d_fwd_winograd(x, w, y, _grouped(y, 1), pt, pl, _scratch("U", (36, K, C), x.dtype),
+    _cpu().conv2d_fwd_winograd(x, w, y, y.reshape(N, K, -1), pt, pl, _scratch("U", (36, K, C), x.dtype),
                                _scratch("V", (36, C, T), x.dtype), _scratch("M", (36, K, T), x.dtype), *epilogue)
-
-
-def _no_epilogue(x):
-    none = np.zeros(1, x.dtype)
-    dt = x.dtype.type
-    return none, False, none, False, none, False, np.zeros((1, 1, 1, 1), x.dtype), 0, False, 0, dt(0), dt(0)
 
 
 @_dispatch
@@ -317,23 +320,21 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     N, K = x.shape[0], w.shape[0]
     P, Q = conv_out_hw(x, w, stride, padding, dilation)
     y = _empty((N, K, P, Q), x.dtype)
-    res = _grouped(_c(residual), groups) if combine else np.zeros((1, 1, 1, 1), x.dtype)
-    dt = x.dtype.type
-    epilogue = (*_vec(bias, x), *_vec(scale, x), *_vec(shift, x), res, int(combine), bool(relu), int(mode),
-                dt(eps), dt(0))
+    res = _c(residual) if combine else np.zeros((1, 1, 1, 1), x.dtype)
+    epi = dict(bias=bias, scale=scale, shift=shift, combine=combine, relu=relu, mode=mode, eps=eps)
+    res3 = res.reshape(res.shape[0], res.shape[1], -1)  # the per-image paths' (N, K, P*Q) view
     if groups > 1 and groups == x.shape[1]:  # depthwise: direct, no BLAS
         _cpu().conv2d_fwd_depthwise(x, w, y, y.reshape(N, K, P * Q), *_dw_geometry(stride, padding, dilation),
-                                    *epilogue[:6],
-                                    _c(residual).reshape(N, K, P * Q) if combine else np.zeros((1, 1, 1), x.dtype),
-                                    *epilogue[7:])
+                                    *_epilogue_args(x, res3, **epi))
         return y
     with _one_blas_thread():
         if winograd(x, w, stride, padding, dilation, groups, P, Q):
-            _winograd_fwd(x, w, y, int(padding[0]), int(padding[2]), epilogue)
+            _winograd_fwd(x, w, y, int(padding[0]), int(padding[2]), _epilogue_args(x, res3, **epi))
         else:
             geo = _conv_geometry(x, w, stride, padding, dilation, groups, P, Q)
             _cpu().conv2d_fwd(x, _grouped(x, groups), w.reshape(groups, K // groups, -1), _grouped(y, groups),
-                              _col(geo, w.shape[1], P * Q, x.dtype), *geo, *epilogue)
+                              _col(geo, w.shape[1], P * Q, x.dtype), *geo,
+                              *_epilogue_args(x, _grouped(res, groups) if combine else res, **epi))
     return y
 
 
@@ -353,7 +354,8 @@ def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
         wf = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         dx = _empty(input_size, dy.dtype)
         with _one_blas_thread():
-            _winograd_fwd(dy, wf, dx, flipped_pads[0], flipped_pads[2], _no_epilogue(dy))
+            _winograd_fwd(dy, wf, dx, flipped_pads[0], flipped_pads[2],
+                          _epilogue_args(dy, np.zeros((1, 1, 1), dy.dtype)))
         return dx
     dx = _zeros(input_size, dy.dtype)
     if groups > 1 and groups == dx.shape[1]:  # depthwise: direct, no BLAS
