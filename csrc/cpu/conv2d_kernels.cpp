@@ -988,11 +988,11 @@ bool dw_fwd_rows(const Conv2dParams& p, const T* x, const std::vector<T>& wpk, T
   const int64_t N = X.n, C = X.c, R = p.w.h, S = p.w.w, P = Y.h, Q = Y.w;
   if (Y.c != C || !((R == 3 && S == 3) || (R == 5 && S == 5))) return false;
   const bool in_place = X.sc == 1;
+  EpilogueTables<T> tab(ep, C);
   // NCHW planes (unit column strides) without a residual and with rows of at least 16 outputs (the
   // plane kernel's vectors run along a row; 7x7 planes are faster through the channels-last copy):
   // per (image, channel) plane, no transposes.
   if (!in_place && X.sw == 1 && Y.sw == 1 && ep.combine == Combine::kNone && p.stride_w <= 2 && Q >= 16) {
-    EpilogueTables<T> tab(ep, C);
     bool ok = true;
 #pragma omp parallel for schedule(dynamic, 1) reduction(&& : ok)
     for (int64_t nc = 0; nc < N * C; ++nc) {
@@ -1011,7 +1011,6 @@ bool dw_fwd_rows(const Conv2dParams& p, const T* x, const std::vector<T>& wpk, T
   const int64_t sn = in_place ? X.sn : pd.sn(), xsh = in_place ? X.sh : pd.sh(), xsw = in_place ? X.sw : C;
   const int64_t H = in_place ? X.h : pd.hp, W = in_place ? X.w : pd.wp;
   const int64_t ph = in_place ? p.pad_h0 : 0, pw = in_place ? p.pad_w0 : 0;
-  EpilogueTables<T> tab(ep, C);
   const StoreFn<T> store = store_fn(ep);
   const bool direct = Y.sc == 1 && !tab.affine && ep.combine == Combine::kNone && !ep.relu;
 #pragma omp parallel
