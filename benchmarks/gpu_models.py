@@ -79,8 +79,7 @@ def models(args, rows):
 
 
 def _net(sort, args):
-    net = fastconv.models.resnet50(sort=sort).to(args.device, args.dtype)
-    return demo._randomize_bn(net.float()).to(args.dtype)
+    return demo._randomize_bn(fastconv.models.resnet50(sort=sort)).to(args.device, args.dtype)
 
 
 def sort_cost(args, rows):
