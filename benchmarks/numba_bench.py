@@ -12,6 +12,7 @@ On a shared machine use --threads 1: with more threads than free cores every par
 for its threads to be scheduled and all three implementations time at the scheduler's quantum.
 """
 import argparse
+import itertools
 import json
 import os
 import pathlib
@@ -91,10 +92,9 @@ def cases(batch, quick, backward=True, device="cpu"):
 
 
 def time_interleaved(fns, repeats, warmup=2, cuda=False):
-    """(median, min) seconds of each callable (None: skipped), round-robin in a rotating order so load
-    drift and cache state hit all alike; on a shared machine the minimum is the better estimate of the
-    uncontended time. cuda:
-    each call is timed to the end of its GPU work."""
+    """(median, min) seconds of each callable (None: skipped), round-robin so load drift hits all
+    alike; on a shared machine the minimum is the better estimate of the uncontended time. cuda: each
+    call is timed to the end of its GPU work."""
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     for _ in range(warmup):
         for f in fns:
@@ -102,11 +102,13 @@ def time_interleaved(fns, repeats, warmup=2, cuda=False):
                 f()
     sync()
     times = [[] for _ in fns]
+    # Each round takes the next permutation of the order. The call after torch's composite (which
+    # evicts the caches with its temporaries) runs cold, so every callable must follow every other
+    # equally often; a rotation does not do that (with [a, b, c] rotated, a follows c in two rounds
+    # of three).
+    orders = list(itertools.permutations(range(len(fns))))
     for rep in range(repeats):
-        # Rotate the order each round: the call after torch's composite (which evicts the caches with
-        # its temporaries) runs cold, and a fixed order would always hand that to the same column.
-        for i in range(len(fns)):
-            j = (i + rep) % len(fns)
+        for j in orders[rep % len(orders)]:
             if fns[j] is not None:
                 t0 = time.perf_counter()
                 fns[j]()

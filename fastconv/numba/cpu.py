@@ -703,20 +703,50 @@ def adaptive_avg_pool2d_fwd(x3, y3, zero):
                 y3[p, oh, ow] = acc / x3.dtype.type((h1 - h0) * (w1 - w0))
 
 
+@nb.njit(inline="always", cache=True)
+def _adaptive_sources(size, out):
+    """Per input index i: [first, last) of the adaptive windows that contain i (windows are sorted
+    and overlap by at most one, so the containing ones are consecutive); and each window's size."""
+    first, last = np.full(size, out, np.intp), np.zeros(size, np.intp)
+    count = np.empty(out, np.intp)
+    for o in range(out):
+        a, b = _adaptive_window(o, size, out)
+        count[o] = b - a
+        for i in range(a, b):
+            first[i] = min(first[i], o)
+            last[i] = o + 1
+    return first, last, count
+
+
 @nb.njit(**_FAST)
 def adaptive_avg_pool2d_bwd(dy3, dx3):
-    """dx3 zeroed; each output's gradient spread evenly over its window."""
+    """Each input's gradient gathered from the windows that contain it: one write per element, no
+    zero fill and no read-modify-write."""
     H, W = dx3.shape[1], dx3.shape[2]
     OH, OW = dy3.shape[1], dy3.shape[2]
+    h_first, h_last, h_count = _adaptive_sources(H, OH)
+    w_first, w_last, w_count = _adaptive_sources(W, OW)
+    zero = dy3.dtype.type(0)
+    if OH == 1 and OW == 1:  # global pooling: a constant plane
+        dx2 = dx3.reshape(dx3.shape[0], H * W)
+        for p in prange(dy3.shape[0]):
+            v = dy3[p, 0, 0] / dy3.dtype.type(H * W)
+            for i in range(H * W):
+                dx2[p, _U(i)] = v
+        return
     for p in prange(dy3.shape[0]):
-        for oh in range(OH):
-            h0, h1 = _adaptive_window(oh, H, OH)
+        row = np.empty(OW, dy3.dtype)  # input row ih's gradient per output column
+        for ih in range(H):
             for ow in range(OW):
-                w0, w1 = _adaptive_window(ow, W, OW)
-                g = dy3[p, oh, ow] / dy3.dtype.type((h1 - h0) * (w1 - w0))
-                for ih in range(h0, h1):
-                    for iw in range(w0, w1):
-                        dx3[p, _U(ih), _U(iw)] += g
+                acc = zero
+                for oh in range(h_first[ih], h_last[ih]):
+                    acc += dy3[p, oh, ow] / dy3.dtype.type(h_count[oh] * w_count[ow])
+                row[ow] = acc
+            for iw in range(W):
+                acc = zero
+                for ow in range(w_first[iw], w_last[iw]):
+                    acc += row[ow]
+                dx3[p, ih, iw] = acc
 
 
 # ---------------------------------------------------------------- elementwise (flat arrays)

@@ -473,7 +473,7 @@ def adaptive_avg_pool2d_fwd(x, output_size):
 @_dispatch
 def adaptive_avg_pool2d_bwd(dy, input_size):
     dy = _c(dy)
-    dx = _zeros(input_size, dy.dtype)
+    dx = _empty(input_size, dy.dtype)
     _cpu().adaptive_avg_pool2d_bwd(_planes(dy), _planes(dx))
     return dx
 
