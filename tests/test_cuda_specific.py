@@ -220,3 +220,52 @@ def test_empty_batch_and_nan():
     m = fastconv.max_pool2d(y, 3, 1, 1)[0, 3]
     assert torch.isnan(m[1:4, 1:4]).all() and not torch.isnan(m[0, 0]) and not torch.isnan(m[4, 4])
     assert torch.isnan(fastconv.relu(y)[0, 3, 2, 2])
+
+
+# ---------------------------------------------------------------- tensor-core launch regressions
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cl", [False, True])
+def test_few_input_channels_padded_to_tensor_cores(dtype, cl):
+    """RGB first layers: C = 3 is zero-padded to the vector width in dense channels_last copies
+    (a padded copy in NCHW order, read as NHWC by the kernel, gave garbage without an error)."""
+    torch.backends.cudnn.allow_tf32 = True
+    x = rnd(2, 3, 33, 31, dtype=dtype, cl=cl)
+    w = rnd(16, 3, 7, 7, dtype=dtype, seed=1) * 0.2
+    ref = F.conv2d(x.double(), w.double(), stride=2, padding=3)
+    assert rel_err(fastconv.conv2d(x, w, stride=2, padding=3), ref) < 3e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_every_tile_configuration_in_one_process(dtype):
+    """Each tile configuration raises its own dynamic shared-memory limit: launching a small tile
+    first must not leave the larger ones at the 48 KB default (one flag per element type did)."""
+    torch.backends.cudnn.allow_tf32 = True
+    # 64x64 tiles (few output channels), then 128x64, then 128x128 (M = 8*40*40 = 12800 rows, enough
+    # blocks for every SM): the largest needs 80 KB of shared memory.
+    x = rnd(8, 64, 40, 40, dtype=dtype, cl=True)
+    for k in (32, 64, 256, 64, 32):
+        w = rnd(k, 64, 3, 3, dtype=dtype, cl=True, seed=k) * 0.05
+        ref = F.conv2d(x.double(), w.double(), padding=1)
+        assert rel_err(fastconv.conv2d(x, w, padding=1), ref) < 3e-3, k
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_one_by_one_spatial_channels_last(dtype):
+    """N x C x 1 x 1 tensors (classifier convs, squeeze-excitation) are dense channels_last whatever
+    their size-1 strides; forward, both gradients and max_pool2d's backward layout."""
+    torch.backends.cudnn.allow_tf32 = True
+    x = rnd(4, 64, 1, 1, dtype=dtype, cl=True).requires_grad_()
+    w = (rnd(32, 64, 1, 1, dtype=dtype, cl=True, seed=1) * 0.1).requires_grad_()
+    xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    y, yr = fastconv.conv2d(x, w), F.conv2d(xr, wr)
+    g = rnd(*y.shape, dtype=dtype, seed=2)
+    y.backward(g)
+    yr.backward(g.double())
+    assert rel_err(y, yr) < 3e-3
+    assert rel_err(x.grad, xr.grad) < 3e-3 and rel_err(w.grad, wr.grad) < 3e-3
+    z = rnd(2, 16, 9, 9, dtype=dtype, cl=True).requires_grad_()
+    fastconv.max_pool2d(z, 3, 2, 1).sum().backward()
+    assert z.grad.is_contiguous(memory_format=torch.channels_last)
+    zr = z.detach().clone().requires_grad_()
+    F.max_pool2d(zr, 3, 2, 1).sum().backward()
+    torch.testing.assert_close(z.grad, zr.grad)

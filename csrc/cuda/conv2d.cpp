@@ -105,9 +105,10 @@ at::Tensor conv2d_fused_fwd_cuda(const at::Tensor& input, const at::Tensor& weig
     // Few input channels (RGB first layers): zero-pad C to the vector width and run on tensor cores;
     // the padded taps multiply zeros, and the extra input pass is small next to the conv.
     const int64_t Cp = (a.C + mult - 1) / mult * mult;
-    x = at::zeros({a.N, Cp, a.H, a.W}, input.options().memory_format(kCL));
+    // at::zeros ignores the options' memory format: allocate channels_last, then clear.
+    x = at::empty({a.N, Cp, a.H, a.W}, input.options(), kCL).zero_();
     x.narrow(1, 0, a.C).copy_(input);
-    w = at::zeros({a.K, Cp, a.R, a.S}, weight.options().memory_format(kCL));
+    w = at::empty({a.K, Cp, a.R, a.S}, weight.options(), kCL).zero_();
     w.narrow(1, 0, a.C).copy_(weight);
   } else {
     Conv2dParams probe = params(a, input, weight, y);
@@ -120,6 +121,10 @@ at::Tensor conv2d_fused_fwd_cuda(const at::Tensor& input, const at::Tensor& weig
     }
   }
   const Conv2dParams p = params(a, x, w, y);
+  // The tensor-core kernel reads x and w as dense NHWC / KRSC, whatever their strides say.
+  TORCH_INTERNAL_ASSERT(conv2d_fwd_path(p, dt, tf32_allowed()) != ConvPath::kTensorCore ||
+                            (nhwc_dense(p.x) && nhwc_dense(p.w)),
+                        "fastconv: tensor-core conv2d operands are not dense channels_last");
   conv2d_fwd(p, dt, x.data_ptr(), w.data_ptr(), y.data_ptr(), ep, tf32_allowed(), sm_count(), stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return y;

@@ -466,9 +466,6 @@ void conv2d_bwd_input_simt(const Conv2dParams& p, DType dt, const void* dy, cons
 }
 
 namespace {
-bool nhwc_dense(const Tensor4& t) {
-  return t.sc == 1 && t.sw == t.c && t.sh == t.w * t.c && t.sn == t.h * t.w * t.c;
-}
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 }  // namespace
 

@@ -230,22 +230,25 @@ conv_tc_kernel(const TcArgs<T> a) {
   }
 }
 
-// Raise the dynamic shared-memory limit once per device for each instantiation.
-template <typename Kern> void ensure_smem(Kern kernel, int bytes) {
+// Raise the dynamic shared-memory limit once per device for each kernel. The flag is keyed on the
+// kernel itself (a template argument), not on its type: every tile configuration of one element
+// type has the same function type, and a flag shared between them would leave all but the first
+// configuration launched at the 48 KB default.
+template <auto Kernel> void ensure_smem(int bytes) {
   static std::atomic<unsigned long long> done{0};
   int dev = 0;
   cudaGetDevice(&dev);
   const unsigned long long bit = dev < 64 ? (1ull << dev) : 0ull;
   if (bit && (done.load(std::memory_order_relaxed) & bit)) return;
-  if (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess && bit)
+  if (cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess && bit)
     done.fetch_or(bit);
 }
 
 template <typename T, int BM, int BN, int WM, int WN, int STAGES>
 void launch_tc(const TcArgs<T>& a, int groups, cudaStream_t stream) {
   using Cfg = TcCfg<T, BM, BN, WM, WN, STAGES>;
-  auto kernel = conv_tc_kernel<T, BM, BN, WM, WN, STAGES>;
-  ensure_smem(kernel, Cfg::kSmem);
+  constexpr auto kernel = conv_tc_kernel<T, BM, BN, WM, WN, STAGES>;
+  ensure_smem<kernel>(Cfg::kSmem);
   const dim3 grid(static_cast<unsigned>((a.M + BM - 1) / BM), static_cast<unsigned>((a.Kg + BN - 1) / BN),
                   static_cast<unsigned>(groups));
   kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
@@ -272,8 +275,7 @@ void conv_tc(const Conv2dParams& p, const void* x, const void* w, void* y, const
   a.dh = static_cast<int>(p.dil_h); a.dw = static_cast<int>(p.dil_w);
   a.ep = Epi<T>::make(ep);
   constexpr int V = kVec16<T>;
-  const Tensor4& t = p.y;
-  const bool nhwc = t.sc == 1 && t.sw == t.c && t.sh == t.w * t.c && t.sn == t.h * t.w * t.c;
+  const bool nhwc = nhwc_dense(p.y);
   auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
   a.y_vec = nhwc && a.Kg % V == 0 && al(y) && (!ep.residual || al(ep.residual));
   if (a.M == 0) return;
@@ -471,8 +473,8 @@ void wgrad_tc(const Conv2dParams& p, const void* dy, const void* x, float* ws, i
   a.ph = static_cast<int>(p.pad_h0); a.pw = static_cast<int>(p.pad_w0);
   a.dh = static_cast<int>(p.dil_h); a.dw = static_cast<int>(p.dil_w);
   a.chunk = ((a.M + splits - 1) / splits + Cfg::kBK - 1) / Cfg::kBK * Cfg::kBK;
-  auto kernel = wgrad_tc_kernel<T, kWgBM, kWgBN, kWgStages>;
-  ensure_smem(kernel, Cfg::kSmem);
+  constexpr auto kernel = wgrad_tc_kernel<T, kWgBM, kWgBN, kWgStages>;
+  ensure_smem<kernel>(Cfg::kSmem);
   const dim3 grid(static_cast<unsigned>((a.Kg + kWgBM - 1) / kWgBM), static_cast<unsigned>((a.Ngemm + kWgBN - 1) / kWgBN),
                   static_cast<unsigned>(splits * a.groups));
   kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);

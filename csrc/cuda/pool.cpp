@@ -101,8 +101,9 @@ at::Tensor max_pool2d_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& ind
   const at::Tensor g = as_layout(grad_out, fmt), idx = as_layout(indices, fmt);
   const bool half = g.element_size() == 2;
   // 16-bit: overlapping windows accumulate in an fp32 buffer laid out like grad_input.
-  at::Tensor gx = half ? empty4(size, g.options(), fmt) : at::zeros(size, g.options().memory_format(fmt));
-  at::Tensor acc = half ? at::zeros(size, g.options().dtype(at::kFloat).memory_format(fmt)) : at::Tensor();
+  // (at::zeros would ignore the memory format: allocate in it, then clear)
+  at::Tensor gx = half ? empty4(size, g.options(), fmt) : empty4(size, g.options(), fmt).zero_();
+  at::Tensor acc = half ? empty4(size, g.options().dtype(at::kFloat), fmt).zero_() : at::Tensor();
   if (gx.numel() == 0) return gx;
   if (g.numel() == 0) return half ? gx.zero_() : gx;
   max_pool2d_bwd(tensor4(g), tensor4(gx), dtype_of(g), g.data_ptr(), idx.data_ptr<int64_t>(), gx.data_ptr(),

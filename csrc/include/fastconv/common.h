@@ -12,6 +12,13 @@ struct Tensor4 {
   int64_t sn = 0, sc = 0, sh = 0, sw = 0;  // element strides (NCHW contiguous or channels_last)
 };
 
+// Dense NHWC (channels_last) storage. The stride of a size-1 dimension is free: torch calls an
+// N x C x 1 x 1 tensor with strides (C, 1, 1, 1) channels_last-contiguous, and so must we.
+inline bool nhwc_dense(const Tensor4& t) {
+  auto ok = [](int64_t size, int64_t stride, int64_t want) { return size == 1 || stride == want; };
+  return ok(t.c, t.sc, 1) && ok(t.w, t.sw, t.c) && ok(t.h, t.sh, t.w * t.c) && ok(t.n, t.sn, t.h * t.w * t.c);
+}
+
 // Epilogue applied to every conv output element z = acc*scale[k] + shift[k] + bias[k], then
 // combine with residual r: none / add (z + r) / sort (sort(r, z)), then relu if asked.
 enum class Combine : int { kNone = 0, kAdd = 1, kSort = 2 };
