@@ -45,6 +45,22 @@ template <typename T> __device__ __forceinline__ bool aligned16(const T* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
+// The host emulation of these kernels (csrc/tests/cuda_emu) defines this to trap a vector access at a
+// misaligned address, which a CPU would serve and a GPU would fault on; on the GPU it is empty.
+#ifndef FASTCONV_CHECK_VEC_ADDRESS
+#define FASTCONV_CHECK_VEC_ADDRESS(p)
+#endif
+
+// One 16-byte load / store of N elements at p (16-byte aligned).
+template <typename T, int N> __device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  FASTCONV_CHECK_VEC_ADDRESS(p);
+  return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+template <typename T, int N> __device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
+  FASTCONV_CHECK_VEC_ADDRESS(p);
+  *reinterpret_cast<Vec<T, N>*>(p) = v;
+}
+
 // Device-side form of EpilogueArgs for element type T.
 template <typename T> struct Epi {
   const T* bias;
@@ -97,6 +113,8 @@ inline int blocks_for(int64_t work, int threads, int max_blocks) {
 
 // Grid-stride cap: enough blocks to fill any current GPU several times over.
 constexpr int kMaxGridBlocks = 132 * 32;
+// Largest gridDim.y / gridDim.z.
+constexpr int kMaxGridZ = 65535;
 
 // Dispatch a functor templated on the element type.
 template <typename F> void dispatch(DType dt, F&& f) {

@@ -180,13 +180,15 @@ template <typename T> struct BwdWeightProb {
   }
 };
 
-// The shared GEMM core. blockIdx.z = split * groups + group.
+// The shared GEMM core. z0 + blockIdx.z = split * groups + group (z0: launches of at most 65535
+// z-blocks each cover more groups).
 template <typename Prob>
-__global__ void __launch_bounds__(kSimtThreads) simt_gemm_kernel(const Prob pb) {
+__global__ void __launch_bounds__(kSimtThreads) simt_gemm_kernel(const Prob pb, int z0) {
   using A = typename Prob::A;
   __shared__ A sA[kKs][kTile], sB[kKs][kTile];
   const int tid = threadIdx.x, ml = tid % kTile, kl0 = tid / kTile;
-  const int gi = blockIdx.z % pb.g.groups, split = blockIdx.z / pb.g.groups;
+  const int z = z0 + static_cast<int>(blockIdx.z);
+  const int gi = z % pb.g.groups, split = z / pb.g.groups;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kTile, n0 = static_cast<int64_t>(blockIdx.y) * kTile;
   const auto ra = pb.row(m0 + ml, gi);
   const auto cb = pb.col(n0 + ml, gi);
@@ -223,9 +225,12 @@ __global__ void __launch_bounds__(kSimtThreads) simt_gemm_kernel(const Prob pb) 
 
 template <typename Prob> void launch_simt(const Prob& pb, int splits, cudaStream_t s) {
   if (pb.M == 0 || pb.Ngemm == 0) return;
-  const dim3 grid(static_cast<unsigned>((pb.M + kTile - 1) / kTile), static_cast<unsigned>((pb.Ngemm + kTile - 1) / kTile),
-                  static_cast<unsigned>(splits * pb.g.groups));
-  simt_gemm_kernel<Prob><<<grid, kSimtThreads, 0, s>>>(pb);
+  const int zs = splits * pb.g.groups;
+  for (int z0 = 0; z0 < zs; z0 += kMaxGridZ) {  // gridDim.z is limited to 65535
+    const dim3 grid(static_cast<unsigned>((pb.M + kTile - 1) / kTile), static_cast<unsigned>((pb.Ngemm + kTile - 1) / kTile),
+                    static_cast<unsigned>(std::min(kMaxGridZ, zs - z0)));
+    simt_gemm_kernel<Prob><<<grid, kSimtThreads, 0, s>>>(pb, z0);
+  }
 }
 
 // ---- depthwise (C/groups == 1): output channel k reads input channel k / Kg only.

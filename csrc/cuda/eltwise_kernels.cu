@@ -1,5 +1,8 @@
 // ReLU and SORT forward/backward over contiguous buffers: 16-byte vectors when every pointer is
 // 16-byte aligned, scalar otherwise; 64-bit grid-stride loops; math in fp32 (fp64 for double).
+#include <algorithm>
+#include <limits>
+
 #include "common.cuh"
 
 namespace fastconv {
@@ -23,7 +26,7 @@ __global__ void __launch_bounds__(kThreads) eltwise_kernel(int64_t n, Op op,
     for (int64_t i = tid; i < nv; i += stride) {
       Vec<T, V> a[NIN], o[NOUT];
 #pragma unroll
-      for (int j = 0; j < NIN; ++j) a[j] = reinterpret_cast<const Vec<T, V>*>(ins[j])[i];
+      for (int j = 0; j < NIN; ++j) a[j] = load_vec<T, V>(ins[j] + i * V);
 #pragma unroll
       for (int l = 0; l < V; ++l) {
         Acc<T> x[NIN], y[NOUT];
@@ -34,7 +37,7 @@ __global__ void __launch_bounds__(kThreads) eltwise_kernel(int64_t n, Op op,
         for (int j = 0; j < NOUT; ++j) o[j].v[l] = from_acc<T>(y[j]);
       }
 #pragma unroll
-      for (int j = 0; j < NOUT; ++j) reinterpret_cast<Vec<T, V>*>(outs[j])[i] = o[j];
+      for (int j = 0; j < NOUT; ++j) store_vec<T, V>(outs[j] + i * V, o[j]);
     }
   }
   for (int64_t i = (vec ? n / V * V : 0) + tid; i < n; i += stride) {  // tail (or everything)
@@ -111,7 +114,10 @@ void sort_bwd(DType dt, const void* g, const void* a, const void* b, void* ga, v
               double eps, cudaStream_t s) {
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
-    launch<T, 3, 2>(n, SortBwd<Acc<T>>{mode, static_cast<Acc<T>>(eps)}, s, g, a, b, ga, gb);
+    // eps raised to the smallest normal number, as on the CPU: with eps = 0 and an operand at 0 the
+    // derivative term is then (finite) * 0 = 0, its true value, instead of 0 * inf = NaN.
+    const Acc<T> e = std::max(static_cast<Acc<T>>(eps), std::numeric_limits<Acc<T>>::min());
+    launch<T, 3, 2>(n, SortBwd<Acc<T>>{mode, e}, s, g, a, b, ga, gb);
   });
 }
 

@@ -42,11 +42,11 @@ std::vector<int64_t> pooled_shape(const at::Tensor& x, at::IntArrayRef k, at::In
   return {x.size(0), x.size(1), oh, ow};
 }
 
-void check_pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p,
-                     at::IntArrayRef d) {
-  check_4d(x, "input");
-  check_float(x, "input");
-  TORCH_CHECK(x.is_cuda(), "fastconv: 'input' must be a CUDA tensor");
+// kernel_size, stride, padding, dilation, and for average pooling divisor_override.
+void check_window(at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::IntArrayRef d,
+                  std::optional<int64_t> divisor_override = std::nullopt) {
+  TORCH_CHECK_VALUE(!divisor_override || *divisor_override > 0, "fastconv: 'divisor_override' must be positive, got ",
+                    divisor_override ? *divisor_override : 0);
   check_pair(k, "kernel_size", 1);
   check_pair(s, "stride", 1);
   check_pair(p, "padding", 0);
@@ -55,6 +55,14 @@ void check_pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, 
     // torch's rule for every pooling: at most half the undilated kernel.
     TORCH_CHECK_VALUE(p[i] <= k[i] / 2, "fastconv: 'padding' ", p, " must be at most half of the kernel size ", k);
   }
+}
+
+void check_pool_args(const at::Tensor& x, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p,
+                     at::IntArrayRef d, std::optional<int64_t> divisor_override = std::nullopt) {
+  check_4d(x, "input");
+  check_float(x, "input");
+  TORCH_CHECK(x.is_cuda(), "fastconv: 'input' must be a CUDA tensor");
+  check_window(k, s, p, d, divisor_override);
 }
 
 std::vector<int64_t> check_input_size(at::IntArrayRef input_size, const at::Tensor& g) {
@@ -115,8 +123,7 @@ at::Tensor max_pool2d_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& ind
 at::Tensor avg_pool2d_fwd_cuda(const at::Tensor& input, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p,
                                bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
   const int64_t one[2] = {1, 1};
-  check_pool_args(input, k, s, p, one);
-  TORCH_CHECK_VALUE(!divisor_override || *divisor_override > 0, "fastconv: 'divisor_override' must be positive");
+  check_pool_args(input, k, s, p, one, divisor_override);
   c10::cuda::CUDAGuard guard(input.device());
   const auto fmt = memory_format_of(input);
   const at::Tensor x = dense(input, fmt);
@@ -138,9 +145,7 @@ at::Tensor avg_pool2d_bwd_cuda(const at::Tensor& grad_out, at::IntArrayRef input
   TORCH_CHECK(grad_out.is_cuda(), "fastconv: 'grad_out' must be a CUDA tensor");
   const auto size = check_input_size(input_size, grad_out);
   const int64_t one[2] = {1, 1};
-  check_pair(k, "kernel_size", 1);
-  check_pair(s, "stride", 1);
-  check_pair(p, "padding", 0);
+  check_window(k, s, p, one, divisor_override);
   c10::cuda::CUDAGuard guard(grad_out.device());
   const auto fmt = memory_format_of(grad_out);
   const at::Tensor g = dense(grad_out, fmt);

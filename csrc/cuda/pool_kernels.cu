@@ -39,7 +39,7 @@ template <typename T, int V> __device__ __forceinline__ void load_v(const T* p, 
   if constexpr (V == 1) {
     out[0] = to_acc(p[0]);
   } else {
-    const Vec<T, V> v = *reinterpret_cast<const Vec<T, V>*>(p);
+    const Vec<T, V> v = load_vec<T, V>(p);
 #pragma unroll
     for (int l = 0; l < V; ++l) out[l] = to_acc(v.v[l]);
   }
@@ -52,7 +52,7 @@ template <typename T, int V> __device__ __forceinline__ void store_v(T* p, const
     Vec<T, V> v;
 #pragma unroll
     for (int l = 0; l < V; ++l) v.v[l] = from_acc<T>(in[l]);
-    *reinterpret_cast<Vec<T, V>*>(p) = v;
+    store_vec<T, V>(p, v);
   }
 }
 

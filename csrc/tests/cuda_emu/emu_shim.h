@@ -1,0 +1,91 @@
+// Host emulation of the CUDA kernels of conv2d_kernels.cu, pool_kernels.cu and eltwise_kernels.cu
+// (everything but the tensor-core file): the kernel sources compile as C++ for the CPU, each block
+// runs as blockDim.x real threads with a real barrier for __syncthreads and per-block __shared__
+// arrays, blocks one after another. tests/cuda_emu.py rewrites every `k<<<grid, block, smem, s>>>(args)`
+// launch into `k | EmuLaunch(grid, block, smem, s).call(args)` and builds the library; the tests
+// compare it with torch in float64 on every CI run, with no GPU. What it cannot see: timing, warp-level
+// behaviour, and memory-model races between blocks (blocks never overlap here).
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <utility>
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct EmuIdx { unsigned x = 0, y = 0, z = 0; };
+extern thread_local EmuIdx threadIdx, blockIdx;
+extern EmuIdx blockDim, gridDim;
+typedef struct CUstream_st* cudaStream_t;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+// One block runs at a time, so a function-local static is the block's shared memory.
+#define __shared__ static
+
+// Faults the GPU would raise, recorded here (the access itself is served) and reported by
+// emu_take_error(): a misaligned 16-byte vector access, a launch the GPU would refuse.
+void emu_fail(const char* what);
+#define FASTCONV_CHECK_VEC_ADDRESS(p) \
+  do { if (reinterpret_cast<uintptr_t>(p) & 15) emu_fail("misaligned 16-byte vector access"); } while (0)
+
+void emu_syncthreads();
+inline void __syncthreads() { emu_syncthreads(); }
+template <class T> inline T __ldg(const T* p) { return *p; }
+inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
+using std::isnan;
+using std::max;
+using std::min;
+using std::sqrt;
+
+// 16-bit types: storage and round-to-nearest-even conversions, as cuda_fp16.h / cuda_bf16.h.
+struct __half { uint16_t bits; };
+struct __nv_bfloat16 { uint16_t bits; };
+inline float __half2float(__half h) {
+  _Float16 f;
+  std::memcpy(&f, &h.bits, 2);
+  return static_cast<float>(f);
+}
+inline __half __float2half_rn(float v) {
+  const _Float16 f = static_cast<_Float16>(v);
+  __half h;
+  std::memcpy(&h.bits, &f, 2);
+  return h;
+}
+inline float __bfloat162float(__nv_bfloat16 b) {
+  const uint32_t u = uint32_t(b.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  const uint32_t r = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return __nv_bfloat16{static_cast<uint16_t>(r)};
+}
+
+// Runs f on every thread of every block of the grid (blocks in order, threads concurrently).
+void emu_run(dim3 grid, dim3 block, const std::function<void()>& f);
+
+struct EmuLaunch {
+  dim3 grid, block;
+  EmuLaunch(dim3 g, dim3 b, size_t = 0, cudaStream_t = nullptr) : grid(g), block(b) {}
+  template <class... A> auto call(A... a) const { return std::make_pair(*this, std::make_tuple(a...)); }
+};
+template <class... P, class... A>
+void operator|(void (*kernel)(P...), const std::pair<EmuLaunch, std::tuple<A...>>& launch) {
+  emu_run(launch.first.grid, launch.first.block,
+          [&] { std::apply([&](const auto&... a) { kernel(static_cast<P>(a)...); }, launch.second); });
+}
