@@ -1,6 +1,6 @@
 """Builds and loads the host emulation of the CUDA kernels (csrc/tests/cuda_emu): the kernel files
-csrc/cuda/{conv2d,pool,eltwise}_kernels.cu compiled as C++ for the CPU, every `<<<...>>>` launch
-rewritten into the emulator's call. Cached under build/cuda_emu by a hash of the sources.
+csrc/cuda/*_kernels.cu compiled as C++ for the CPU, every `<<<...>>>` launch rewritten into the
+emulator's call and every `extern __shared__` array into the launch's dynamic shared memory. Cached under build/cuda_emu by a hash of the sources.
 
   lib = cuda_emu.load()      # ctypes.CDLL, or raises RuntimeError (no compiler, build failed)
 """
@@ -15,8 +15,9 @@ import tempfile
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EMU = ROOT / "csrc" / "tests" / "cuda_emu"
-KERNELS = ["conv2d_kernels", "pool_kernels", "eltwise_kernels"]
+KERNELS = ["conv2d_kernels", "conv2d_tc_kernels", "pool_kernels", "eltwise_kernels"]
 _LAUNCH = re.compile(r"<<<(.*?)>>>\(")
+_DYNAMIC_SHARED = re.compile(r"extern __shared__ (?:__align__\(\d+\) )?unsigned char (\w+)\[\];")
 _LIB = []
 
 # The C interface of emu_main.cpp. i: int, l: int64, d: double, p: pointer, a: int64 array (a tensor's
@@ -26,11 +27,11 @@ _CTYPES = {"i": ctypes.c_int, "l": ctypes.c_int64, "d": ctypes.c_double, "p": ct
 SIGNATURES = {
     "emu_take_error": (ctypes.c_char_p, ""),
     "emu_launches": (ctypes.c_long, ""),
-    "emu_conv_path": (ctypes.c_int, "iaaaa"),
-    "emu_conv_fwd": (None, "ipapapaappppiidi"),
+    "emu_conv_path": (ctypes.c_int, "iaaaai"),
+    "emu_conv_fwd": (None, "ipapapaappppiidiii"),
     "emu_conv_bwd_input": (None, "ipapapaa"),
-    "emu_conv_bwd_weight_workspace": (ctypes.c_int64, "iaaaai"),
-    "emu_conv_bwd_weight": (None, "ipapapaapi"),
+    "emu_conv_bwd_weight_workspace": (ctypes.c_int64, "iaaaaii"),
+    "emu_conv_bwd_weight": (None, "ipapapaapii"),
     "emu_conv_bwd_bias_workspace": (ctypes.c_int64, "iai"),
     "emu_conv_bwd_bias": (None, "ipappi"),
     "emu_max_pool_fwd": (None, "ipapapa"),
@@ -66,6 +67,7 @@ def _build(out):
         for k in KERNELS:
             text = (ROOT / "csrc" / "cuda" / f"{k}.cu").read_text()
             dst = tmp / f"{k}.cpp"
+            text = _DYNAMIC_SHARED.sub(r"unsigned char* \1 = emu_dynamic_shared();", text)
             dst.write_text(_LAUNCH.sub(r" | EmuLaunch(\1).call(", text))
             srcs.append(dst)
         srcs.append(EMU / "emu_main.cpp")

@@ -3,8 +3,9 @@ the host emulation (tests/cuda_emu.py, csrc/tests/cuda_emu): real threads per bl
 __syncthreads barrier, alignment checks on every 16-byte vector access, grid limits. Each call goes
 through the kernel layer's launchers exactly as the torch hosts call them, on random awkward shapes in
 every dtype and layout, against torch in float64; outputs are poisoned (NaN) and fenced by guard
-elements, so an unwritten element or a write out of bounds fails. The tensor-core file (WMMA,
-cp.async) is not emulated: its cases are skipped here and checked on the GPU."""
+elements, so an unwritten element or a write out of bounds fails. The tensor-core kernels run with
+an emulated WMMA (whole fragments per thread) and synchronous cp.async: their tiling, gathers, tails
+and epilogue are checked here, their asynchronous pipeline only on the GPU."""
 import ctypes
 import math
 import os
@@ -96,7 +97,7 @@ def written(buf, what):
     assert buf.guards_intact(), f"{what}: wrote outside the tensor"
 
 
-# ---------------------------------------------------------------- convolution (SIMT, depthwise, direct)
+# ---------------------------------------------------------------- convolution: SIMT, depthwise, direct
 def conv_case(rng):
     """A random grouped / depthwise convolution that stays off the tensor-core path."""
     while True:
@@ -136,15 +137,14 @@ def test_conv_kernels_emulated(emu, seed):
         y = Buf(c["y"], dt, cly)
         geo = ints(c["groups"], *c["stride"], c["pad"][0], c["pad"][2], *c["dil"])
         info = str(c)
-        if emu.emu_conv_path(DT[dt], t4(x.t), t4(w.t), t4(y.t), geo) == TENSOR_CORE:
+        if emu.emu_conv_path(DT[dt], t4(x.t), t4(w.t), t4(y.t), geo, 0) == TENSOR_CORE:
             continue
         k = c["y"][1]
         bias, scale, shift = [rand((k,), dt) if rng.random() < 0.4 else None for _ in range(3)]
         combine, mode, relu = rng.choice([0, 0, 1, 2]), rng.choice([0, 1]), rng.random() < 0.5
         res = rand(c["y"], dt, cly) if combine else None
         call(emu, "emu_conv_fwd", DT[dt], ptr(x.t), t4(x.t), ptr(w.t), t4(w.t), ptr(y.t), t4(y.t), geo,
-             *[ptr(v.t if v else None) for v in (bias, scale, shift, res)], combine, mode, ctypes.c_double(0.01),
-             int(relu))
+             *[ptr(v.t if v else None) for v in (bias, scale, shift, res)], combine, mode, 0.01, int(relu), 0, 132)
         xr = leaf(x.t)
         wr = leaf(w.t)
         out = conv_ref(xr, wr, c)
@@ -175,11 +175,11 @@ def test_conv_kernels_emulated(emu, seed):
         assert_close(dx.t, xr.grad, dt, "grad_input " + info)
 
         sms = rng.choice([1, 132])  # few SMs: one split; many: the reduction split across blocks
-        nbytes = emu.emu_conv_bwd_weight_workspace(DT[dt], t4(x.t), t4(w.t), t4(dy.t), geo, sms)
+        nbytes = emu.emu_conv_bwd_weight_workspace(DT[dt], t4(x.t), t4(w.t), t4(dy.t), geo, 0, sms)
         ws = torch.full((nbytes // 4 + 1,), float("nan"), dtype=torch.float32)  # poisoned: every partial written
         dw = Buf(c["w"], dt, clw)
         call(emu, "emu_conv_bwd_weight", DT[dt], ptr(dy.t), t4(dy.t), ptr(x.t), t4(x.t), ptr(dw.t), t4(dw.t), geo,
-             ptr(ws), sms)
+             ptr(ws), 0, sms)
         written(dw, "grad_weight " + info)
         assert_close(dw.t, wr.grad, dt, "grad_weight " + info)
 
@@ -191,13 +191,100 @@ def test_conv_kernels_emulated(emu, seed):
         assert_close(db.t, dy.t.double().sum((0, 2, 3)), dt, "grad_bias " + info)
 
 
-def test_tensor_core_cases_are_reported_not_emulated(emu):
-    x, w, y = Buf((1, 8, 4, 4), torch.float16, True), Buf((8, 8, 1, 1), torch.float16, True), Buf((1, 8, 4, 4), torch.float16, True)
-    geo = ints(1, 1, 1, 0, 0, 1, 1)
-    assert emu.emu_conv_path(DT[torch.float16], t4(x.t), t4(w.t), t4(y.t), geo) == TENSOR_CORE
-    emu.emu_conv_fwd(DT[torch.float16], ptr(x.t), t4(x.t), ptr(w.t), t4(w.t), ptr(y.t), t4(y.t), geo,
-                     None, None, None, None, 0, 0, ctypes.c_double(0.01), 0)
-    assert b"not emulated" in emu.emu_take_error()
+# ---------------------------------------------------------------- convolution: tensor cores (WMMA)
+TC_DTYPES = [torch.float16, torch.bfloat16, torch.float32]  # float32 as TF32
+TC_TOL = {torch.float16: 4e-3, torch.bfloat16: 2e-2, torch.float32: 4e-3}
+
+
+def scaled_err(got, ref):
+    """Largest error relative to the output's scale (a rounded operand perturbs every sum alike)."""
+    got, ref = got.double(), ref.double()
+    assert not torch.isnan(got).any(), "NaN (an unwritten element) in the output"
+    return ((got - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
+
+
+def tc_conv(emu, dt, xs, ws, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1), groups=1, y_cl=True, epilogue=None,
+            sms=1):
+    """One forward on the tensor-core path (asserted), compared with torch in float64; returns (x, w)."""
+    x, w = rand(xs, dt, True), rand(ws, dt, True, lo=-0.5, hi=0.5)
+    c = dict(pad=list(pad), stride=stride, dil=dil, groups=groups)
+    ref = conv_ref(x.t.double(), w.t.double(), c)
+    y = Buf(tuple(ref.shape), dt, y_cl)
+    geo = ints(groups, *stride, pad[0], pad[2], *dil)
+    assert emu.emu_conv_path(DT[dt], t4(x.t), t4(w.t), t4(y.t), geo, 1) == TENSOR_CORE
+    bias, scale, shift, res, combine, mode, relu = epilogue or (None, None, None, None, 0, 0, False)
+    call(emu, "emu_conv_fwd", DT[dt], ptr(x.t), t4(x.t), ptr(w.t), t4(w.t), ptr(y.t), t4(y.t), geo,
+         *[ptr(v.t if v else None) for v in (bias, scale, shift, res)], combine, mode, 0.01, int(relu), 1, sms)
+    per_k = (1, -1, 1, 1)
+    if scale:
+        ref = ref * scale.t.double().view(per_k)
+    if shift:
+        ref = ref + shift.t.double().view(per_k)
+    if bias:
+        ref = ref + bias.t.double().view(per_k)
+    if combine == 1:
+        ref = ref + res.t.double()
+    elif combine == 2:
+        a = res.t.double()
+        prod = a.clamp(min=0) * ref.clamp(min=0)
+        ref = a + ref + (torch.sqrt(prod + 0.01) if mode == 0 else prod)
+    if relu:
+        ref = ref.clamp(min=0)
+    written(y, f"tensor-core forward {dt} {xs} {ws}")
+    err = scaled_err(y.t, ref)
+    assert err < TC_TOL[dt], f"tensor-core forward {dt} x {xs} w {ws}: error {err:.3g}"
+    return x, w, y, geo
+
+
+@pytest.mark.parametrize("dt", TC_DTYPES)
+def test_tensor_core_tiles_in_one_process(emu, dt):
+    """The three forward tile configurations, smallest first: each opts in to its own dynamic shared
+    memory above 48 KB (a flag shared by the configurations of one type left the larger ones at the
+    default, and the emulator, like the GPU, refuses that launch)."""
+    for k in (24, 48, 136):  # 64x64, 128x64, 128x128 tiles (Kg <= 32, <= 64, > 64)
+        tc_conv(emu, dt, (2, 16, 9, 11), (k, 16, 3, 3), pad=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_tensor_core_kernels_emulated(emu, seed):
+    rng = random.Random(200 + seed)
+    torch.manual_seed(seed)
+    for _ in range(5):
+        dt = rng.choice(TC_DTYPES)
+        v = 4 if dt == torch.float32 else 8
+        groups = rng.choice([1, 1, 2])
+        cg, kg = v * rng.choice([1, 2, 3]), rng.choice([5, 8, 16, 24, 40, 72])
+        n, h, w = rng.choice([1, 2]), rng.randint(3, 10), rng.randint(3, 10)
+        r, s = rng.randint(1, 3), rng.randint(1, 3)
+        stride, dil = (rng.randint(1, 2), rng.randint(1, 2)), (rng.randint(1, 2), 1)
+        pad = [rng.randint(0, 1) for _ in range(4)]
+        if h + pad[0] + pad[1] < dil[0] * (r - 1) + 1 or w + pad[2] + pad[3] < s:
+            continue
+        k = kg * groups
+        p_ = (h + pad[0] + pad[1] - dil[0] * (r - 1) - 1) // stride[0] + 1
+        q_ = (w + pad[2] + pad[3] - dil[1] * (s - 1) - 1) // stride[1] + 1
+        y_cl = rng.random() < 0.7
+        combine = rng.choice([0, 1, 2])
+        epi = (rand((k,), dt), rand((k,), dt) if rng.random() < 0.5 else None, None,
+               rand((n, k, p_, q_), dt, y_cl) if combine else None, combine, rng.choice([0, 1]), rng.random() < 0.5)
+        x, wt, _, geo = tc_conv(emu, dt, (n, cg * groups, h, w), (k, cg, r, s), stride, pad, dil, groups, y_cl, epi,
+                                sms=rng.choice([1, 132]))
+        # grad_weight on tensor cores (needs Kg and Cg multiples of the vector; dense NHWC operands)
+        if kg % v:
+            continue
+        dy = rand((n, k, p_, q_), dt, True)
+        c = dict(pad=pad, stride=stride, dil=dil, groups=groups)
+        wr = leaf(wt.t)
+        conv_ref(x.t.double(), wr, c).backward(dy.t.double())
+        sms = rng.choice([1, 132])
+        nbytes = emu.emu_conv_bwd_weight_workspace(DT[dt], t4(x.t), t4(wt.t), t4(dy.t), geo, 1, sms)
+        ws = torch.full((nbytes // 4 + 1,), float("nan"), dtype=torch.float32)
+        dw = Buf(tuple(wt.t.shape), dt, True)
+        call(emu, "emu_conv_bwd_weight", DT[dt], ptr(dy.t), t4(dy.t), ptr(x.t), t4(x.t), ptr(dw.t), t4(dw.t), geo,
+             ptr(ws), 1, sms)
+        written(dw, "tensor-core grad_weight")
+        err = scaled_err(dw.t, wr.grad)
+        assert err < TC_TOL[dt], f"tensor-core grad_weight {dt} x {tuple(x.t.shape)} w {tuple(wt.t.shape)}: {err:.3g}"
 
 
 # ---------------------------------------------------------------- pooling

@@ -22,6 +22,7 @@ namespace {
 
 using namespace nvcuda;
 
+#ifndef FASTCONV_EMULATION  // the host emulation (csrc/tests/cuda_emu) copies synchronously instead
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int n = valid ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled
@@ -29,6 +30,7 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool va
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+#endif
 
 // WMMA operand type and k-depth per element type: fp32 runs as TF32 (m16n16k8).
 template <typename T> struct MmaT { using In = T; static constexpr int kK = 16; };

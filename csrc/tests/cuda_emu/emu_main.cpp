@@ -60,6 +60,9 @@ class Block {
 
 std::map<unsigned, std::unique_ptr<Block>> g_blocks;  // by thread count
 Block* g_current = nullptr;
+std::vector<unsigned char> g_shared;                  // the running launch's dynamic shared memory (+ alignment)
+std::map<const void*, int> g_max_shared;              // per kernel, raised by cudaFuncSetAttribute
+constexpr size_t kDefaultShared = 48 << 10, kOptInShared = 227 << 10;  // H100
 
 }  // namespace
 
@@ -70,33 +73,36 @@ void emu_fail(const char* what) {
 
 void emu_syncthreads() { g_current->sync(); }
 
-void emu_run(dim3 grid, dim3 block, const std::function<void()>& f) {
+cudaError_t emu_set_max_dynamic_shared(const void* kernel, int bytes) {
+  if (bytes < 0 || static_cast<size_t>(bytes) > kOptInShared) return cudaErrorInvalidValue;
+  g_max_shared[kernel] = bytes;
+  return cudaSuccess;
+}
+
+// 128-byte aligned, as the GPU's shared memory window.
+unsigned char* emu_dynamic_shared() {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(g_shared.data());
+  return g_shared.data() + ((128 - p % 128) % 128);
+}
+
+void emu_run(const void* kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()>& f) {
   ++g_launches;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0) return emu_fail("launch with an empty grid");
   if (grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) return emu_fail("grid dimension over the limit");
   if (block.y != 1 || block.z != 1 || block.x == 0 || block.x > 1024) return emu_fail("unsupported block shape");
+  const auto opt = g_max_shared.find(kernel);
+  if (smem > kDefaultShared && (opt == g_max_shared.end() || smem > static_cast<size_t>(opt->second)))
+    return emu_fail("dynamic shared memory over the kernel's limit (no cudaFuncSetAttribute opt-in)");
   auto& b = g_blocks[block.x];
   if (!b) b = std::make_unique<Block>(block.x);
   g_current = b.get();
+  g_shared.assign(smem + 128, 0xff);  // garbage, as on the GPU
   gridDim = {grid.x, grid.y, grid.z};
   blockDim = {block.x, 1, 1};
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) b->run({x, y, z}, f);
 }
-
-// The tensor-core kernels (conv2d_tc_kernels.cu: WMMA, cp.async) are not emulated.
-namespace fastconv {
-namespace cuda {
-void conv2d_fwd_tc(const Conv2dParams&, DType, const void*, const void*, void*, const EpilogueArgs&, int, cudaStream_t) {
-  emu_fail("tensor-core forward is not emulated");
-}
-int conv2d_bwd_weight_tc_splits(const Conv2dParams&, DType, int) { return 1; }
-void conv2d_bwd_weight_tc(const Conv2dParams&, DType, const void*, const void*, float*, int, cudaStream_t) {
-  emu_fail("tensor-core weight gradient is not emulated");
-}
-}  // namespace cuda
-}  // namespace fastconv
 
 using namespace fastconv;
 using namespace fastconv::cuda;
@@ -138,28 +144,28 @@ const char* emu_take_error() {
 }
 long emu_launches() { return g_launches; }
 
-int emu_conv_path(int dt, const int64_t* x, const int64_t* w, const int64_t* y, const int64_t* geo) {
-  return static_cast<int>(conv2d_fwd_path(conv(x, w, y, geo), dtype(dt), false));
+int emu_conv_path(int dt, const int64_t* x, const int64_t* w, const int64_t* y, const int64_t* geo, int tf32) {
+  return static_cast<int>(conv2d_fwd_path(conv(x, w, y, geo), dtype(dt), tf32 != 0));
 }
 void emu_conv_fwd(int dt, const void* x, const int64_t* xs, const void* w, const int64_t* ws, void* y,
                   const int64_t* ys, const int64_t* geo, const void* bias, const void* scale, const void* shift,
-                  const void* residual, int combine, int mode, double eps, int relu) {
+                  const void* residual, int combine, int mode, double eps, int relu, int tf32, int sms) {
   EpilogueArgs e;
   e.bias = bias, e.scale = scale, e.shift = shift, e.residual = residual;
   e.combine = combine, e.mode = mode, e.eps = eps, e.relu = relu != 0;
-  conv2d_fwd(conv(xs, ws, ys, geo), dtype(dt), x, w, y, e, false, 132, nullptr);
+  conv2d_fwd(conv(xs, ws, ys, geo), dtype(dt), x, w, y, e, tf32 != 0, sms, nullptr);
 }
 void emu_conv_bwd_input(int dt, const void* dy, const int64_t* ys, const void* w, const int64_t* ws, void* dx,
                         const int64_t* xs, const int64_t* geo) {
   conv2d_bwd_input_simt(conv(xs, ws, ys, geo), dtype(dt), dy, w, dx, 132, nullptr);
 }
 int64_t emu_conv_bwd_weight_workspace(int dt, const int64_t* xs, const int64_t* ws, const int64_t* ys,
-                                      const int64_t* geo, int sms) {
-  return conv2d_bwd_weight_workspace(conv(xs, ws, ys, geo), dtype(dt), false, sms);
+                                      const int64_t* geo, int tf32, int sms) {
+  return conv2d_bwd_weight_workspace(conv(xs, ws, ys, geo), dtype(dt), tf32 != 0, sms);
 }
 void emu_conv_bwd_weight(int dt, const void* dy, const int64_t* ys, const void* x, const int64_t* xs, void* dw,
-                         const int64_t* ws, const int64_t* geo, void* workspace, int sms) {
-  conv2d_bwd_weight(conv(xs, ws, ys, geo), dtype(dt), dy, x, dw, workspace, false, sms, nullptr);
+                         const int64_t* ws, const int64_t* geo, void* workspace, int tf32, int sms) {
+  conv2d_bwd_weight(conv(xs, ws, ys, geo), dtype(dt), dy, x, dw, workspace, tf32 != 0, sms, nullptr);
 }
 int64_t emu_conv_bwd_bias_workspace(int dt, const int64_t* ys, int sms) {
   return conv2d_bwd_bias_workspace(t4(ys), dtype(dt), sms);

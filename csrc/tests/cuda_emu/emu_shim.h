@@ -1,10 +1,12 @@
-// Host emulation of the CUDA kernels of conv2d_kernels.cu, pool_kernels.cu and eltwise_kernels.cu
-// (everything but the tensor-core file): the kernel sources compile as C++ for the CPU, each block
-// runs as blockDim.x real threads with a real barrier for __syncthreads and per-block __shared__
-// arrays, blocks one after another. tests/cuda_emu.py rewrites every `k<<<grid, block, smem, s>>>(args)`
-// launch into `k | EmuLaunch(grid, block, smem, s).call(args)` and builds the library; the tests
-// compare it with torch in float64 on every CI run, with no GPU. What it cannot see: timing, warp-level
-// behaviour, and memory-model races between blocks (blocks never overlap here).
+// Host emulation of the CUDA kernel files (csrc/cuda/*_kernels.cu): the kernel sources compile as C++
+// for the CPU, each block runs as blockDim.x real threads with a real barrier for __syncthreads and
+// per-block shared memory, blocks one after another. tests/cuda_emu.py rewrites every
+// `k<<<grid, block, smem, s>>>(args)` launch into `k | EmuLaunch(grid, block, smem, s).call(args)` and
+// `extern __shared__` arrays into the launch's dynamic shared memory, and builds the library; the tests
+// compare it with torch in float64 on every CI run, with no GPU. WMMA (include/mma.h) computes each
+// fragment whole in every thread of the warp; cp.async copies synchronously. What it cannot see:
+// timing, warp-level scheduling, the asynchronous copy pipeline's ordering, and memory-model races
+// between blocks (blocks never overlap here).
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -14,6 +16,7 @@
 #include <cstring>
 #include <functional>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 struct dim3 {
@@ -30,6 +33,8 @@ typedef struct CUstream_st* cudaStream_t;
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __align__(n) alignas(n)
+#define FASTCONV_EMULATION 1
 // One block runs at a time, so a function-local static is the block's shared memory.
 #define __shared__ static
 
@@ -76,16 +81,42 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
   return __nv_bfloat16{static_cast<uint16_t>(r)};
 }
 
-// Runs f on every thread of every block of the grid (blocks in order, threads concurrently).
-void emu_run(dim3 grid, dim3 block, const std::function<void()>& f);
+// The runtime calls the launchers make: the device, and the opt-in above 48 KB of dynamic shared
+// memory, which the emulator enforces per kernel as the GPU does.
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+cudaError_t emu_set_max_dynamic_shared(const void* kernel, int bytes);
+template <class F> cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute, int bytes) {
+  return emu_set_max_dynamic_shared(reinterpret_cast<const void*>(kernel), bytes);
+}
+unsigned char* emu_dynamic_shared();  // the running launch's dynamic shared memory
+
+// cp.async, synchronously: 16 bytes from global memory, or zeros when !valid (src-size 0).
+inline void cp_async16(void* smem, const void* gmem, bool valid) {
+  FASTCONV_CHECK_VEC_ADDRESS(smem);
+  if (valid) {
+    FASTCONV_CHECK_VEC_ADDRESS(gmem);
+    std::memcpy(smem, gmem, 16);
+  } else {
+    std::memset(smem, 0, 16);
+  }
+}
+inline void cp_async_commit() {}
+template <int N> inline void cp_async_wait() {}
+
+// Runs f on every thread of every block of the grid (blocks in order, threads concurrently), with
+// smem bytes of dynamic shared memory; kernel: for the shared-memory limit.
+void emu_run(const void* kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()>& f);
 
 struct EmuLaunch {
   dim3 grid, block;
-  EmuLaunch(dim3 g, dim3 b, size_t = 0, cudaStream_t = nullptr) : grid(g), block(b) {}
+  size_t smem;
+  EmuLaunch(dim3 g, dim3 b, size_t s = 0, cudaStream_t = nullptr) : grid(g), block(b), smem(s) {}
   template <class... A> auto call(A... a) const { return std::make_pair(*this, std::make_tuple(a...)); }
 };
 template <class... P, class... A>
 void operator|(void (*kernel)(P...), const std::pair<EmuLaunch, std::tuple<A...>>& launch) {
-  emu_run(launch.first.grid, launch.first.block,
+  emu_run(reinterpret_cast<const void*>(kernel), launch.first.grid, launch.first.block, launch.first.smem,
           [&] { std::apply([&](const auto&... a) { kernel(static_cast<P>(a)...); }, launch.second); });
 }
