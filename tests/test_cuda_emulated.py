@@ -287,6 +287,32 @@ def test_tensor_core_kernels_emulated(emu, seed):
         assert err < TC_TOL[dt], f"tensor-core grad_weight {dt} x {tuple(x.t.shape)} w {tuple(wt.t.shape)}: {err:.3g}"
 
 
+@pytest.mark.parametrize("dt", TC_DTYPES)
+def test_tensor_core_input_gradient_as_flipped_forward(emu, dt):
+    """The host's stride-1 input gradient on tensor cores (csrc/cuda/conv2d.cpp): a forward of grad_out
+    with the filter turned 180 degrees, K and C swapped per group, and leading padding dil*(R-1) - pad,
+    negative when the padding exceeds the kernel's reach."""
+    v = 4 if dt == torch.float32 else 8
+    for (n, cg, kg, groups, h, w, r, s, pad, dil) in [(2, 16, v, 1, 7, 6, 3, 3, (1, 1), (1, 1)),
+                                                      (1, 8, 2 * v, 2, 6, 9, 3, 2, (2, 0), (2, 1)),
+                                                      (2, 16, v, 1, 5, 5, 1, 1, (1, 1), (1, 1))]:  # pad 1 > reach 0
+        x, wt = rand((n, cg * groups, h, w), dt, True), rand((kg * groups, cg, r, s), dt, lo=-0.5, hi=0.5)
+        xr = leaf(x.t)
+        out = F.conv2d(xr, wt.t.double(), None, 1, pad, dil, groups)
+        dy = rand(tuple(out.shape), dt, True)
+        out.backward(dy.t.double())
+        flipped = (wt.t.reshape(groups, kg, cg, r, s).transpose(1, 2).flip(3, 4).reshape(cg * groups, kg, r, s)
+                   .contiguous(memory_format=torch.channels_last))
+        dx = Buf((n, cg * groups, h, w), dt, True)
+        geo = ints(groups, 1, 1, dil[0] * (r - 1) - pad[0], dil[1] * (s - 1) - pad[1], *dil)
+        assert emu.emu_conv_path(DT[dt], t4(dy.t), t4(flipped), t4(dx.t), geo, 1) == TENSOR_CORE
+        call(emu, "emu_conv_fwd", DT[dt], ptr(dy.t), t4(dy.t), ptr(flipped), t4(flipped), ptr(dx.t), t4(dx.t), geo,
+             None, None, None, None, 0, 0, 0.01, 0, 1, 1)
+        written(dx, "tensor-core grad_input")
+        err = scaled_err(dx.t, xr.grad)
+        assert err < TC_TOL[dt], f"tensor-core grad_input {dt} pad {pad} dil {dil}: {err:.3g}"
+
+
 # ---------------------------------------------------------------- pooling
 def pool_input(rng, shape, dt, cl, shift):
     x = rand(shape, dt, cl, shift)
