@@ -62,6 +62,8 @@ if has sass; then
     ldsm=$(cuobjdump -sass "$tc" 2>/dev/null | grep -c LDSM)
   fi
   spills=$(grep -c 'bytes spill stores' "$OUT/sass.txt"); nz=$(grep -E '[1-9][0-9]* bytes spill stores' "$OUT/sass.txt" | wc -l)
+  command -v cuobjdump > /dev/null || { hmma="? (no cuobjdump)"; ldsm="?"; }
+  [ -z "$tc" ] && { hmma="? (no conv2d_tc_kernels.o under build/)"; ldsm="?"; }
   note "sass: conv2d_tc HMMA=$hmma LDSM=$ldsm; kernels with spills: $nz of $spills (sass.txt)"
 fi
 
