@@ -3,13 +3,16 @@
 Run on a CUDA machine after building the extension (benchmarks/gpu_check.sh does both):
   python3 benchmarks/gpu_bench.py                 # verify, conv fwd, conv bwd, memory-bound ops
   python3 benchmarks/gpu_bench.py --smoke         # every op once on small shapes (compute-sanitizer)
+  python3 benchmarks/gpu_bench.py --device cpu    # dry run of every code path at tiny sizes (CI, no GPU)
 Environment:
   FASTCONV_BENCH_PARTS   comma list of verify,fwd,bwd,fused,mem (default all)
   FASTCONV_BENCH_LAYERS  comma list of layer names (default the BASELINES.md suite)
   FASTCONV_BENCH_DTYPES  comma list of fp16,bf16,fp32,tf32 (default fp16,bf16,fp32)
-  FASTCONV_BENCH_BATCH   batch size (default 128)
+  FASTCONV_BENCH_BATCH   batch size (default 128; --device cpu 2)
   FASTCONV_BENCH_OUT     folder for bench.json (default $OUT or .)
 Timing: CUDA events around `inner` back-to-back calls after warm-up, median of the samples.
+--device cpu runs the CPU kernels with time.perf_counter, few layers and cases, no TF32 / cuDNN /
+allocator poisoning: its numbers mean nothing, it is there so that a Python error does not cost GPU time.
 Correctness of every timed config is checked first against F.conv2d in higher precision.
 The compact table is printed last.
 """
@@ -28,6 +31,7 @@ import fastconv  # noqa: E402
 from fastconv import _args as A  # noqa: E402
 
 ops = None  # torch.ops.fastconv, bound in main()
+DEV = "cuda"  # --device, bound in main()
 PEAK_TFLOPS = 778.0  # dense bf16/fp16 matmul measured on the H100 of BASELINES.md
 COPY_GBS = 2930.0    # device-to-device copy (read + write) of BASELINES.md
 
@@ -45,6 +49,7 @@ LAYERS = {
     "alex_conv3": (192, 13, 384, 3, 1, 1),
 }
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
+CPU_LAYERS = ["r50_l4_3x3", "alex_conv1"]  # --device cpu: a 3x3 and a strided large-kernel first layer
 
 
 def env_list(name, default):
@@ -53,12 +58,34 @@ def env_list(name, default):
 
 
 def set_tf32(on):
+    if DEV != "cuda":  # TF32 is a CUDA math mode
+        return
     torch.backends.cudnn.allow_tf32 = on
     torch.backends.cuda.matmul.allow_tf32 = on
 
 
+def cudnn_benchmark():
+    if DEV == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
 def bench(fn, warmup=3, samples=15, inner=None, budget_s=1.5):
     """Median milliseconds per call of fn (CUDA events around `inner` calls per sample)."""
+    if DEV != "cuda":  # dry run: wall clock around single calls, few samples (the numbers mean nothing)
+        for _ in range(min(warmup, 1)):
+            fn()
+        times = []
+        for _ in range(min(samples, 3)):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        return times[len(times) // 2], (times[-1] - times[0]) / max(times[len(times) // 2], 1e-9)
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -102,8 +129,10 @@ def tol_for(dtype, tf32):
 def poison_allocator():
     """Fill freed blocks of the caching allocator with NaN, so the next outputs start out as NaN and
     an element a kernel forgets to write shows up as NaN instead of as a stale plausible value."""
-    blocks = [torch.full((1 << 16,), float("nan"), device="cuda") for _ in range(64)]  # small pool
-    blocks.append(torch.full((16 << 20,), float("nan"), device="cuda"))  # large pool
+    if DEV != "cuda":  # no caching allocator to poison
+        return
+    blocks = [torch.full((1 << 16,), float("nan"), device=DEV) for _ in range(64)]  # small pool
+    blocks.append(torch.full((16 << 20,), float("nan"), device=DEV))  # large pool
     del blocks
 
 
@@ -173,16 +202,19 @@ CONV_CASES = [
 
 def verify(chk, quick=False):
     """Every op against torch in float64 on awkward shapes, every dtype, both layouts."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    dev = "cuda"
+    gen = torch.Generator(device=DEV).manual_seed(0)
+    dev = DEV
 
     def rnd(*shape, dtype=torch.float32):
         return (torch.rand(shape, generator=gen, device=dev) * 4 - 2).to(dtype)
 
     cases = CONV_CASES[:4] if quick else CONV_CASES
+    tf32s = (False, True) if DEV == "cuda" else (False,)
+    if DEV != "cuda":
+        print("  verify: TF32 cases skipped (CUDA only)", flush=True)
     for ci, (N, C, H, W, K, R, S, st, pads, dil, g) in enumerate(cases):
         for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-            for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+            for tf32 in (tf32s if dtype == torch.float32 else (False,)):
                 for cl in (False, True):
                     set_tf32(tf32)
                     poison_allocator()
@@ -295,7 +327,7 @@ def verify(chk, quick=False):
                     ga, gb = ops.sort_bwd(g, a2, b, mode, 0.01)
                     chk.check(f"sort bwd a {tag} {shape} m{mode}", ga, ar.grad, 2 * REL_TOL[dtype])
                     chk.check(f"sort bwd b {tag} {shape} m{mode}", gb, br.grad, 2 * REL_TOL[dtype])
-    torch.cuda.synchronize()
+    sync()
 
 
 # ---------------------------------------------------------------- conv benchmarks
@@ -305,17 +337,20 @@ def conv_flops(N, C, H, K, R, stride, pad):
 
 
 def bench_fwd(layers, dtypes, batch, results, chk):
-    torch.backends.cudnn.benchmark = True
+    cudnn_benchmark()
     for name in layers:
         C, H, K, R, st, pad = LAYERS[name]
         fl = conv_flops(batch, C, H, K, R, st, pad)
         for dname in dtypes:
             dtype = DTYPES[dname]
             tf32 = dname == "tf32"
+            if tf32 and DEV != "cuda":
+                print(f"  fwd {name:11s} tf32: skipped (CUDA only)", flush=True)
+                continue
             set_tf32(tf32)
             fmt = torch.contiguous_format if dtype == torch.float32 else torch.channels_last
-            x = torch.randn(batch, C, H, H, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
-            w = (torch.randn(K, C, R, R, device="cuda", dtype=dtype) / math.sqrt(C * R * R)).contiguous(memory_format=fmt)
+            x = torch.randn(batch, C, H, H, device=DEV, dtype=dtype).contiguous(memory_format=fmt)
+            w = (torch.randn(K, C, R, R, device=DEV, dtype=dtype) / math.sqrt(C * R * R)).contiguous(memory_format=fmt)
             args = ([st, st], [pad] * 4, [1, 1], 1)
             y = ops.conv2d_fwd(x, w, None, *args)
             # correctness first: cuDNN in fp32 (exact) on the same rounded inputs; fp32 checked in fp64 on 8 images
@@ -342,18 +377,18 @@ def bench_fwd(layers, dtypes, batch, results, chk):
 
 
 def bench_bwd(layers, batch, results, chk):
-    torch.backends.cudnn.benchmark = True
+    cudnn_benchmark()
     set_tf32(False)
     for name in layers:
         C, H, K, R, st, pad = LAYERS[name]
         fl = 2 * conv_flops(batch, C, H, K, R, st, pad)  # grad_input + grad_weight
         dtype = torch.float16
         fmt = torch.channels_last
-        x = torch.randn(batch, C, H, H, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
-        w = (torch.randn(K, C, R, R, device="cuda", dtype=dtype) / math.sqrt(C * R * R)).contiguous(memory_format=fmt)
+        x = torch.randn(batch, C, H, H, device=DEV, dtype=dtype).contiguous(memory_format=fmt)
+        w = (torch.randn(K, C, R, R, device=DEV, dtype=dtype) / math.sqrt(C * R * R)).contiguous(memory_format=fmt)
         args = ([st, st], [pad] * 4, [1, 1], 1)
         P = (H + 2 * pad - R) // st + 1
-        gy = torch.randn(batch, K, P, P, device="cuda", dtype=dtype).contiguous(memory_format=fmt)
+        gy = torch.randn(batch, K, P, P, device=DEV, dtype=dtype).contiguous(memory_format=fmt)
 
         def ours():
             ops.conv2d_bwd_input(gy, w, list(x.shape), *args)
@@ -369,28 +404,30 @@ def bench_bwd(layers, batch, results, chk):
                                                         [1, 1], False, [0, 0], 1, [True, True, False])
         ok = chk.check(f"bench bwd_input {name}", gx, rx, 3 * REL_TOL[dtype])
         ok = chk.check(f"bench bwd_weight {name}", gw, rw, 3 * REL_TOL[dtype]) and ok
+        mx, rel = max(chk.rows[-1][1], chk.rows[-2][1]), max(chk.rows[-1][2], chk.rows[-2][2])
         del gx, gw, rx, rw
         t_ours, spread = bench(ours)
         t_cudnn, _ = bench(cudnn)
         results.append(dict(part="bwd", layer=name, dtype="fp16", ms=t_ours, cudnn_ms=t_cudnn, tflops=fl / t_ours / 1e9,
                             cudnn_tflops=fl / t_cudnn / 1e9, ratio=t_cudnn / t_ours,
-                            peak_pct=100 * fl / t_ours / 1e9 / PEAK_TFLOPS, ok=ok, spread=spread))
-        print(f"  bwd {name:11s} fp16: ours {t_ours:.3f} ms cuDNN {t_cudnn:.3f} ms ratio {t_cudnn / t_ours:.2f}", flush=True)
+                            peak_pct=100 * fl / t_ours / 1e9 / PEAK_TFLOPS, max_abs=mx, rel=rel, ok=ok, spread=spread))
+        print(f"  bwd {name:11s} fp16: ours {t_ours:.3f} ms cuDNN {t_cudnn:.3f} ms ratio {t_cudnn / t_ours:.2f}  "
+              f"rel err {rel:.1e}", flush=True)
         del x, w, gy
 
 
 def bench_fused(batch, results, chk):
     """The SORT residual block: 1x1 conv (64 -> 256 on 56x56) + scale/shift + sort with the residual + relu,
     fused in one fastconv kernel vs cuDNN conv followed by torch eager elementwise ops."""
-    torch.backends.cudnn.benchmark = True
+    cudnn_benchmark()
     set_tf32(False)
     dt, cl = torch.float16, torch.channels_last
     C, H, K = 64, 56, 256
-    x = torch.randn(batch, C, H, H, device="cuda", dtype=dt).contiguous(memory_format=cl)
-    w = (torch.randn(K, C, 1, 1, device="cuda", dtype=dt) / 8).contiguous(memory_format=cl)
-    res = torch.randn(batch, K, H, H, device="cuda", dtype=dt).contiguous(memory_format=cl)
-    sc = torch.rand(K, device="cuda", dtype=dt) + 0.5
-    sh = torch.randn(K, device="cuda", dtype=dt) * 0.1
+    x = torch.randn(batch, C, H, H, device=DEV, dtype=dt).contiguous(memory_format=cl)
+    w = (torch.randn(K, C, 1, 1, device=DEV, dtype=dt) / 8).contiguous(memory_format=cl)
+    res = torch.randn(batch, K, H, H, device=DEV, dtype=dt).contiguous(memory_format=cl)
+    sc = torch.rand(K, device=DEV, dtype=dt) + 0.5
+    sh = torch.randn(K, device=DEV, dtype=dt) * 0.1
 
     def ours():
         return ops.conv2d_fused_fwd(x, w, None, [1, 1], [0, 0, 0, 0], [1, 1], 1, sc, sh, res, 2, True, 0, 0.01)
@@ -417,10 +454,10 @@ def bench_fused(batch, results, chk):
 def bench_mem(batch, results, chk):
     dt = torch.float16
     cl = torch.channels_last
-    x = torch.randn(batch, 64, 112, 112, device="cuda", dtype=dt).contiguous(memory_format=cl)
-    a = torch.randn(batch, 256, 56, 56, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    x = torch.randn(batch, 64, 112, 112, device=DEV, dtype=dt).contiguous(memory_format=cl)
+    a = torch.randn(batch, 256, 56, 56, device=DEV, dtype=dt).contiguous(memory_format=cl)
     b = torch.randn_like(a)
-    big = torch.randn(batch, 2048, 7, 7, device="cuda", dtype=dt).contiguous(memory_format=cl)
+    big = torch.randn(batch, 2048, 7, 7, device=DEV, dtype=dt).contiguous(memory_format=cl)
     eb = x.element_size()
     mp_out = x.numel() // 4
 
@@ -463,11 +500,11 @@ def bench_mem(batch, results, chk):
 
 def smoke():
     """Each op once on small shapes, every dtype: the compute-sanitizer workload."""
-    dev = "cuda"
+    dev = DEV
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         for cl in (False, True):
             fmt = torch.channels_last if cl else torch.contiguous_format
-            for tf32 in ((False, True) if dtype == torch.float32 else (False,)):
+            for tf32 in ((False, True) if dtype == torch.float32 and dev == "cuda" else (False,)):
                 set_tf32(tf32)
                 for (C, K, g, R, st) in ((16, 24, 1, 3, 1), (3, 8, 1, 3, 2), (16, 16, 16, 3, 1), (16, 32, 2, 1, 2)):
                     x = torch.randn(2, C, 9, 7, device=dev, dtype=dtype).contiguous(memory_format=fmt)
@@ -493,7 +530,7 @@ def smoke():
         x = torch.randn(8, 64, 40, 40, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         w = torch.randn(K, 64, 3, 3, device=dev, dtype=torch.float16).contiguous(memory_format=torch.channels_last)
         ops.conv2d_fwd(x, w, None, [1, 1], [1, 1, 1, 1], [1, 1], 1)
-    torch.cuda.synchronize()
+    sync()
     print("smoke: every op ran")
 
 
@@ -520,26 +557,40 @@ def table(results, chk):
 
 
 def main():
-    global ops
+    global ops, DEV
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer verification cases")
+    ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                    help="cpu: dry run of every code path at tiny sizes on the CPU kernels")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
+    DEV = args.device
+    cpu = DEV == "cpu"
+    if not cpu and not torch.cuda.is_available():
         sys.exit("gpu_bench: no CUDA device")
     from fastconv import ops as _  # noqa: F401  (fake/autograd registrations; loads the extension)
     ops = torch.ops.fastconv
     info = fastconv.info()
-    print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  cuDNN {torch.backends.cudnn.version()}  "
-          f"fastconv cuda_built={info.get('cuda_built')}", flush=True)
+    if cpu:
+        print(f"device: cpu (dry run: CPU kernels, tiny sizes, no TF32/cuDNN/allocator poisoning, wall-clock "
+              f"timings)  torch {torch.__version__}  fastconv cuda_built={info.get('cuda_built')}", flush=True)
+    else:
+        print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  cuDNN {torch.backends.cudnn.version()}  "
+              f"fastconv cuda_built={info.get('cuda_built')}", flush=True)
     if args.smoke:
         smoke()
         return 0
     parts = env_list("FASTCONV_BENCH_PARTS", ["verify", "fwd", "bwd", "fused", "mem"])
-    layers = env_list("FASTCONV_BENCH_LAYERS", LAYERS)
+    layers = env_list("FASTCONV_BENCH_LAYERS", CPU_LAYERS if cpu else LAYERS)
     dtypes = env_list("FASTCONV_BENCH_DTYPES", ["fp16", "bf16", "fp32"])
-    batch = int(os.environ.get("FASTCONV_BENCH_BATCH", "128"))
+    batch = int(os.environ.get("FASTCONV_BENCH_BATCH", "2" if cpu else "128"))
     out_dir = os.environ.get("FASTCONV_BENCH_OUT", os.environ.get("OUT", "."))
+    # a misspelt name would silently skip a part, or crash it after minutes of GPU time: refuse it up front
+    for var, given, known in (("PARTS", parts, ("verify", "fwd", "bwd", "fused", "mem")), ("LAYERS", layers, LAYERS),
+                              ("DTYPES", dtypes, DTYPES)):
+        bad = [v for v in given if v not in known]
+        if bad:
+            sys.exit(f"gpu_bench: error: unknown FASTCONV_BENCH_{var} {','.join(bad)} (known: {','.join(known)})")
     chk = Checker()
     results = []
     t0 = time.time()
@@ -547,7 +598,7 @@ def main():
         t = time.time()
         try:
             if part == "verify":
-                verify(chk, args.quick)
+                verify(chk, args.quick or cpu)
             elif part == "fwd":
                 bench_fwd(layers, dtypes, batch, results, chk)
             elif part == "bwd":
@@ -561,13 +612,17 @@ def main():
             traceback.print_exc()
             chk.rows.append((f"{part} crashed: {type(exc).__name__}: {str(exc)[:200]}", 0, 0, False))
             chk.failed += 1
-            torch.cuda.synchronize()
+            try:  # after a CUDA fault this raises again: it must not cost the JSON and the table
+                sync()
+            except Exception:
+                pass
         print(f"[{part}] {time.time() - t:.1f} s", flush=True)
     try:
+        os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "bench.json"), "w") as f:
             json.dump(dict(results=results, checks=chk.rows), f, indent=1, default=str)
-    except OSError:
-        pass
+    except OSError as exc:  # the table below still has the numbers
+        print(f"bench.json not written: {exc}", flush=True)
     print(f"total {time.time() - t0:.1f} s\n")
     print(table(results, chk))
     return 1 if chk.failed else 0

@@ -79,3 +79,33 @@ def test_gpu_scripts_smoke_on_cpu(tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=root, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert any(r.get("op") == "relu" for r in json.loads((tmp_path / "numba.json").read_text()))
+
+
+@pytest.mark.slow
+def test_gpu_bench_dry_run_on_cpu(tmp_path):
+    """benchmarks/gpu_bench.py (`make gpu-check`) end to end with --device cpu on the CPU kernels at tiny
+    sizes: verify, fwd, bwd, fused and mem through to the table and bench.json, and --smoke, so that
+    a Python error in it does not cost the scarce GPU time."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTCONV_BENCH_OUT=str(tmp_path), PYTHONPATH=root)
+    for k in ("FASTCONV_BENCH_PARTS", "FASTCONV_BENCH_LAYERS", "FASTCONV_BENCH_DTYPES", "FASTCONV_BENCH_BATCH"):
+        env.pop(k, None)
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    log = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, log
+    m = re.search(r"^verification: (\d+)/(\d+) checks passed$", proc.stdout, re.M)
+    assert m and m.group(1) == m.group(2) and int(m.group(2)) > 100, log
+    assert "memory-bound" in proc.stdout and "Traceback" not in proc.stderr, log
+    d = json.loads((tmp_path / "bench.json").read_text())
+    assert {r["part"] for r in d["results"]} == {"fwd", "bwd", "mem"}
+    assert all(r["ok"] for r in d["results"]) and all(c[3] for c in d["checks"])
+    assert any(r["layer"] == "conv1x1+sort+relu" for r in d["results"])  # the fused part
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--device", "cpu", "--smoke"],
+                          capture_output=True, text=True, timeout=600, cwd=root, env=env)
+    assert proc.returncode == 0 and "smoke: every op ran" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
