@@ -4,8 +4,9 @@ __syncthreads barrier, alignment checks on every 16-byte vector access, grid lim
 through the kernel layer's launchers exactly as the torch hosts call them, on random awkward shapes in
 every dtype and layout, against torch in float64; outputs are poisoned (NaN) and fenced by guard
 elements, so an unwritten element or a write out of bounds fails. The tensor-core kernels run with
-an emulated WMMA (whole fragments per thread) and synchronous cp.async: their tiling, gathers, tails
-and epilogue are checked here, their asynchronous pipeline only on the GPU."""
+an emulated WMMA (whole fragments per thread) and cp.async copies that land only when their group is
+waited for: tiling, gathers, tails, the pipeline's waits and the epilogue are checked here, speed
+on the GPU."""
 import ctypes
 import math
 import os

@@ -48,6 +48,7 @@ class Block {
       threadIdx = {t, 0, 0};
       blockIdx = block_;
       (*job_)();
+      emu_drop_copies();
       done_.arrive_and_wait();
     }
   }

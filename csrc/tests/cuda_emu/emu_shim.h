@@ -4,9 +4,9 @@
 // `k<<<grid, block, smem, s>>>(args)` launch into `k | EmuLaunch(grid, block, smem, s).call(args)` and
 // `extern __shared__` arrays into the launch's dynamic shared memory, and builds the library; the tests
 // compare it with torch in float64 on every CI run, with no GPU. WMMA (include/mma.h) computes each
-// fragment whole in every thread of the warp; cp.async copies synchronously. What it cannot see:
-// timing, warp-level scheduling, the asynchronous copy pipeline's ordering, and memory-model races
-// between blocks (blocks never overlap here).
+// fragment whole in every thread of the warp; a cp.async copy lands at the latest moment the PTX
+// allows. What it cannot see: timing, warp-level scheduling, and memory-model races between blocks
+// (blocks never overlap here).
 #pragma once
 #include <algorithm>
 #include <atomic>
@@ -18,6 +18,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 struct dim3 {
   unsigned x, y, z;
@@ -92,18 +93,40 @@ template <class F> cudaError_t cudaFuncSetAttribute(F* kernel, cudaFuncAttribute
 }
 unsigned char* emu_dynamic_shared();  // the running launch's dynamic shared memory
 
-// cp.async, synchronously: 16 bytes from global memory, or zeros when !valid (src-size 0).
+// cp.async as the PTX defines it: a copy lands at some point between its issue and the
+// cp.async.wait_group that retires its group. Here it lands as late as allowed, at the wait, so a
+// read of shared memory before its wait (or before the __syncthreads after another thread's wait)
+// sees stale bytes and fails the comparison. 16 bytes from global memory, or zeros when !valid
+// (src-size 0). Copies not yet retired when the block ends are dropped.
+struct EmuCopy {
+  void* dst;
+  const void* src;
+  bool valid;
+};
+inline thread_local std::vector<EmuCopy> emu_open_group;                // issued, not yet committed
+inline thread_local std::vector<std::vector<EmuCopy>> emu_pending;      // committed, oldest first
 inline void cp_async16(void* smem, const void* gmem, bool valid) {
   FASTCONV_CHECK_VEC_ADDRESS(smem);
-  if (valid) {
-    FASTCONV_CHECK_VEC_ADDRESS(gmem);
-    std::memcpy(smem, gmem, 16);
-  } else {
-    std::memset(smem, 0, 16);
+  if (valid) FASTCONV_CHECK_VEC_ADDRESS(gmem);
+  emu_open_group.push_back({smem, gmem, valid});
+}
+inline void cp_async_commit() {
+  emu_pending.push_back(std::move(emu_open_group));
+  emu_open_group.clear();
+}
+template <int N> inline void cp_async_wait() {
+  while (emu_pending.size() > static_cast<size_t>(N)) {
+    for (const EmuCopy& c : emu_pending.front()) {
+      if (c.valid) std::memcpy(c.dst, c.src, 16);
+      else std::memset(c.dst, 0, 16);
+    }
+    emu_pending.erase(emu_pending.begin());
   }
 }
-inline void cp_async_commit() {}
-template <int N> inline void cp_async_wait() {}
+inline void emu_drop_copies() {
+  emu_open_group.clear();
+  emu_pending.clear();
+}
 
 // Runs f on every thread of every block of the grid (blocks in order, threads concurrently), with
 // smem bytes of dynamic shared memory; kernel: for the shared-memory limit.
