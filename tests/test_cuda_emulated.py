@@ -127,6 +127,25 @@ def conv_ref(x, w, c):
     return F.conv2d(xp, w, None, c["stride"], 0, c["dil"], c["groups"])
 
 
+def epilogue_ref(z, bias, scale, shift, res, combine, mode, relu, eps=0.01):
+    """conv2d_fused's epilogue in float64: z*scale + shift + bias, combined with the residual (add, or
+    sort(residual, z)), relu."""
+    per_k = (1, -1, 1, 1)
+    if scale:
+        z = z * scale.t.double().view(per_k)
+    if shift:
+        z = z + shift.t.double().view(per_k)
+    if bias:
+        z = z + bias.t.double().view(per_k)
+    if combine == 1:
+        z = z + res.t.double()
+    elif combine == 2:
+        r = res.t.double()
+        prod = r.clamp(min=0) * z.clamp(min=0)
+        z = r + z + (torch.sqrt(prod + eps) if mode == 0 else prod)
+    return z.clamp(min=0) if relu else z
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_conv_kernels_emulated(emu, seed):
     rng = random.Random(seed)
@@ -149,22 +168,7 @@ def test_conv_kernels_emulated(emu, seed):
         xr = leaf(x.t)
         wr = leaf(w.t)
         out = conv_ref(xr, wr, c)
-        ref = out.detach()
-        per_k = (1, -1, 1, 1)
-        if scale:
-            ref = ref * scale.t.double().view(per_k)
-        if shift:
-            ref = ref + shift.t.double().view(per_k)
-        if bias:
-            ref = ref + bias.t.double().view(per_k)
-        if combine == 1:
-            ref = ref + res.t.double()
-        elif combine == 2:
-            a = res.t.double()
-            prod = a.clamp(min=0) * ref.clamp(min=0)
-            ref = a + ref + (torch.sqrt(prod + 0.01) if mode == 0 else prod)
-        if relu:
-            ref = ref.clamp(min=0)
+        ref = epilogue_ref(out.detach(), bias, scale, shift, res, combine, mode, relu)
         written(y, "forward " + info)
         assert_close(y.t, ref, dt, "forward " + info)
 
@@ -216,21 +220,7 @@ def tc_conv(emu, dt, xs, ws, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1), groups
     bias, scale, shift, res, combine, mode, relu = epilogue or (None, None, None, None, 0, 0, False)
     call(emu, "emu_conv_fwd", DT[dt], ptr(x.t), t4(x.t), ptr(w.t), t4(w.t), ptr(y.t), t4(y.t), geo,
          *[ptr(v.t if v else None) for v in (bias, scale, shift, res)], combine, mode, 0.01, int(relu), 1, sms)
-    per_k = (1, -1, 1, 1)
-    if scale:
-        ref = ref * scale.t.double().view(per_k)
-    if shift:
-        ref = ref + shift.t.double().view(per_k)
-    if bias:
-        ref = ref + bias.t.double().view(per_k)
-    if combine == 1:
-        ref = ref + res.t.double()
-    elif combine == 2:
-        a = res.t.double()
-        prod = a.clamp(min=0) * ref.clamp(min=0)
-        ref = a + ref + (torch.sqrt(prod + 0.01) if mode == 0 else prod)
-    if relu:
-        ref = ref.clamp(min=0)
+    ref = epilogue_ref(ref, bias, scale, shift, res, combine, mode, relu)
     written(y, f"tensor-core forward {dt} {xs} {ws}")
     err = scaled_err(y.t, ref)
     assert err < TC_TOL[dt], f"tensor-core forward {dt} x {xs} w {ws}: error {err:.3g}"
