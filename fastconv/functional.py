@@ -5,6 +5,7 @@ import torch
 
 from fastconv import _args as A
 from fastconv import backends
+from fastconv import ops as _ops_module
 
 COMBINES = {None: 0, "none": 0, "add": 1, "sort": 2}
 SORT_MODES = {"sqrt": 0, "product": 1}
@@ -45,13 +46,18 @@ def _call(name, grad_inputs, *args):
     """The active backend's operator `name` on args. When no gradient can flow (grad mode off, or
     no tensor of grad_inputs requires grad) the call goes straight to the kernel below the autograd
     layer, as that layer itself would, minus its Python per-call cost (the bulk of a small op's
-    time); a Python backend's kernel is called directly. Under torch.compile the operator is called
-    as is, for the tracer to see."""
+    time); a Python backend's kernel is called directly, and with a gradient to record it runs in an
+    autograd.Function with the operator's own formulas (fastconv.ops.direct_autograd). Under
+    torch.compile the operator is called as is, for the tracer to see."""
     ops = _ops()
-    if not _no_grad(*grad_inputs) or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return getattr(ops, name)(*args)
     kernels = getattr(ops, "kernels", None)
-    if kernels is not None and _plain(args):
+    direct = kernels is not None and _plain(args)
+    if not _no_grad(*grad_inputs):
+        fn = direct and _ops_module.direct_autograd(ops, name)
+        return fn.apply(*args) if fn else getattr(ops, name)(*args)
+    if direct:
         return kernels[name](*args)
     with _below_autograd():
         return getattr(ops, name)(*args)

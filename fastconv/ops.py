@@ -268,6 +268,187 @@ def _values_only_backward(ops, ctx, grad):
 _AUTOGRAD["max_pool2d_values"] = (_values_only_backward, lambda ctx, inputs, output: None)
 
 
+# ---------------------------------------------------------------- double backward
+# The backward operators are differentiable too, so that create_graph=True (gradient penalties,
+# Hessian-vector products) gets true second derivatives: each formula is the adjoint of a linear
+# map, except sort's, written out below.
+def _conv_bwd_input_setup(ctx, inputs, output):
+    grad_out, weight, input_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_out, weight)
+    ctx.conv = (list(stride), list(padding), list(dilation), groups)
+
+
+def _conv_bwd_input_backward(ops, ctx, ggx):
+    # dx = A_w^T gy (A_w: the convolution with w), so <ggx, dx> = <A_w ggx, gy>.
+    grad_out, weight = ctx.saved_tensors
+    g_gy = g_w = None
+    if ctx.needs_input_grad[0]:
+        g_gy = ops.conv2d_fwd(ggx, weight, None, *ctx.conv)
+    if ctx.needs_input_grad[1]:
+        g_w = ops.conv2d_bwd_weight(grad_out, ggx, list(weight.shape), *ctx.conv)
+    return g_gy, g_w, None, None, None, None, None
+
+
+_AUTOGRAD["conv2d_bwd_input"] = (_conv_bwd_input_backward, _conv_bwd_input_setup)
+
+
+def _conv_bwd_weight_setup(ctx, inputs, output):
+    grad_out, input, weight_size, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_out, input)
+    ctx.conv = (list(stride), list(padding), list(dilation), groups)
+
+
+def _conv_bwd_weight_backward(ops, ctx, ggw):
+    # <ggw, dw(gy, x)> = <A_ggw x, gy>
+    grad_out, input = ctx.saved_tensors
+    g_gy = g_x = None
+    if ctx.needs_input_grad[0]:
+        g_gy = ops.conv2d_fwd(input, ggw, None, *ctx.conv)
+    if ctx.needs_input_grad[1]:
+        g_x = ops.conv2d_bwd_input(grad_out, ggw, list(input.shape), *ctx.conv)
+    return g_gy, g_x, None, None, None, None, None
+
+
+_AUTOGRAD["conv2d_bwd_weight"] = (_conv_bwd_weight_backward, _conv_bwd_weight_setup)
+
+
+def _bias_bwd_setup(ctx, inputs, output):
+    ctx.shape = inputs[0].shape
+
+
+def _bias_bwd_backward(ops, ctx, ggb):
+    return ggb.view(1, -1, 1, 1).expand(ctx.shape)
+
+
+_AUTOGRAD["conv2d_bwd_bias"] = (_bias_bwd_backward, _bias_bwd_setup)
+
+
+def _relu_bwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _relu_bwd_backward(ops, ctx, ggx):
+    (result,) = ctx.saved_tensors  # the mask's derivative is 0 almost everywhere
+    return ops.relu_bwd(ggx, result), None
+
+
+_AUTOGRAD["relu_bwd"] = (_relu_bwd_backward, _relu_bwd_setup)
+
+
+def _max_pool_bwd_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1])
+
+
+def _max_pool_bwd_backward(ops, ctx, ggx):
+    (indices,) = ctx.saved_tensors  # the scatter's adjoint: gather at the saved positions
+    n, c, p, q = indices.shape
+    g = ggx.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(n, c, p, q)
+    return g, None, None
+
+
+_AUTOGRAD["max_pool2d_bwd"] = (_max_pool_bwd_backward, _max_pool_bwd_setup)
+
+
+def _avg_pool_bwd_setup(ctx, inputs, output):
+    ctx.args = inputs[2:]
+
+
+def _avg_pool_bwd_backward(ops, ctx, ggx):
+    return (ops.avg_pool2d_fwd(ggx, *ctx.args),) + (None,) * 7
+
+
+_AUTOGRAD["avg_pool2d_bwd"] = (_avg_pool_bwd_backward, _avg_pool_bwd_setup)
+
+
+def _adaptive_bwd_setup(ctx, inputs, output):
+    ctx.out_size = list(inputs[0].shape[2:])
+
+
+def _adaptive_bwd_backward(ops, ctx, ggx):
+    return ops.adaptive_avg_pool2d_fwd(ggx, ctx.out_size), None
+
+
+_AUTOGRAD["adaptive_avg_pool2d_bwd"] = (_adaptive_bwd_backward, _adaptive_bwd_setup)
+
+
+def _sort_bwd_setup(ctx, inputs, output):
+    grad_out, a, b, mode, eps = inputs
+    ctx.save_for_backward(grad_out, a, b)
+    ctx.sort = (mode, eps)
+
+
+def _sort_bwd_backward(ops, ctx, gga, ggb):
+    """VJP of (ga, gb) = (g (1 + [a>0] rb d), g (1 + [b>0] ra d)), d = 1/(2 sqrt(s)), s = ra rb + eps
+    (mode sqrt; d = 1 in mode product). With the kernels' floor on eps (the smallest normal) so that
+    the terms stay finite where an operand is 0. Written in torch ops: it differentiates again."""
+    g, a, b = ctx.saved_tensors
+    mode, eps = ctx.sort
+    gga = torch.zeros_like(g) if gga is None else gga
+    ggb = torch.zeros_like(g) if ggb is None else ggb
+    pa, pb = (a > 0).to(g.dtype), (b > 0).to(g.dtype)
+    ra, rb = a.clamp(min=0), b.clamp(min=0)
+    if mode == 0:
+        s = ra * rb + max(eps, torch.finfo(g.dtype).tiny)
+        d = 0.5 * s.rsqrt()
+        e = 0.25 * s.rsqrt() / s  # -d/ds d
+        g_g = gga * (1 + pa * rb * d) + ggb * (1 + pb * ra * d)
+        # d(rb d)/da = -[a>0] rb^2 e,  d(ra d)/da = [a>0] (d - ra rb e), symmetric in b
+        g_a = g * pa * (-gga * pa * rb * rb * e + ggb * pb * (d - ra * rb * e))
+        g_b = g * pb * (-ggb * pb * ra * ra * e + gga * pa * (d - ra * rb * e))
+    else:
+        g_g = gga * (1 + pa * rb) + ggb * (1 + pb * ra)
+        g_a = g * ggb * pa * pb
+        g_b = g * gga * pa * pb
+    return g_g, g_a, g_b, None, None
+
+
+_AUTOGRAD["sort_bwd"] = (_sort_bwd_backward, _sort_bwd_setup)
+
+
+class _KernelOps:
+    """The operators of a Python backend's OpSet for backward formulas run outside the dispatcher:
+    its kernels directly, or (a double backward, create_graph=True) its operators, which record
+    their own gradients."""
+
+    def __init__(self, opset):
+        self.opset = opset
+
+    def __getattr__(self, name):
+        kernel, op = self.opset.kernels[name], getattr(self.opset, name)
+        return lambda *args: op(*args) if torch.is_grad_enabled() else kernel(*args)
+
+
+_DIRECT = {}  # (namespace, op name) -> autograd.Function
+
+
+def direct_autograd(opset, name):
+    """An autograd.Function running a Python backend's kernel `name` with the formulas above, for
+    plain tensors in eager mode: the same forward, saved state and backward as the operator, without
+    its two round trips through the dispatcher into Python (about 25 us each, as much as the kernel
+    of a small pooling or ReLU). None when the operator has no formula here."""
+    key = (opset.namespace, name)
+    if key not in _DIRECT:
+        if name not in _AUTOGRAD:
+            return None
+        backward, setup = _AUTOGRAD[name]
+        kernel, ops = opset.kernels[name], _KernelOps(opset)
+
+        def forward(*args):
+            return kernel(*args)
+
+        def setup_context(ctx, inputs, output):
+            setup(ctx, inputs, output)
+
+        def backward_(ctx, *grads):
+            return backward(ops, ctx, *grads)
+
+        # named for the operator (the grad_fn shows as <namespace>_<op>Backward)
+        _DIRECT[key] = type(f"{opset.namespace}_{name}", (torch.autograd.Function,),
+                            {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+                             "backward": staticmethod(backward_)})
+    return _DIRECT[key]
+
+
 def register(namespace):
     """Register the fakes and autograd formulas above for the operators `namespace` defines."""
     ops = getattr(torch.ops, namespace)
