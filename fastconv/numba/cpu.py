@@ -141,16 +141,31 @@ def conv2d_fwd(x, xg, wg, yg, col, R, S, sh, sw, pt, pl, dh, dw, P, Q, direct, b
 # Each output reduced in registers over its window (as the pooling kernels below): a GEMM per channel
 # would be a 1-row product. Literal-size spans for 3x3 windows at stride 1 and 2.
 @nb.njit(inline="always", cache=True)
-def _dw_span(x, w, y, n, k, ci, oh, lo, hi, r0, i0, nh, DH, J0, J1, SW, DW, off, zero):
-    """y[n, k, oh, lo:hi] from input channel ci: window rows r0 + i*DH (weight rows i0 + i, i < nh),
-    columns ow*SW + off + j*DW (J0 <= j < J1), all inside the input."""
+def _dw_span(x2, wk, yrow, lo, hi, r0, i0, nh, DH, J0, J1, SW, DW, off, zero):
+    """yrow[lo:hi] from the input plane x2 and the window's weights wk (R, S): window rows r0 + i*DH
+    (weight rows i0 + i, i < nh), columns ow*SW + off + j*DW (J0 <= j < J1), all inside the input."""
     for ow in range(lo, hi):
         c0 = ow * SW + off
         acc = zero
         for i in range(nh):
             for j in range(J0, J1):
-                acc += x[n, ci, _U(r0 + i * DH), _U(c0 + j * DW)] * w[k, 0, _U(i0 + i), _U(j)]
-        y[n, k, oh, ow] = acc
+                acc += x2[_U(r0 + i * DH), _U(c0 + j * DW)] * wk[_U(i0 + i), _U(j)]
+        yrow[ow] = acc
+
+
+@nb.njit(inline="always", cache=True)
+def _dw_row3(xr0, xr1, xr2, yrow, lo, hi, SW, off, wk):
+    """yrow[lo:hi] of a 3x3 undilated window: input rows xr0..xr2 (1-D views), columns ow*SW + off +
+    0..2, the nine weights wk (3, 3) in registers; with SW a literal the loop vectorizes along the row
+    (a 4-D index per tap did not)."""
+    w00, w01, w02 = wk[0, 0], wk[0, 1], wk[0, 2]
+    w10, w11, w12 = wk[1, 0], wk[1, 1], wk[1, 2]
+    w20, w21, w22 = wk[2, 0], wk[2, 1], wk[2, 2]
+    for ow in range(lo, hi):
+        c = _U(ow * SW + off)
+        c1, c2 = c + _U(1), c + _U(2)
+        yrow[ow] = (w00 * xr0[c] + w01 * xr0[c1] + w02 * xr0[c2] + w10 * xr1[c] + w11 * xr1[c1] + w12 * xr1[c2] +
+                    w20 * xr2[c] + w21 * xr2[c1] + w22 * xr2[c2])
 
 
 @nb.njit(**_FAST)
@@ -165,26 +180,42 @@ def conv2d_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, zero):
     lit = dh == 1 and dw == 1 and R == 3 and S == 3
     for nk in prange(N * K):
         n, k = nk // K, nk % K
-        ci = k // m
+        x2, wk, y2 = x[n, k // m], w[k, 0], y[n, k]
         for oh in range(P):
             start = oh * sh - pt
             i0, i1 = _valid_range(R, dh, start, H)
             r0, nh = start + i0 * dh, i1 - i0
+            yrow = y2[oh]
             if nh <= 0:
                 for ow in range(Q):
-                    y[n, k, oh, ow] = zero
+                    yrow[ow] = zero
                 continue
-            for ow in range(Q):
-                if lo <= ow < hi:
-                    continue
+            for ow in range(Q):  # border columns: the taps inside the input
+                if ow == lo:
+                    break
                 j0, j1 = _valid_range(S, dw, ow * sw - pl, W)
-                _dw_span(x, w, y, n, k, ci, oh, ow, ow + 1, r0, i0, nh, dh, j0, j1, sw, dw, -pl, zero)
-            if lit and nh == 3 and sw == 1:
-                _dw_span(x, w, y, n, k, ci, oh, lo, hi, r0, 0, 3, 1, 0, 3, 1, 1, -pl, zero)
-            elif lit and nh == 3 and sw == 2:
-                _dw_span(x, w, y, n, k, ci, oh, lo, hi, r0, 0, 3, 1, 0, 3, 2, 1, -pl, zero)
-            else:
-                _dw_span(x, w, y, n, k, ci, oh, lo, hi, r0, i0, nh, dh, 0, S, sw, dw, -pl, zero)
+                _dw_span(x2, wk, yrow, ow, ow + 1, r0, i0, nh, dh, j0, j1, sw, dw, -pl, zero)
+            for ow in range(hi, Q):
+                j0, j1 = _valid_range(S, dw, ow * sw - pl, W)
+                _dw_span(x2, wk, yrow, ow, ow + 1, r0, i0, nh, dh, j0, j1, sw, dw, -pl, zero)
+            if not (lit and nh == 3 and sw <= 2):
+                _dw_span(x2, wk, yrow, lo, hi, r0, i0, nh, dh, 0, S, sw, dw, -pl, zero)
+        if lit and sw <= 2:  # the interior columns of the rows whose whole window is inside
+            _dw_plane3(x2, wk, y2, sh, sw, pt, pl, lo, hi)
+
+
+@nb.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "arcp", "nsz"})
+def _dw_plane3(x2, wk, y2, sh, sw, pt, pl, lo, hi):
+    """Output columns [lo, hi) of the rows of plane y2 whose 3x3 undilated window lies inside x2, by
+    _dw_row3 with a literal column stride. A function of its own: inlined into the plane loop with its
+    border cases the row loop stayed scalar (0.66 against 0.27 ms on 32x112x112)."""
+    rlo, rhi = _inner_span(y2.shape[0], sh, pt, 3, 1, x2.shape[0])
+    for oh in range(rlo, rhi):
+        r0 = _U(oh * sh - pt)
+        if sw == 1:
+            _dw_row3(x2[r0], x2[r0 + _U(1)], x2[r0 + _U(2)], y2[oh], lo, hi, 1, -pl, wk)
+        else:
+            _dw_row3(x2[r0], x2[r0 + _U(1)], x2[r0 + _U(2)], y2[oh], lo, hi, 2, -pl, wk)
 
 
 @nb.njit(**_FAST)
