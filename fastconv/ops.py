@@ -272,9 +272,10 @@ _AUTOGRAD["max_pool2d_values"] = (_values_only_backward, lambda ctx, inputs, out
 # The backward operators are differentiable too, so that create_graph=True (gradient penalties,
 # Hessian-vector products) gets true second derivatives: each formula is the adjoint of a linear
 # map, except sort's, written out below.
-def _conv_bwd_input_setup(ctx, inputs, output):
-    grad_out, weight, input_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(grad_out, weight)
+def _conv_bwd_setup(ctx, inputs, output):
+    """Both gradient operators: (grad_out, weight or input, a size, stride, padding, dilation, groups)."""
+    grad_out, operand, _, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(grad_out, operand)
     ctx.conv = (list(stride), list(padding), list(dilation), groups)
 
 
@@ -289,13 +290,7 @@ def _conv_bwd_input_backward(ops, ctx, ggx):
     return g_gy, g_w, None, None, None, None, None
 
 
-_AUTOGRAD["conv2d_bwd_input"] = (_conv_bwd_input_backward, _conv_bwd_input_setup)
-
-
-def _conv_bwd_weight_setup(ctx, inputs, output):
-    grad_out, input, weight_size, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(grad_out, input)
-    ctx.conv = (list(stride), list(padding), list(dilation), groups)
+_AUTOGRAD["conv2d_bwd_input"] = (_conv_bwd_input_backward, _conv_bwd_setup)
 
 
 def _conv_bwd_weight_backward(ops, ctx, ggw):
@@ -309,7 +304,7 @@ def _conv_bwd_weight_backward(ops, ctx, ggw):
     return g_gy, g_x, None, None, None, None, None
 
 
-_AUTOGRAD["conv2d_bwd_weight"] = (_conv_bwd_weight_backward, _conv_bwd_weight_setup)
+_AUTOGRAD["conv2d_bwd_weight"] = (_conv_bwd_weight_backward, _conv_bwd_setup)
 
 
 def _bias_bwd_setup(ctx, inputs, output):

@@ -42,8 +42,8 @@ SIGNATURES = {
     "emu_adaptive_bwd": (None, "ipapa"),
     "emu_relu_fwd": (None, "ippl"),
     "emu_relu_bwd": (None, "ipppl"),
-    "emu_sort_fwd": (None, "ipppl" + "id"),
-    "emu_sort_bwd": (None, "ipppppl" + "id"),
+    "emu_sort_fwd": (None, "ippplid"),
+    "emu_sort_bwd": (None, "ippppplid"),
 }
 
 

@@ -22,7 +22,7 @@ namespace {
 
 using namespace nvcuda;
 
-#ifndef FASTCONV_EMULATION  // the host emulation (csrc/tests/cuda_emu) copies synchronously instead
+#ifndef FASTCONV_EMULATION  // the host emulation (csrc/tests/cuda_emu) defines its own, landing at the wait
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int n = valid ? 16 : 0;  // src-size 0: nothing is read, the 16 bytes are zero-filled

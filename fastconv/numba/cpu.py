@@ -190,9 +190,7 @@ def conv2d_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, zero):
                 for ow in range(Q):
                     yrow[ow] = zero
                 continue
-            for ow in range(Q):  # border columns: the taps inside the input
-                if ow == lo:
-                    break
+            for ow in range(lo):  # border columns: the taps inside the input
                 j0, j1 = _valid_range(S, dw, ow * sw - pl, W)
                 _dw_span(x2, wk, yrow, ow, ow + 1, r0, i0, nh, dh, j0, j1, sw, dw, -pl, zero)
             for ow in range(hi, Q):
@@ -204,7 +202,7 @@ def conv2d_depthwise(x, w, y, sh, sw, pt, pl, dh, dw, zero):
             _dw_plane3(x2, wk, y2, sh, sw, pt, pl, lo, hi)
 
 
-@nb.njit(cache=True, nogil=True, fastmath={"contract", "reassoc", "arcp", "nsz"})
+@nb.njit(**_SERIAL)
 def _dw_plane3(x2, wk, y2, sh, sw, pt, pl, lo, hi):
     """Output columns [lo, hi) of the rows of plane y2 whose 3x3 undilated window lies inside x2, by
     _dw_row3 with a literal column stride. A function of its own: inlined into the plane loop with its
@@ -755,9 +753,6 @@ def adaptive_avg_pool2d_bwd(dy3, dx3):
     zero fill and no read-modify-write."""
     H, W = dx3.shape[1], dx3.shape[2]
     OH, OW = dy3.shape[1], dy3.shape[2]
-    h_first, h_last, h_count = _adaptive_sources(H, OH)
-    w_first, w_last, w_count = _adaptive_sources(W, OW)
-    zero = dy3.dtype.type(0)
     if OH == 1 and OW == 1:  # global pooling: a constant plane
         dx2 = dx3.reshape(dx3.shape[0], H * W)
         for p in prange(dy3.shape[0]):
@@ -765,6 +760,9 @@ def adaptive_avg_pool2d_bwd(dy3, dx3):
             for i in range(H * W):
                 dx2[p, _U(i)] = v
         return
+    h_first, h_last, h_count = _adaptive_sources(H, OH)
+    w_first, w_last, w_count = _adaptive_sources(W, OW)
+    zero = dy3.dtype.type(0)
     for p in prange(dy3.shape[0]):
         row = np.empty(OW, dy3.dtype)  # input row ih's gradient per output column
         for ih in range(H):
