@@ -2,11 +2,13 @@
 
 Environment:
   FASTCONV_CUDA=0/1        force the CUDA sources off / on (default: on when possible, even with no GPU)
-  TORCH_CUDA_ARCH_LIST     defaults to 9.0 (H100)
+  TORCH_CUDA_ARCH_LIST     defaults to 9.0a (H100 / H200 with Hopper's wgmma); with 9.0a in the list
+                           and no plain 9.0, the tensor-core forward uses wgmma on those GPUs
   FASTCONV_DEBUG=1         -O0 -g
 """
 import glob
 import os
+import re
 import shutil
 import sys
 
@@ -30,6 +32,13 @@ def want_cuda():
                      "(set CUDA_HOME)")
         return True
     return possible
+
+
+def with_wgmma():
+    # The wgmma kernels exist only in sm_90a machine code. A fatbinary with both sm_90 and sm_90a code
+    # would leave the choice between them to the driver, so they are built only without plain 9.0.
+    archs = [a.split("+")[0] for a in re.split(r"[;\s]+", os.environ.get("TORCH_CUDA_ARCH_LIST", "")) if a]
+    return "9.0a" in archs and "9.0" not in archs
 
 
 def cuda_include_dirs():
@@ -56,12 +65,14 @@ include_dirs = [os.path.join(ROOT, "csrc", "include")]
 ext_kwargs = dict(extra_link_args=["-fopenmp"])
 
 if with_cuda:
-    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0a")
     sources += rel(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")) +
                    glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     include_dirs += cuda_include_dirs()
     cxx_flags.append("-DFASTCONV_WITH_CUDA")
     nvcc_flags = opt + ["-DFASTCONV_WITH_CUDA", "-lineinfo", "--expt-relaxed-constexpr", "-std=c++17"]
+    if with_wgmma():
+        nvcc_flags.append("-DFASTCONV_SM90A")
     Extension = cpp_extension.CUDAExtension
     compile_args = {"cxx": cxx_flags, "nvcc": nvcc_flags}
 else:
@@ -70,6 +81,8 @@ else:
 
 flags_summary = " ".join(f for f in cxx_flags if not f.startswith("-DFASTCONV_VERSION"))
 flags_summary += " cuda=" + ("on arch=" + os.environ.get("TORCH_CUDA_ARCH_LIST", "") if with_cuda else "off")
+if with_cuda:
+    flags_summary += " tc=" + ("wgmma+wmma" if with_wgmma() else "wmma")
 compile_args["cxx"] = compile_args["cxx"] + [f'-DFASTCONV_BUILD_FLAGS="{flags_summary}"']
 
 setup(

@@ -31,6 +31,7 @@ import fastconv  # noqa: E402
 from fastconv import _args as A  # noqa: E402
 
 ops = None  # torch.ops.fastconv, bound in main()
+WGMMA = False  # the build has the wgmma tensor-core forward (sm_90a) and the GPU runs it; set in main()
 DEV = "cuda"  # --device, bound in main()
 PEAK_TFLOPS = 778.0  # dense bf16/fp16 matmul measured on the H100 of BASELINES.md
 COPY_GBS = 2930.0    # device-to-device copy (read + write) of BASELINES.md
@@ -366,12 +367,28 @@ def bench_fwd(layers, dtypes, batch, results, chk):
             del y, ref
             t_ours, spread = bench(lambda: ops.conv2d_fwd(x, w, None, *args))
             t_cudnn, _ = bench(lambda: F.conv2d(x, w, None, st, pad))
+            # The tensor-core forward's other engine (WMMA) where the wgmma one is built in: checked, timed.
+            t_wmma = float("nan")
+            if WGMMA and (dtype != torch.float32 or tf32):
+                os.environ["FASTCONV_WGMMA"] = "0"
+                try:
+                    y2 = ops.conv2d_fwd(x, w, None, *args)
+                    set_tf32(False)
+                    ref = F.conv2d(x[:8].double(), w.double(), None, st, pad) if dtype == torch.float32 else \
+                        F.conv2d(x.float(), w.float(), None, st, pad)
+                    ok = chk.check(f"bench {name} {dname} wmma", y2[:8] if dtype == torch.float32 else y2, ref,
+                                   tol_for(dtype, tf32)) and ok
+                    set_tf32(tf32)
+                    del y2, ref
+                    t_wmma, _ = bench(lambda: ops.conv2d_fwd(x, w, None, *args))
+                finally:
+                    os.environ.pop("FASTCONV_WGMMA")
             results.append(dict(part="fwd", layer=name, dtype=dname, ms=t_ours, cudnn_ms=t_cudnn,
                                 tflops=fl / t_ours / 1e9, cudnn_tflops=fl / t_cudnn / 1e9, ratio=t_cudnn / t_ours,
                                 peak_pct=100 * fl / t_ours / 1e9 / PEAK_TFLOPS, max_abs=mx, rel=rel, ok=ok,
-                                spread=spread))
+                                spread=spread, wmma_ms=t_wmma))
             print(f"  fwd {name:11s} {dname}: ours {t_ours:.3f} ms ({fl / t_ours / 1e9:.1f} TFLOP/s) cuDNN "
-                  f"{t_cudnn:.3f} ms ratio {t_cudnn / t_ours:.2f}  rel err {rel:.1e}", flush=True)
+                  f"{t_cudnn:.3f} ms ratio {t_cudnn / t_ours:.2f}  rel err {rel:.1e}  wmma {t_wmma:.3f} ms", flush=True)
             del x, w
     set_tf32(False)
 
@@ -542,11 +559,11 @@ def table(results, chk):
     conv = [r for r in results if r["part"] in ("fwd", "bwd")]
     if conv:
         lines.append(f"{'part':4s} {'layer':11s} {'dtype':5s} {'ours ms':>8s} {'cuDNN ms':>8s} {'TFLOP/s':>8s} "
-                     f"{'cuDNN':>7s} {'ratio':>6s} {'%peak':>6s} {'rel err':>8s} ok")
+                     f"{'cuDNN':>7s} {'ratio':>6s} {'%peak':>6s} {'rel err':>8s} ok {'wmma ms':>8s}")
         for r in conv:
             lines.append(f"{r['part']:4s} {r['layer']:11s} {r['dtype']:5s} {r['ms']:8.3f} {r['cudnn_ms']:8.3f} "
                          f"{r['tflops']:8.1f} {r['cudnn_tflops']:7.1f} {r['ratio']:6.2f} {r['peak_pct']:6.1f} "
-                         f"{r.get('rel', float('nan')):8.1e} {'y' if r['ok'] else 'N'}")
+                         f"{r.get('rel', float('nan')):8.1e} {'y' if r['ok'] else 'N':2s} {r.get('wmma_ms', float('nan')):8.3f}")
     mem = [r for r in results if r["part"] == "mem"]
     if mem:
         lines.append(f"{'memory-bound (fp16 CL)':22s} {'ours ms':>8s} {'torch ms':>8s} {'GB/s':>7s} {'%copy':>6s} {'ratio':>6s}")
@@ -557,7 +574,7 @@ def table(results, chk):
 
 
 def main():
-    global ops, DEV
+    global ops, DEV, WGMMA
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer verification cases")
@@ -571,12 +588,15 @@ def main():
     from fastconv import ops as _  # noqa: F401  (fake/autograd registrations; loads the extension)
     ops = torch.ops.fastconv
     info = fastconv.info()
+    # the dry run takes the engine comparison's code path too (the CPU kernels ignore FASTCONV_WGMMA)
+    WGMMA = cpu or ("tc=wgmma" in str(info.get("build_flags", "")) and torch.cuda.get_device_capability() == (9, 0))
     if cpu:
         print(f"device: cpu (dry run: CPU kernels, tiny sizes, no TF32/cuDNN/allocator poisoning, wall-clock "
               f"timings)  torch {torch.__version__}  fastconv cuda_built={info.get('cuda_built')}", flush=True)
     else:
         print(f"device: {torch.cuda.get_device_name()}  torch {torch.__version__}  cuDNN {torch.backends.cudnn.version()}  "
-              f"fastconv cuda_built={info.get('cuda_built')}", flush=True)
+              f"fastconv cuda_built={info.get('cuda_built')} tensor-core forward: {'wgmma' if WGMMA else 'wmma'}",
+              flush=True)
     if args.smoke:
         smoke()
         return 0

@@ -31,7 +31,7 @@ echo "gpu: $(tail -1 "$OUT/gpu.txt")"
 
 if has build; then
   t=$(date +%s)
-  if TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 FASTCONV_CUDA=1 timeout "$(slot 300 120)" \
+  if TORCH_CUDA_ARCH_LIST=9.0a MAX_JOBS=16 FASTCONV_CUDA=1 timeout "$(slot 300 120)" \
       "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then
     note "build ok ($(( $(date +%s) - t )) s)"
   else
@@ -51,20 +51,22 @@ if has sass; then
     done
     echo "--- ptxas resource usage"
     for f in csrc/cuda/*_kernels.cu; do
-      nvcc -arch=sm_90 -std=c++17 --expt-relaxed-constexpr -O3 -Icsrc/include -Xptxas -v -c "$f" -o /dev/null 2>&1 |
-        grep -E 'Compiling entry|registers|spill' | sed -E 's/ptxas info *: //'
+      nvcc -gencode=arch=compute_90a,code=sm_90a -DFASTCONV_SM90A -std=c++17 --expt-relaxed-constexpr -O3 -Icsrc/include \
+        -Xptxas -v -c "$f" -o /dev/null 2>&1 | grep -E 'Compiling entry|registers|spill|C75' | sed -E 's/ptxas info *: //'
     done
   } > "$OUT/sass.txt" 2>&1
   tc=$(find build -name 'conv2d_tc_kernels.o' | head -1)
-  hmma=0; ldsm=0
+  hmma=0; ldsm=0; hgmma=0
   if [ -n "$tc" ]; then
-    hmma=$(cuobjdump -sass "$tc" 2>/dev/null | grep -c HMMA)
+    hmma=$(cuobjdump -sass "$tc" 2>/dev/null | grep -c 'HMMA')
+    hgmma=$(cuobjdump -sass "$tc" 2>/dev/null | grep -c 'HGMMA')
     ldsm=$(cuobjdump -sass "$tc" 2>/dev/null | grep -c LDSM)
   fi
+  serial=$(grep -c 'C7515\|C7510\|serialized' "$OUT/sass.txt")
   spills=$(grep -c 'bytes spill stores' "$OUT/sass.txt"); nz=$(grep -E '[1-9][0-9]* bytes spill stores' "$OUT/sass.txt" | wc -l)
   command -v cuobjdump > /dev/null || { hmma="? (no cuobjdump)"; ldsm="?"; }
   [ -z "$tc" ] && { hmma="? (no conv2d_tc_kernels.o under build/)"; ldsm="?"; }
-  note "sass: conv2d_tc HMMA=$hmma LDSM=$ldsm; kernels with spills: $nz of $spills (sass.txt)"
+  note "sass: conv2d_tc HMMA=$hmma HGMMA=$hgmma LDSM=$ldsm; wgmma serialization warnings: $serial; kernels with spills: $nz of $spills (sass.txt)"
 fi
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"

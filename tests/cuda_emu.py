@@ -27,6 +27,7 @@ _CTYPES = {"i": ctypes.c_int, "l": ctypes.c_int64, "d": ctypes.c_double, "p": ct
 SIGNATURES = {
     "emu_take_error": (ctypes.c_char_p, ""),
     "emu_launches": (ctypes.c_long, ""),
+    "emu_set_arch": (None, "i"),
     "emu_conv_path": (ctypes.c_int, "iaaaai"),
     "emu_conv_fwd": (None, "ipapapaappppiidiii"),
     "emu_conv_bwd_input": (None, "ipapapaa"),
@@ -50,7 +51,7 @@ SIGNATURES = {
 def _sources():
     files = [ROOT / "csrc" / "cuda" / f"{k}.cu" for k in KERNELS]
     files += [ROOT / "csrc" / "cuda" / "common.cuh", ROOT / "csrc" / "include" / "fastconv" / "cuda_kernels.h",
-              ROOT / "csrc" / "include" / "fastconv" / "common.h"]
+              ROOT / "csrc" / "include" / "fastconv" / "common.h", ROOT / "csrc" / "cuda" / "wgmma_ops.cuh"]
     return files + sorted(EMU.rglob("*.h")) + sorted(EMU.rglob("*.cpp"))
 
 
@@ -62,7 +63,7 @@ def _build(out):
         tmp = pathlib.Path(tmp)
         flags = ["-std=c++20", "-O1", "-fPIC", "-pthread", "-w", *os.environ.get("FASTCONV_EMU_CXXFLAGS", "").split(), "-I", str(EMU / "include"), "-I", str(EMU),
                  "-I", str(ROOT / "csrc" / "cuda"), "-I", str(ROOT / "csrc" / "include"),
-                 "-include", str(EMU / "emu_shim.h")]
+                 "-include", str(EMU / "emu_shim.h"), "-DFASTCONV_SM90A"]
         srcs = []
         for k in KERNELS:
             text = (ROOT / "csrc" / "cuda" / f"{k}.cu").read_text()

@@ -227,17 +227,39 @@ def tc_conv(emu, dt, xs, ws, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1), groups
     return x, w, y, geo
 
 
+# The tensor-core forward has two engines: WMMA (any GPU from sm_80) and wgmma (sm_90a builds on a
+# compute capability 9.0 device), chosen by the device's architecture, which the emulator sets.
+ENGINES = {"wmma": 80, "wgmma": 90}
+
+
+@pytest.fixture(params=list(ENGINES))
+def engine(request, emu):
+    emu.emu_set_arch(ENGINES[request.param])
+    yield request.param
+    emu.emu_set_arch(90)
+
+
 @pytest.mark.parametrize("dt", TC_DTYPES)
-def test_tensor_core_tiles_in_one_process(emu, dt):
+def test_tensor_core_tiles_in_one_process(emu, dt, engine):
     """The three forward tile configurations, smallest first: each opts in to its own dynamic shared
     memory above 48 KB (a flag shared by the configurations of one type left the larger ones at the
     default, and the emulator, like the GPU, refuses that launch)."""
-    for k in (24, 48, 136):  # 64x64, 128x64, 128x128 tiles (Kg <= 32, <= 64, > 64)
+    # WMMA: 64x64, 128x64, 128x128 tiles (Kg <= 32, <= 64, > 64); wgmma: 128 x 64 / 128 / 256
+    for k in (24, 48, 136) if engine == "wmma" else (24, 72, 136):
         tc_conv(emu, dt, (2, 16, 9, 11), (k, 16, 3, 3), pad=(1, 1, 1, 1))
 
 
+@pytest.mark.parametrize("dt", TC_DTYPES)
+def test_tensor_core_ring_wraps(emu, dt, engine):
+    """A reduction long enough (R*S*C = 9*80) for every tile configuration's ring of shared-memory
+    stages to wrap around several times: a stage refilled while the tensor cores may still read it,
+    or read before its copies landed, fails here."""
+    for k in (24, 48, 136) if engine == "wmma" else (24, 72, 136):
+        tc_conv(emu, dt, (1, 80, 5, 7), (k, 80, 3, 3), pad=(1, 1, 1, 1))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_tensor_core_kernels_emulated(emu, seed):
+def test_tensor_core_kernels_emulated(emu, seed, engine):
     rng = random.Random(200 + seed)
     torch.manual_seed(seed)
     for _ in range(5):
@@ -279,7 +301,7 @@ def test_tensor_core_kernels_emulated(emu, seed):
 
 
 @pytest.mark.parametrize("dt", TC_DTYPES)
-def test_tensor_core_input_gradient_as_flipped_forward(emu, dt):
+def test_tensor_core_input_gradient_as_flipped_forward(emu, dt, engine):
     """The host's stride-1 input gradient on tensor cores (csrc/cuda/conv2d.cpp): a forward of grad_out
     with the filter turned 180 degrees, K and C swapped per group, and leading padding dil*(R-1) - pad,
     negative when the padding exceeds the kernel's reach."""

@@ -249,6 +249,26 @@ def test_every_tile_configuration_in_one_process(dtype):
         assert rel_err(fastconv.conv2d(x, w, padding=1), ref) < 3e-3, k
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("engine", ["wgmma", "wmma"])
+def test_tensor_core_engines(dtype, engine, monkeypatch):
+    """Both tensor-core forward engines (wgmma where built for sm_90a and the GPU is compute
+    capability 9.0; FASTCONV_WGMMA=0 selects WMMA) on each of their tile widths, deep reductions that
+    wrap the shared-memory ring, a fused epilogue and an NCHW output; M = 4*23*19 rows leave a tail."""
+    if engine == "wmma":
+        monkeypatch.setenv("FASTCONV_WGMMA", "0")
+    torch.backends.cudnn.allow_tf32 = True
+    x = rnd(4, 96, 23, 19, dtype=dtype, cl=True)
+    for k in (40, 72, 136, 264):
+        w = rnd(k, 96, 3, 3, dtype=dtype, cl=True, seed=k) * 0.05
+        b, r = rnd(k, dtype=dtype, seed=1), rnd(4, k, 23, 19, dtype=dtype, cl=True, seed=2)
+        ref = F.conv2d(x.double(), w.double(), b.double(), padding=1)
+        assert rel_err(fastconv.conv2d(x, w, b, padding=1), ref) < 3e-3, k
+        assert rel_err(fastconv.conv2d(x.contiguous(), w, b, padding=1), ref) < 3e-3, k
+        fused = fastconv.conv2d_fused(x, w, b, padding=1, residual=r, combine="add", relu=True)
+        assert rel_err(fused, torch.relu(ref + r.double())) < 3e-3, k
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_one_by_one_spatial_channels_last(dtype):
     """N x C x 1 x 1 tensors (classifier convs, squeeze-excitation) are dense channels_last whatever

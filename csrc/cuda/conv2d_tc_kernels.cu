@@ -13,8 +13,12 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 
 #include "common.cuh"
+#ifndef FASTCONV_EMULATION  // which brings its own Wgmma
+#include "wgmma_ops.cuh"
+#endif
 
 namespace fastconv {
 namespace cuda {
@@ -47,6 +51,53 @@ template <typename T> struct TcArgs {
   bool y_vec;  // y (and residual) NHWC-contiguous, Kg % vector == 0, aligned: vector epilogue
   Epi<T> ep;
 };
+
+// The epilogue shared by the tensor-core forward kernels: the block's BM x BN fp32 tile, staged in
+// shared memory (pitch ldc), through the fused epilogue to y.
+template <typename T, int BM, int BN, int THREADS>
+__device__ __forceinline__ void tc_store(const TcArgs<T>& a, const float* sC, int LDC, int64_t m0, int n0, int g,
+                                         int tid) {
+  constexpr int V = kVec16<T>;
+  const int64_t kbase = static_cast<int64_t>(g) * a.Kg;
+  if (a.y_vec) {
+    // Output NHWC-contiguous: element (m, g*Kg + n) at m*K + g*Kg + n; V channels per access.
+    constexpr int CPRow = BN / V;
+    const int64_t K = a.yt.c;
+    for (int id = tid; id < BM * CPRow; id += THREADS) {
+      const int row = id / CPRow, cn = (id - row * CPRow) * V;
+      const int64_t m = m0 + row;
+      const int n = n0 + cn;
+      if (m >= a.M || n >= a.Kg) continue;
+      const int64_t off = m * K + kbase + n;
+      float v[V];
+#pragma unroll
+      for (int l = 0; l < V; ++l) v[l] = sC[row * LDC + cn + l];
+      if (!a.ep.trivial) {
+        Vec<T, V> r;
+        if (a.ep.combine) r = load_vec<T, V>(a.ep.residual + off);
+#pragma unroll
+        for (int l = 0; l < V; ++l) v[l] = a.ep.apply_r(v[l], kbase + n + l, a.ep.combine ? to_acc(r.v[l]) : 0.0f);
+      }
+      Vec<T, V> o;
+#pragma unroll
+      for (int l = 0; l < V; ++l) o.v[l] = from_acc<T>(v[l]);
+      store_vec<T, V>(a.y + off, o);
+    }
+  } else {
+    // Any output strides (NCHW): walk m fastest so consecutive threads write consecutive q.
+    for (int id = tid; id < BM * BN; id += THREADS) {
+      const int row = id % BM, col = id / BM;
+      const int64_t m = m0 + row;
+      const int n = n0 + col;
+      if (m >= a.M || n >= a.Kg) continue;
+      const int64_t img = m / a.PQ;
+      const int pq = static_cast<int>(m - img * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+      const int64_t k = kbase + n;
+      const int64_t off = img * a.yt.sn + k * a.yt.sc + p * a.yt.sh + q * a.yt.sw;
+      a.y[off] = from_acc<T>(a.ep.apply(sC[row * LDC + col], k, off));
+    }
+  }
+}
 
 template <typename T, int BM, int BN, int WM, int WN, int STAGES>
 struct TcCfg {
@@ -191,45 +242,174 @@ conv_tc_kernel(const TcArgs<T> a) {
       wmma::store_matrix_sync(sC + (wm * WM + i * 16) * LDC + wn * WN + j * 16, acc[i][j], LDC, wmma::mem_row_major);
   __syncthreads();
 
-  const int64_t kbase = static_cast<int64_t>(g) * a.Kg;
-  if (a.y_vec) {
-    // Output NHWC-contiguous: element (m, g*Kg + n) at m*K + g*Kg + n; V channels per access.
-    constexpr int CPRow = BN / V;
-    const int64_t K = a.yt.c;
-    for (int id = tid; id < BM * CPRow; id += Cfg::kThreads) {
-      const int row = id / CPRow, cn = (id - row * CPRow) * V;
-      const int64_t m = m0 + row;
-      const int n = n0 + cn;
-      if (m >= a.M || n >= a.Kg) continue;
-      const int64_t off = m * K + kbase + n;
-      float v[V];
+  tc_store<T, BM, BN, Cfg::kThreads>(a, sC, LDC, m0, n0, g, tid);
+}
+
+// ---- Hopper (sm_90a): the same implicit GEMM on wgmma. Two warpgroups of 128 threads, each owning 64
+// rows of a 128 x BN tile, its accumulators in registers (BN/2 fp32 per thread). Operands are K-major
+// in shared memory with the 128-byte swizzle that wgmma's descriptors describe: one stage holds 128
+// bytes of K per row (64 fp16/bf16, 32 fp32 as TF32), rows 128 bytes apart, 8-row groups 1024 bytes
+// apart (SBO), and the 16-byte chunk c of row r stored at chunk c ^ (r % 8). Each k-step of the
+// instruction (32 bytes of K) moves the descriptor's start address by 32 bytes inside the swizzled
+// rows; the hardware applies the XOR to the address bits, so tile bases are 1024-byte aligned.
+// Every thread gathers its 16-byte chunks with cp.async as the WMMA kernel does (the input with .ca:
+// the R*S taps of a block re-read the same pixels) into a STAGES-deep ring; a stage is refilled two
+// iterations after its wgmma batch was issued, after every warpgroup's wgmma.wait_group 1 has retired
+// that batch. Compiled only for sm_90a (FASTCONV_SM90A); the host picks it on compute capability 9.0.
+template <typename T, int BN, int STAGES>
+struct WgmmaCfg {
+  static constexpr int kBM = 128, kThreads = 256;
+  static constexpr int kV = 16 / sizeof(T);          // elements per 16-byte chunk
+  static constexpr int kBK = 128 / sizeof(T);        // K per stage: one 128-byte swizzled row
+  static constexpr int kSteps = 4;                   // wgmma k-steps per stage (32 bytes each)
+  static constexpr int kAIt = kBM / 32, kBIt = BN / 32;  // 8 chunks per row: 32 rows per pass of 256 threads
+  static constexpr int kStageBytes = (kBM + BN) * 128;
+  static constexpr int kLdc = BN + 4;
+  static constexpr int kPipeBytes = STAGES * kStageBytes, kEpiBytes = kBM * kLdc * 4;
+  static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;  // + alignment slack
+  static_assert(STAGES >= 3, "a stage is refilled two iterations after its batch was issued");
+  static_assert(BN % 32 == 0 && BN <= 256, "wgmma N");
+};
+
+#ifndef FASTCONV_EMULATION  // the emulation runs each thread's share of a wgmma at its wait_group
+__device__ __forceinline__ void cp_async16_ca(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accumulator reads or writes across a wgmma fence or wait.
+template <int N> __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 #pragma unroll
-      for (int l = 0; l < V; ++l) v[l] = sC[row * LDC + cn + l];
-      if (!a.ep.trivial) {
-        Vec<T, V> r;
-        if (a.ep.combine) r = *reinterpret_cast<const Vec<T, V>*>(a.ep.residual + off);
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+#endif
+
+// Shared-memory matrix descriptor: start address, leading byte offset (unused by swizzled K-major
+// operands: 16), stride byte offset 1024 (between 8-row groups), 128-byte swizzle.
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t saddr) {
+  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(16 >> 4) << 16) |
+         (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+}
+
+template <typename T, int BN, int STAGES>
+__global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(FASTCONV_EMULATION)
+  using Cfg = WgmmaCfg<T, BN, STAGES>;
+  constexpr int V = Cfg::kV, BK = Cfg::kBK, BM = Cfg::kBM, PREF = STAGES - 2;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms are 1024-byte aligned
+  unsigned char* tiles = smem_raw + (base - raw);  // per stage: A [BM][128 B], then B [BN][128 B]
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
+  const int n0 = blockIdx.y * BN, g = blockIdx.z;
+  const int kc = tid % 8, row0 = tid / 8;                 // chunk column, first row (rows row0 + 32 i)
+  const int dst = row0 * 128 + ((kc ^ (row0 & 7)) << 4);  // swizzled byte offset; (row0 + 32 i) & 7 == row0 & 7
+
+  int64_t a_base[Cfg::kAIt];
+  int a_h[Cfg::kAIt], a_w[Cfg::kAIt];
 #pragma unroll
-        for (int l = 0; l < V; ++l) v[l] = a.ep.apply_r(v[l], kbase + n + l, a.ep.combine ? to_acc(r.v[l]) : 0.0f);
-      }
-      Vec<T, V> o;
-#pragma unroll
-      for (int l = 0; l < V; ++l) o.v[l] = from_acc<T>(v[l]);
-      *reinterpret_cast<Vec<T, V>*>(a.y + off) = o;
-    }
-  } else {
-    // Any output strides (NCHW): walk m fastest so consecutive threads write consecutive q.
-    for (int id = tid; id < BM * BN; id += Cfg::kThreads) {
-      const int row = id % BM, col = id / BM;
-      const int64_t m = m0 + row;
-      const int n = n0 + col;
-      if (m >= a.M || n >= a.Kg) continue;
-      const int64_t img = m / a.PQ;
-      const int pq = static_cast<int>(m - img * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
-      const int64_t k = kbase + n;
-      const int64_t off = img * a.yt.sn + k * a.yt.sc + p * a.yt.sh + q * a.yt.sw;
-      a.y[off] = from_acc<T>(a.ep.apply(sC[row * LDC + col], k, off));
+  for (int i = 0; i < Cfg::kAIt; ++i) {
+    const int64_t m = m0 + row0 + i * 32;
+    if (m < a.M) {
+      const int64_t n = m / a.PQ;
+      const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+      a_base[i] = n * a.H * a.W * a.C + static_cast<int64_t>(g) * a.Cg;
+      a_h[i] = p * a.sh - a.ph;
+      a_w[i] = q * a.sw - a.pw;
+    } else {
+      a_base[i] = 0;
+      a_h[i] = -(1 << 29);  // fails the bounds test for every tap: zero rows past M
+      a_w[i] = 0;
     }
   }
+  const T* b_ptr[Cfg::kBIt];
+  bool b_ok[Cfg::kBIt];
+#pragma unroll
+  for (int i = 0; i < Cfg::kBIt; ++i) {
+    const int nn = n0 + row0 + i * 32;
+    b_ok[i] = nn < a.Kg;
+    b_ptr[i] = a.w + (static_cast<int64_t>(g) * a.Kg + (b_ok[i] ? nn : 0)) * a.Kdim;
+  }
+
+  auto load_stage = [&](int stage, int kt) {
+    const int kk = kt * BK + kc * V;
+    const bool kok = kk < a.Kdim;
+    const int rs = kk / a.Cg, c = kk - rs * a.Cg;
+    const int r = rs / a.S, s = rs - r * a.S;
+    const int dr = r * a.dh, ds = s * a.dw;
+    unsigned char* sA = tiles + stage * Cfg::kStageBytes + dst;
+#pragma unroll
+    for (int i = 0; i < Cfg::kAIt; ++i) {
+      const int h = a_h[i] + dr, w = a_w[i] + ds;
+      const bool ok = kok && static_cast<unsigned>(h) < static_cast<unsigned>(a.H) &&
+                      static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
+      const T* src = ok ? a.x + a_base[i] + (static_cast<int64_t>(h) * a.W + w) * a.C + c : a.x;
+      cp_async16_ca(sA + i * 32 * 128, src, ok);
+    }
+    unsigned char* sB = tiles + stage * Cfg::kStageBytes + BM * 128 + dst;
+#pragma unroll
+    for (int i = 0; i < Cfg::kBIt; ++i) {
+      const bool ok = kok && b_ok[i];
+      cp_async16(sB + i * 32 * 128, ok ? b_ptr[i] + kk : a.w, ok);
+    }
+  };
+
+  float acc[BN / 2];
+#pragma unroll
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
+
+  const int KT = (a.Kdim + BK - 1) / BK;
+#pragma unroll
+  for (int st = 0; st < PREF; ++st) {
+    if (st < KT) load_stage(st, st);
+    cp_async_commit();  // empty groups keep the group count uniform
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<PREF - 1>();  // stage kt has landed (this thread's copies) ...
+    fence_proxy_async();        // ... is visible to the tensor cores' (async) proxy ...
+    __syncthreads();            // ... for every thread; and every batch up to kt-2 has retired
+    const int nk = kt + PREF;
+    if (nk < KT) load_stage(nk % STAGES, nk);  // the ring slot of batch kt-2
+    cp_async_commit();
+    const uint32_t sa = base + (kt % STAGES) * Cfg::kStageBytes + wg * 64 * 128, sb = base + (kt % STAGES) * Cfg::kStageBytes + BM * 128;
+    fence_regs(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < Cfg::kSteps; ++ks) Wgmma<T, BN>::run(acc, sw128_desc(sa + ks * 32), sw128_desc(sb + ks * 32));
+    wgmma_commit();
+    wgmma_wait<1>();  // batch kt-1 has retired: its slot is refilled next iteration, after the barrier
+    fence_regs(acc);
+  }
+  wgmma_wait<0>();
+  fence_regs(acc);
+  cp_async_wait<0>();
+  __syncthreads();  // the ring is reused for the accumulators below
+
+  // Accumulator layout of m64nN: warp w of the warpgroup holds rows 16 w .. 16 w + 15; in each 8-column
+  // group j, lane l holds (l / 4, 2 (l % 4) + {0, 1}) in acc[4 j + {0, 1}] and 8 rows lower in acc[4 j + {2, 3}].
+  float* sC = reinterpret_cast<float*>(tiles);
+  constexpr int LDC = Cfg::kLdc;
+  const int lane = tid % 32, row = wg * 64 + ((tid % 128) / 32) * 16 + lane / 4;
+#pragma unroll
+  for (int j = 0; j < BN / 8; ++j) {
+    const int col = j * 8 + 2 * (lane % 4);
+    sC[row * LDC + col] = acc[4 * j];
+    sC[row * LDC + col + 1] = acc[4 * j + 1];
+    sC[(row + 8) * LDC + col] = acc[4 * j + 2];
+    sC[(row + 8) * LDC + col + 1] = acc[4 * j + 3];
+  }
+  __syncthreads();
+  tc_store<T, BM, BN, Cfg::kThreads>(a, sC, LDC, m0, n0, g, tid);
+#else
+  __trap();  // built without sm_90a: the host never launches this (conv_wgmma_ok)
+#endif
 }
 
 // Raise the dynamic shared-memory limit once per device for each kernel. The flag is keyed on the
@@ -254,6 +434,52 @@ void launch_tc(const TcArgs<T>& a, int groups, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>((a.M + BM - 1) / BM), static_cast<unsigned>((a.Kg + BN - 1) / BN),
                   static_cast<unsigned>(groups));
   kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
+}
+
+template <typename T, int BN, int STAGES>
+void launch_wgmma(const TcArgs<T>& a, int groups, cudaStream_t stream) {
+  using Cfg = WgmmaCfg<T, BN, STAGES>;
+  constexpr auto kernel = conv_wgmma_kernel<T, BN, STAGES>;
+  ensure_smem<kernel>(Cfg::kSmem);
+  const dim3 grid(static_cast<unsigned>((a.M + Cfg::kBM - 1) / Cfg::kBM), static_cast<unsigned>((a.Kg + BN - 1) / BN),
+                  static_cast<unsigned>(groups));
+  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
+}
+
+// The wgmma kernels run where they were built for (sm_90a: FASTCONV_SM90A) and the device is compute
+// capability 9.0; FASTCONV_WGMMA=0 in the environment selects the WMMA kernels instead (read at every
+// call, so that a benchmark can compare the two in one process).
+bool conv_wgmma_ok() {
+#ifdef FASTCONV_SM90A
+  const char* e = std::getenv("FASTCONV_WGMMA");
+  int dev = 0, major = 0, minor = 0;
+  if ((e && e[0] == '0') || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+    return false;
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
+
+// 128 x BN tiles, one block per SM (about 192 KB of shared memory each): the N width whose waves of
+// blocks cost least, a wider tile counted cheaper per column (more reuse of every loaded operand).
+template <typename T>
+void conv_wgmma(const TcArgs<T>& a, int groups, int sm_count, cudaStream_t stream) {
+  const int64_t mt = (a.M + 127) / 128;
+  auto cost = [&](int bn, double eff) {
+    const int64_t blocks = mt * ((a.Kg + bn - 1) / bn) * groups;
+    return static_cast<double>((blocks + sm_count - 1) / sm_count) * bn / eff;
+  };
+  const double c256 = a.Kg > 128 ? cost(256, 1.0) : 1e300, c128 = a.Kg > 64 ? cost(128, 0.9) : 1e300;
+  const double c64 = cost(64, 0.75);
+  if (c256 <= c128 && c256 <= c64)
+    launch_wgmma<T, 256, 4>(a, groups, stream);
+  else if (c128 <= c64)
+    launch_wgmma<T, 128, 6>(a, groups, stream);
+  else
+    launch_wgmma<T, 64, 8>(a, groups, stream);
 }
 
 template <typename T>
@@ -282,6 +508,7 @@ void conv_tc(const Conv2dParams& p, const void* x, const void* w, void* y, const
   a.y_vec = nhwc && a.Kg % V == 0 && al(y) && (!ep.residual || al(ep.residual));
   if (a.M == 0) return;
   const int G = static_cast<int>(p.groups);
+  if (conv_wgmma_ok()) return conv_wgmma(a, G, sm_count, stream);
   auto blocks = [&](int bm, int bn) { return ((a.M + bm - 1) / bm) * ((a.Kg + bn - 1) / bn) * G; };
   // Largest tile that still gives every SM a block; 64-wide N tiles when Kg is small.
   if (a.Kg > 64 && blocks(128, 128) >= sm_count)

@@ -49,6 +49,7 @@ class Block {
       blockIdx = block_;
       (*job_)();
       emu_drop_copies();
+      emu_drop_wgmma();
       done_.arrive_and_wait();
     }
   }
@@ -64,6 +65,9 @@ Block* g_current = nullptr;
 std::vector<unsigned char> g_shared;                  // the running launch's dynamic shared memory (+ alignment)
 std::map<const void*, int> g_max_shared;              // per kernel, raised by cudaFuncSetAttribute
 constexpr size_t kDefaultShared = 48 << 10, kOptInShared = 227 << 10;  // H100
+std::unique_ptr<std::atomic<int>[]> g_inflight;     // per 16-byte chunk: in-flight wgmma reads
+size_t g_shared_size = 0;                             // bytes of the running launch's dynamic shared memory
+int g_arch = 90;                                      // compute capability, major * 10 + minor
 
 }  // namespace
 
@@ -78,6 +82,19 @@ cudaError_t emu_set_max_dynamic_shared(const void* kernel, int bytes) {
   if (bytes < 0 || static_cast<size_t>(bytes) > kOptInShared) return cudaErrorInvalidValue;
   g_max_shared[kernel] = bytes;
   return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  *value = attr == cudaDevAttrComputeCapabilityMajor ? g_arch / 10 : g_arch % 10;
+  return cudaSuccess;
+}
+
+size_t emu_dynamic_shared_size() { return g_shared_size; }
+
+std::atomic<int>* emu_inflight_chunk(const void* smem) {
+  const auto* c = static_cast<const unsigned char*>(smem);
+  if (c < emu_dynamic_shared() || c >= emu_dynamic_shared() + g_shared_size) return nullptr;
+  return &g_inflight[static_cast<size_t>(c - emu_dynamic_shared()) / 16];
 }
 
 // 128-byte aligned, as the GPU's shared memory window.
@@ -98,6 +115,8 @@ void emu_run(const void* kernel, dim3 grid, dim3 block, size_t smem, const std::
   if (!b) b = std::make_unique<Block>(block.x);
   g_current = b.get();
   g_shared.assign(smem + 128, 0xff);  // garbage, as on the GPU
+  g_shared_size = smem;
+  g_inflight.reset(new std::atomic<int>[smem / 16 + 1]());
   gridDim = {grid.x, grid.y, grid.z};
   blockDim = {block.x, 1, 1};
   for (unsigned z = 0; z < grid.z; ++z)
@@ -144,6 +163,8 @@ const char* emu_take_error() {
   return last.c_str();
 }
 long emu_launches() { return g_launches; }
+// Compute capability of the emulated device (90: the wgmma kernels where built in; 80: WMMA only).
+void emu_set_arch(int arch) { g_arch = arch; }
 
 int emu_conv_path(int dt, const int64_t* x, const int64_t* w, const int64_t* y, const int64_t* geo, int tf32) {
   return static_cast<int>(conv2d_fwd_path(conv(x, w, y, geo), dtype(dt), tf32 != 0));

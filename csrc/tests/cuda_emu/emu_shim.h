@@ -105,9 +105,13 @@ struct EmuCopy {
 };
 inline thread_local std::vector<EmuCopy> emu_open_group;                // issued, not yet committed
 inline thread_local std::vector<std::vector<EmuCopy>> emu_pending;      // committed, oldest first
+// Shared memory that an in-flight wgmma of the block reads, per 16-byte chunk (emu_wgmma.h).
+std::atomic<int>* emu_inflight_chunk(const void* smem);
 inline void cp_async16(void* smem, const void* gmem, bool valid) {
   FASTCONV_CHECK_VEC_ADDRESS(smem);
   if (valid) FASTCONV_CHECK_VEC_ADDRESS(gmem);
+  if (std::atomic<int>* c = emu_inflight_chunk(smem); c && c->load() > 0)
+    emu_fail("cp.async into shared memory that an in-flight wgmma reads");
   emu_open_group.push_back({smem, gmem, valid});
 }
 inline void cp_async_commit() {
@@ -128,6 +132,10 @@ inline void emu_drop_copies() {
   emu_pending.clear();
 }
 
+// The device's compute capability as major * 10 + minor (emu_set_arch; 90 by default).
+enum cudaDeviceAttr { cudaDevAttrComputeCapabilityMajor = 75, cudaDevAttrComputeCapabilityMinor = 76 };
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+
 // Runs f on every thread of every block of the grid (blocks in order, threads concurrently), with
 // smem bytes of dynamic shared memory; kernel: for the shared-memory limit.
 void emu_run(const void* kernel, dim3 grid, dim3 block, size_t smem, const std::function<void()>& f);
@@ -143,3 +151,5 @@ void operator|(void (*kernel)(P...), const std::pair<EmuLaunch, std::tuple<A...>
   emu_run(reinterpret_cast<const void*>(kernel), launch.first.grid, launch.first.block, launch.first.smem,
           [&] { std::apply([&](const auto&... a) { kernel(static_cast<P>(a)...); }, launch.second); });
 }
+
+#include "emu_wgmma.h"
