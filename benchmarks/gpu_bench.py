@@ -358,6 +358,8 @@ def bench_fwd(layers, dtypes, batch, results, chk):
             set_tf32(False)
             if dtype == torch.float32:
                 ref = F.conv2d(x[:8].double(), w.double(), None, st, pad)
+                if not tf32:  # cuDNN's own float32 error, to read ours against (its Winograd/FFT round too)
+                    chk.check(f"bench {name} fp32 cuDNN", F.conv2d(x[:8], w, None, st, pad), ref, tol_for(dtype, tf32))
                 ok = chk.check(f"bench {name} {dname}", y[:8], ref, tol_for(dtype, tf32))
             else:
                 ref = F.conv2d(x.float(), w.float(), None, st, pad)

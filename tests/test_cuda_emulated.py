@@ -150,6 +150,7 @@ def epilogue_ref(z, bias, scale, shift, res, combine, mode, relu, eps=0.01):
 def test_conv_kernels_emulated(emu, seed):
     rng = random.Random(seed)
     torch.manual_seed(seed)
+    emu.emu_set_arch(80)  # no wgmma: exact float32 stays on the CUDA-core kernels tested here
     for _ in range(10):
         c = conv_case(rng)
         dt, (clx, clw, cly) = c["dt"], c["cl"]
@@ -194,6 +195,7 @@ def test_conv_kernels_emulated(emu, seed):
         call(emu, "emu_conv_bwd_bias", DT[dt], ptr(dy.t), t4(dy.t), ptr(db.t), ptr(ws), sms)
         written(db, "grad_bias " + info)
         assert_close(db.t, dy.t.double().sum((0, 2, 3)), dt, "grad_bias " + info)
+    emu.emu_set_arch(90)
 
 
 # ---------------------------------------------------------------- convolution: tensor cores (WMMA)
@@ -209,21 +211,21 @@ def scaled_err(got, ref):
 
 
 def tc_conv(emu, dt, xs, ws, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1), groups=1, y_cl=True, epilogue=None,
-            sms=1):
+            sms=1, tf32=1, tol=None):
     """One forward on the tensor-core path (asserted), compared with torch in float64; returns (x, w)."""
     x, w = rand(xs, dt, True), rand(ws, dt, True, lo=-0.5, hi=0.5)
     c = dict(pad=list(pad), stride=stride, dil=dil, groups=groups)
     ref = conv_ref(x.t.double(), w.t.double(), c)
     y = Buf(tuple(ref.shape), dt, y_cl)
     geo = ints(groups, *stride, pad[0], pad[2], *dil)
-    assert emu.emu_conv_path(DT[dt], t4(x.t), t4(w.t), t4(y.t), geo, 1) == TENSOR_CORE
+    assert emu.emu_conv_path(DT[dt], t4(x.t), t4(w.t), t4(y.t), geo, tf32) == TENSOR_CORE
     bias, scale, shift, res, combine, mode, relu = epilogue or (None, None, None, None, 0, 0, False)
     call(emu, "emu_conv_fwd", DT[dt], ptr(x.t), t4(x.t), ptr(w.t), t4(w.t), ptr(y.t), t4(y.t), geo,
-         *[ptr(v.t if v else None) for v in (bias, scale, shift, res)], combine, mode, 0.01, int(relu), 1, sms)
+         *[ptr(v.t if v else None) for v in (bias, scale, shift, res)], combine, mode, 0.01, int(relu), tf32, sms)
     ref = epilogue_ref(ref, bias, scale, shift, res, combine, mode, relu)
     written(y, f"tensor-core forward {dt} {xs} {ws}")
     err = scaled_err(y.t, ref)
-    assert err < TC_TOL[dt], f"tensor-core forward {dt} x {xs} w {ws}: error {err:.3g}"
+    assert err < (tol or TC_TOL[dt]), f"tensor-core forward {dt} x {xs} w {ws}: error {err:.3g}"
     return x, w, y, geo
 
 
@@ -256,6 +258,30 @@ def test_tensor_core_ring_wraps(emu, dt, engine):
     or read before its copies landed, fails here."""
     for k in (24, 48, 136) if engine == "wmma" else (24, 72, 136):
         tc_conv(emu, dt, (1, 80, 5, 7), (k, 80, 3, 3), pad=(1, 1, 1, 1))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_exact_float32_as_split_tf32(emu, seed):
+    """float32 without TF32 on the wgmma engine: each operand split into hi + lo TF32 parts, three
+    products per term; float32-level error (TF32 alone: ~1e-3) on both tile widths, a ring that
+    wraps, every epilogue, and an NCHW output; on a pre-Hopper device the path is the CUDA cores'."""
+    rng = random.Random(300 + seed)
+    torch.manual_seed(seed)
+    for k in (24, 72):  # 128 x 64 and 128 x 128 split tiles
+        combine = rng.choice([0, 1, 2])
+        y_cl = rng.random() < 0.6
+        epi = (rand((k,), torch.float32), rand((k,), torch.float32), None,
+               rand((2, k, 5, 7), torch.float32, y_cl) if combine else None, combine, rng.choice([0, 1]),
+               rng.random() < 0.5)
+        tc_conv(emu, torch.float32, (2, 44, 5, 7), (k, 44, 3, 3), pad=(1, 1, 1, 1), y_cl=y_cl, epilogue=epi,
+                tf32=0, tol=2e-6)
+    emu.emu_set_arch(80)
+    try:
+        x, w, y = rand((1, 8, 4, 4), torch.float32, True), rand((8, 8, 3, 3), torch.float32, True), \
+            Buf((1, 8, 2, 2), torch.float32, True)
+        assert emu.emu_conv_path(DT[torch.float32], t4(x.t), t4(w.t), t4(y.t), ints(1, 1, 1, 0, 0, 1, 1), 0) != TENSOR_CORE
+    finally:
+        emu.emu_set_arch(90)
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -49,7 +49,7 @@ int64_t tc_multiple(const at::Tensor& t) {
   switch (t.scalar_type()) {
     case at::kHalf:
     case at::kBFloat16: return 8;
-    case at::kFloat: return tf32_allowed() ? 4 : 0;
+    case at::kFloat: return tf32_allowed() || conv2d_wgmma_ok() ? 4 : 0;  // TF32, or float32 as split TF32
     default: return 0;
   }
 }
@@ -168,7 +168,8 @@ at::Tensor conv2d_bwd_input_cuda(const at::Tensor& grad_out, const at::Tensor& w
     p.groups = a.groups;
     p.pad_h0 = a.dh * (a.R - 1) - a.pt; p.pad_w0 = a.dw * (a.S - 1) - a.pl;
     p.dil_h = a.dh; p.dil_w = a.dw;
-    conv2d_fwd_tc(p, dt, g.data_ptr(), wt.data_ptr(), dx.data_ptr(), EpilogueArgs(), sm_count(), stream());
+    conv2d_fwd_tc(p, dt, g.data_ptr(), wt.data_ptr(), dx.data_ptr(), EpilogueArgs(), tf32_allowed(), sm_count(),
+                  stream());
   } else {
     const at::Tensor g = as_layout(grad_out, fmt);
     conv2d_bwd_input_simt(params(a, dx, weight, g), dt, g.data_ptr(), weight.data_ptr(), dx.data_ptr(), sm_count(),

@@ -422,7 +422,8 @@ ConvPath conv2d_fwd_path(const Conv2dParams& p, DType dt, bool allow_tf32) {
   const int64_t cg = p.x.c / p.groups;
   if (cg == 1) return ConvPath::kDepthwise;
   if ((dt == DType::kF16 || dt == DType::kBF16) && cg % 8 == 0 && p.groups <= 65535) return ConvPath::kTensorCore;
-  if (dt == DType::kF32 && allow_tf32 && cg % 4 == 0 && p.groups <= 65535) return ConvPath::kTensorCore;
+  if (dt == DType::kF32 && (allow_tf32 || conv2d_wgmma_ok()) && cg % 4 == 0 && p.groups <= 65535)
+    return ConvPath::kTensorCore;  // exact float32 as split TF32 on the wgmma engine
   return ConvPath::kSimt;
 }
 
@@ -430,7 +431,7 @@ void conv2d_fwd(const Conv2dParams& p, DType dt, const void* x, const void* w, v
                 bool allow_tf32, int sm_count, cudaStream_t s) {
   if (p.y.n * p.y.c * p.y.h * p.y.w == 0) return;
   const ConvPath path = conv2d_fwd_path(p, dt, allow_tf32);
-  if (path == ConvPath::kTensorCore) return conv2d_fwd_tc(p, dt, x, w, y, ep, sm_count, s);
+  if (path == ConvPath::kTensorCore) return conv2d_fwd_tc(p, dt, x, w, y, ep, allow_tf32, sm_count, s);
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     const Geo g = Geo::make(p);

@@ -256,19 +256,25 @@ conv_tc_kernel(const TcArgs<T> a) {
 // the R*S taps of a block re-read the same pixels) into a STAGES-deep ring; a stage is refilled two
 // iterations after its wgmma batch was issued, after every warpgroup's wgmma.wait_group 1 has retired
 // that batch. Compiled only for sm_90a (FASTCONV_SM90A); the host picks it on compute capability 9.0.
-template <typename T, int BN, int STAGES>
+// SPLIT (float only): exact float32 as split TF32. Once its copies of a stage have landed, each thread
+// rewrites its own chunks as hi = tf32(x) in place and lo = x - hi in a second half of the stage;
+// every k-step then issues lo*hi, hi*lo and hi*hi (the lo*lo term, ~2^-22 of the product, and the
+// TF32 truncation of lo are the only errors: float32-level accuracy at a third of the TF32 rate).
+template <typename T, int BN, int STAGES, bool SPLIT>
 struct WgmmaCfg {
   static constexpr int kBM = 128, kThreads = 256;
   static constexpr int kV = 16 / sizeof(T);          // elements per 16-byte chunk
   static constexpr int kBK = 128 / sizeof(T);        // K per stage: one 128-byte swizzled row
   static constexpr int kSteps = 4;                   // wgmma k-steps per stage (32 bytes each)
   static constexpr int kAIt = kBM / 32, kBIt = BN / 32;  // 8 chunks per row: 32 rows per pass of 256 threads
-  static constexpr int kStageBytes = (kBM + BN) * 128;
+  static constexpr int kLoOffset = (kBM + BN) * 128;                 // the lo half of a split stage
+  static constexpr int kStageBytes = kLoOffset * (SPLIT ? 2 : 1);
   static constexpr int kLdc = BN + 4;
   static constexpr int kPipeBytes = STAGES * kStageBytes, kEpiBytes = kBM * kLdc * 4;
   static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;  // + alignment slack
   static_assert(STAGES >= 3, "a stage is refilled two iterations after its batch was issued");
   static_assert(BN % 32 == 0 && BN <= 256, "wgmma N");
+  static_assert(!SPLIT || sizeof(T) == 4, "split TF32 is for float32");
 };
 
 #ifndef FASTCONV_EMULATION  // the emulation runs each thread's share of a wgmma at its wait_group
@@ -296,10 +302,25 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t saddr) {
          (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
 }
 
-template <typename T, int BN, int STAGES>
+// hi = tf32(x) and lo = x - hi for the 4 floats of the 16-byte chunk at p; lo goes to p + lo_offset.
+template <typename T> __device__ __forceinline__ void split_tf32(unsigned char* p, int lo_offset) {
+  if constexpr (sizeof(T) == 4) {
+    Vec<float, 4> v = load_vec<float, 4>(reinterpret_cast<const float*>(p)), lo;
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      const float hi = wmma::__float_to_tf32(v.v[l]);
+      lo.v[l] = v.v[l] - hi;
+      v.v[l] = hi;
+    }
+    store_vec<float, 4>(reinterpret_cast<float*>(p), v);
+    store_vec<float, 4>(reinterpret_cast<float*>(p + lo_offset), lo);
+  }
+}
+
+template <typename T, int BN, int STAGES, bool SPLIT>
 __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(FASTCONV_EMULATION)
-  using Cfg = WgmmaCfg<T, BN, STAGES>;
+  using Cfg = WgmmaCfg<T, BN, STAGES, SPLIT>;
   constexpr int V = Cfg::kV, BK = Cfg::kBK, BM = Cfg::kBM, PREF = STAGES - 2;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
@@ -373,6 +394,13 @@ __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
   }
   for (int kt = 0; kt < KT; ++kt) {
     cp_async_wait<PREF - 1>();  // stage kt has landed (this thread's copies) ...
+    if constexpr (SPLIT) {
+      unsigned char* st = tiles + (kt % STAGES) * Cfg::kStageBytes + dst;
+#pragma unroll
+      for (int i = 0; i < Cfg::kAIt; ++i) split_tf32<T>(st + i * 32 * 128, Cfg::kLoOffset);
+#pragma unroll
+      for (int i = 0; i < Cfg::kBIt; ++i) split_tf32<T>(st + BM * 128 + i * 32 * 128, Cfg::kLoOffset);
+    }
     fence_proxy_async();        // ... is visible to the tensor cores' (async) proxy ...
     __syncthreads();            // ... for every thread; and every batch up to kt-2 has retired
     const int nk = kt + PREF;
@@ -382,7 +410,14 @@ __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
     fence_regs(acc);
     wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < Cfg::kSteps; ++ks) Wgmma<T, BN>::run(acc, sw128_desc(sa + ks * 32), sw128_desc(sb + ks * 32));
+    for (int ks = 0; ks < Cfg::kSteps; ++ks) {
+      const uint64_t ahi = sw128_desc(sa + ks * 32), bhi = sw128_desc(sb + ks * 32);
+      if constexpr (SPLIT) {
+        Wgmma<T, BN>::run(acc, sw128_desc(sa + Cfg::kLoOffset + ks * 32), bhi);
+        Wgmma<T, BN>::run(acc, ahi, sw128_desc(sb + Cfg::kLoOffset + ks * 32));
+      }
+      Wgmma<T, BN>::run(acc, ahi, bhi);
+    }
     wgmma_commit();
     wgmma_wait<1>();  // batch kt-1 has retired: its slot is refilled next iteration, after the barrier
     fence_regs(acc);
@@ -408,7 +443,7 @@ __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
   __syncthreads();
   tc_store<T, BM, BN, Cfg::kThreads>(a, sC, LDC, m0, n0, g, tid);
 #else
-  __trap();  // built without sm_90a: the host never launches this (conv_wgmma_ok)
+  __trap();  // built without sm_90a: the host never launches this (conv2d_wgmma_ok)
 #endif
 }
 
@@ -436,10 +471,10 @@ void launch_tc(const TcArgs<T>& a, int groups, cudaStream_t stream) {
   kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
 }
 
-template <typename T, int BN, int STAGES>
+template <typename T, int BN, int STAGES, bool SPLIT>
 void launch_wgmma(const TcArgs<T>& a, int groups, cudaStream_t stream) {
-  using Cfg = WgmmaCfg<T, BN, STAGES>;
-  constexpr auto kernel = conv_wgmma_kernel<T, BN, STAGES>;
+  using Cfg = WgmmaCfg<T, BN, STAGES, SPLIT>;
+  constexpr auto kernel = conv_wgmma_kernel<T, BN, STAGES, SPLIT>;
   ensure_smem<kernel>(Cfg::kSmem);
   const dim3 grid(static_cast<unsigned>((a.M + Cfg::kBM - 1) / Cfg::kBM), static_cast<unsigned>((a.Kg + BN - 1) / BN),
                   static_cast<unsigned>(groups));
@@ -449,7 +484,9 @@ void launch_wgmma(const TcArgs<T>& a, int groups, cudaStream_t stream) {
 // The wgmma kernels run where they were built for (sm_90a: FASTCONV_SM90A) and the device is compute
 // capability 9.0; FASTCONV_WGMMA=0 in the environment selects the WMMA kernels instead (read at every
 // call, so that a benchmark can compare the two in one process).
-bool conv_wgmma_ok() {
+}  // namespace
+
+bool conv2d_wgmma_ok() {
 #ifdef FASTCONV_SM90A
   const char* e = std::getenv("FASTCONV_WGMMA");
   int dev = 0, major = 0, minor = 0;
@@ -463,28 +500,37 @@ bool conv_wgmma_ok() {
 #endif
 }
 
+namespace {
+
 // 128 x BN tiles, one block per SM (about 192 KB of shared memory each): the N width whose waves of
 // blocks cost least, a wider tile counted cheaper per column (more reuse of every loaded operand).
-template <typename T>
+// Split TF32 doubles a stage (A and B twice): 256-wide tiles would leave two stages, so at most 128.
+template <typename T, bool SPLIT>
 void conv_wgmma(const TcArgs<T>& a, int groups, int sm_count, cudaStream_t stream) {
   const int64_t mt = (a.M + 127) / 128;
   auto cost = [&](int bn, double eff) {
     const int64_t blocks = mt * ((a.Kg + bn - 1) / bn) * groups;
     return static_cast<double>((blocks + sm_count - 1) / sm_count) * bn / eff;
   };
-  const double c256 = a.Kg > 128 ? cost(256, 1.0) : 1e300, c128 = a.Kg > 64 ? cost(128, 0.9) : 1e300;
+  const double c256 = a.Kg > 128 && !SPLIT ? cost(256, 1.0) : 1e300, c128 = a.Kg > 64 ? cost(128, 0.9) : 1e300;
   const double c64 = cost(64, 0.75);
-  if (c256 <= c128 && c256 <= c64)
-    launch_wgmma<T, 256, 4>(a, groups, stream);
-  else if (c128 <= c64)
-    launch_wgmma<T, 128, 6>(a, groups, stream);
-  else
-    launch_wgmma<T, 64, 8>(a, groups, stream);
+  if constexpr (SPLIT) {
+    if (c128 <= c64)
+      launch_wgmma<T, 128, 3, true>(a, groups, stream);
+    else
+      launch_wgmma<T, 64, 4, true>(a, groups, stream);
+  } else if (c256 <= c128 && c256 <= c64) {
+    launch_wgmma<T, 256, 4, false>(a, groups, stream);
+  } else if (c128 <= c64) {
+    launch_wgmma<T, 128, 6, false>(a, groups, stream);
+  } else {
+    launch_wgmma<T, 64, 8, false>(a, groups, stream);
+  }
 }
 
 template <typename T>
-void conv_tc(const Conv2dParams& p, const void* x, const void* w, void* y, const EpilogueArgs& ep, int sm_count,
-             cudaStream_t stream) {
+void conv_tc(const Conv2dParams& p, const void* x, const void* w, void* y, const EpilogueArgs& ep, bool allow_tf32,
+             int sm_count, cudaStream_t stream) {
   TcArgs<T> a;
   a.x = static_cast<const T*>(x);
   a.w = static_cast<const T*>(w);
@@ -508,7 +554,12 @@ void conv_tc(const Conv2dParams& p, const void* x, const void* w, void* y, const
   a.y_vec = nhwc && a.Kg % V == 0 && al(y) && (!ep.residual || al(ep.residual));
   if (a.M == 0) return;
   const int G = static_cast<int>(p.groups);
-  if (conv_wgmma_ok()) return conv_wgmma(a, G, sm_count, stream);
+  // float32 without TF32: split TF32, which only the wgmma engine has (conv2d_fwd_path routes exact
+  // float32 here only when conv2d_wgmma_ok()).
+  if constexpr (sizeof(T) == 4) {
+    if (!allow_tf32) return conv_wgmma<T, true>(a, G, sm_count, stream);
+  }
+  if (conv2d_wgmma_ok()) return conv_wgmma<T, false>(a, G, sm_count, stream);
   auto blocks = [&](int bm, int bn) { return ((a.M + bm - 1) / bm) * ((a.Kg + bn - 1) / bn) * G; };
   // Largest tile that still gives every SM a block; 64-wide N tiles when Kg is small.
   if (a.Kg > 64 && blocks(128, 128) >= sm_count)
@@ -712,11 +763,11 @@ void wgrad_tc(const Conv2dParams& p, const void* dy, const void* x, float* ws, i
 }  // namespace
 
 void conv2d_fwd_tc(const Conv2dParams& p, DType dt, const void* x, const void* w, void* y, const EpilogueArgs& ep,
-                   int sm_count, cudaStream_t stream) {
+                   bool allow_tf32, int sm_count, cudaStream_t stream) {
   switch (dt) {
-    case DType::kF16: conv_tc<__half>(p, x, w, y, ep, sm_count, stream); break;
-    case DType::kBF16: conv_tc<__nv_bfloat16>(p, x, w, y, ep, sm_count, stream); break;
-    case DType::kF32: conv_tc<float>(p, x, w, y, ep, sm_count, stream); break;
+    case DType::kF16: conv_tc<__half>(p, x, w, y, ep, true, sm_count, stream); break;
+    case DType::kBF16: conv_tc<__nv_bfloat16>(p, x, w, y, ep, true, sm_count, stream); break;
+    case DType::kF32: conv_tc<float>(p, x, w, y, ep, allow_tf32, sm_count, stream); break;
     default: break;  // no tensor-core path for fp64; conv2d_fwd_path never routes it here
   }
 }

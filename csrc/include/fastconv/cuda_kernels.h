@@ -40,9 +40,15 @@ ConvPath conv2d_fwd_path(const Conv2dParams& p, DType dt, bool allow_tf32);
 void conv2d_fwd(const Conv2dParams& p, DType dt, const void* x, const void* w, void* y,
                 const EpilogueArgs& ep, bool allow_tf32, int sm_count, cudaStream_t stream);
 
-// Tensor-core path alone (conv2d_tc_kernels.cu), same contract as conv2d_fwd's kTensorCore.
+// Tensor-core path alone (conv2d_tc_kernels.cu), same contract as conv2d_fwd's kTensorCore. float32
+// runs as TF32 when allow_tf32, else (on the wgmma engine only) as three TF32 products per term
+// (hi*hi + hi*lo + lo*hi of each operand split in two TF32 parts: float32 accuracy).
 void conv2d_fwd_tc(const Conv2dParams& p, DType dt, const void* x, const void* w, void* y,
-                   const EpilogueArgs& ep, int sm_count, cudaStream_t stream);
+                   const EpilogueArgs& ep, bool allow_tf32, int sm_count, cudaStream_t stream);
+
+// The wgmma tensor-core engine runs here: built for sm_90a, a compute capability 9.0 device, and
+// FASTCONV_WGMMA is not 0 (read at every call).
+bool conv2d_wgmma_ok();
 
 // grad_input on CUDA cores, any strides/stride/dilation (p.x = grad_input shape): implicit GEMM
 // gathering over (r, s, k), or a direct per-element gather when C/groups < 16.
