@@ -326,30 +326,67 @@ def test_tensor_core_kernels_emulated(emu, seed, engine):
         assert err < TC_TOL[dt], f"tensor-core grad_weight {dt} x {tuple(x.t.shape)} w {tuple(wt.t.shape)}: {err:.3g}"
 
 
+def phase(ph, stride, pad, size, taps):
+    """One stride phase of an input gradient, as csrc/cuda/conv2d.cpp computes it: the first input row
+    of the phase, how many rows, how many filter taps reach it, and its first grad_out row."""
+    first = (ph - pad) % stride
+    count = (size - first + stride - 1) // stride if first < size else 0
+    ntaps = (taps - ph + stride - 1) // stride if ph < taps else 0
+    return first, count, ntaps, (first + pad - ph) // stride
+
+
+def input_gradient_by_phases(emu, dt, dy, wt, dx, stride, pad, dil, groups):
+    """The host's input gradient on tensor cores (csrc/cuda/conv2d.cpp), step for step: per stride
+    phase a forward of grad_out with that phase's taps turned 180 degrees, K and C swapped per group,
+    into a strided view of grad_input; zeros first where a phase has no tap."""
+    k, cg, r, s = wt.shape
+    kg = k // groups
+    n, c, h, w = dx.t.shape
+    wg = wt.reshape(groups, kg, cg, r, s).transpose(1, 2)
+    phases = [(phase(a, stride[0], pad[0], h, r), phase(b, stride[1], pad[2], w, s))
+              for a in range(stride[0]) for b in range(stride[1])]
+    if any(fh[1] and fw[1] and not (fh[2] and fw[2]) for fh, fw in phases):
+        dx.t.zero_()
+    for (fh, fw), (a, b) in zip(phases, [(a, b) for a in range(stride[0]) for b in range(stride[1])]):
+        if not (fh[1] and fw[1] and fh[2] and fw[2]):
+            continue
+        sub = (wg[:, :, :, a::stride[0], b::stride[1]].flip(3, 4).reshape(c, kg, fh[2], fw[2])
+               .contiguous(memory_format=torch.channels_last))
+        out = dx.t[:, :, fh[0]::stride[0], fw[0]::stride[1]]
+        geo = ints(groups, 1, 1, dil[0] * (fh[2] - 1) - fh[3], dil[1] * (fw[2] - 1) - fw[3], *dil)
+        assert emu.emu_conv_path(DT[dt], t4(dy), t4(sub), t4(out), geo, 1) == TENSOR_CORE
+        call(emu, "emu_conv_fwd", DT[dt], ptr(dy), t4(dy), ptr(sub), t4(sub), ptr(out), t4(out), geo,
+             None, None, None, None, 0, 0, 0.01, 0, 1, 1)
+
+
 @pytest.mark.parametrize("dt", TC_DTYPES)
-def test_tensor_core_input_gradient_as_flipped_forward(emu, dt, engine):
-    """The host's stride-1 input gradient on tensor cores (csrc/cuda/conv2d.cpp): a forward of grad_out
-    with the filter turned 180 degrees, K and C swapped per group, and leading padding dil*(R-1) - pad,
-    negative when the padding exceeds the kernel's reach."""
+def test_tensor_core_input_gradient_by_stride_phases(emu, dt, engine):
+    """The host's input gradient on tensor cores: stride 1 as one flipped forward (leading padding
+    dil*(R-1) - pad, negative when the padding exceeds the kernel's reach); larger strides as one
+    forward per stride phase into a strided view of grad_input, channels_last (vector stores at
+    decoded pixel offsets) and NCHW; a 1x1 stride-2 filter leaves phases without taps (zeros)."""
     v = 4 if dt == torch.float32 else 8
-    for (n, cg, kg, groups, h, w, r, s, pad, dil) in [(2, 16, v, 1, 7, 6, 3, 3, (1, 1), (1, 1)),
-                                                      (1, 8, 2 * v, 2, 6, 9, 3, 2, (2, 0), (2, 1)),
-                                                      (2, 16, v, 1, 5, 5, 1, 1, (1, 1), (1, 1))]:  # pad 1 > reach 0
+    cases = [  # n, cg, kg, groups, h, w, r, s, stride, pad, dil, dx channels_last
+        (2, 16, v, 1, 7, 6, 3, 3, (1, 1), (1, 1), (1, 1), True),
+        (1, 8, 2 * v, 2, 6, 9, 3, 2, (1, 1), (2, 0), (2, 1), False),
+        (2, 16, v, 1, 5, 5, 1, 1, (1, 1), (1, 1), (1, 1), True),  # pad 1 > reach 0
+        (2, 16, v, 1, 9, 8, 3, 3, (2, 2), (1, 1), (1, 1), True),
+        (1, 8, v, 1, 11, 10, 7, 7, (2, 2), (3, 3), (1, 1), False),
+        (2, 16, 2 * v, 1, 7, 8, 1, 1, (2, 2), (0, 0), (1, 1), True),  # phases without taps
+        (1, 8, v, 2, 10, 9, 3, 2, (3, 2), (2, 1), (1, 1), True),
+        (1, 16, v, 1, 13, 12, 5, 4, (4, 3), (2, 1), (1, 1), False),
+    ]
+    for (n, cg, kg, groups, h, w, r, s, stride, pad, dil, cl) in cases:
         x, wt = rand((n, cg * groups, h, w), dt, True), rand((kg * groups, cg, r, s), dt, lo=-0.5, hi=0.5)
         xr = leaf(x.t)
-        out = F.conv2d(xr, wt.t.double(), None, 1, pad, dil, groups)
+        out = F.conv2d(xr, wt.t.double(), None, stride, pad, dil, groups)
         dy = rand(tuple(out.shape), dt, True)
         out.backward(dy.t.double())
-        flipped = (wt.t.reshape(groups, kg, cg, r, s).transpose(1, 2).flip(3, 4).reshape(cg * groups, kg, r, s)
-                   .contiguous(memory_format=torch.channels_last))
-        dx = Buf((n, cg * groups, h, w), dt, True)
-        geo = ints(groups, 1, 1, dil[0] * (r - 1) - pad[0], dil[1] * (s - 1) - pad[1], *dil)
-        assert emu.emu_conv_path(DT[dt], t4(dy.t), t4(flipped), t4(dx.t), geo, 1) == TENSOR_CORE
-        call(emu, "emu_conv_fwd", DT[dt], ptr(dy.t), t4(dy.t), ptr(flipped), t4(flipped), ptr(dx.t), t4(dx.t), geo,
-             None, None, None, None, 0, 0, 0.01, 0, 1, 1)
+        dx = Buf((n, cg * groups, h, w), dt, cl)
+        input_gradient_by_phases(emu, dt, dy.t, wt.t, dx, stride, (pad[0], pad[0], pad[1], pad[1]), dil, groups)
         written(dx, "tensor-core grad_input")
         err = scaled_err(dx.t, xr.grad)
-        assert err < TC_TOL[dt], f"tensor-core grad_input {dt} pad {pad} dil {dil}: {err:.3g}"
+        assert err < TC_TOL[dt], f"tensor-core grad_input {dt} stride {stride} pad {pad} dil {dil}: {err:.3g}"
 
 
 # ---------------------------------------------------------------- pooling

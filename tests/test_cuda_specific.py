@@ -275,6 +275,29 @@ def test_tensor_core_engines(dtype, engine, monkeypatch):
         assert rel_err(fused, torch.relu(ref + r.double())) < 3e-3, k
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("cl", [False, True])
+def test_input_gradient_by_stride_phases(dtype, cl):
+    """grad_input of strided convolutions on tensor cores: one forward per stride phase into a strided
+    view (channels_last: vector stores at decoded pixel offsets); a 1x1 stride-2 filter leaves phases
+    that receive zeros; exact float32 and TF32."""
+    ops = torch.ops.fastconv
+    for (c, k, h, w, r, s, st, pad, groups) in [(32, 16, 17, 14, 3, 3, (2, 2), (1, 1), 1),
+                                                 (16, 24, 15, 15, 1, 1, (2, 2), (0, 0), 1),
+                                                 (16, 64, 23, 21, 7, 7, (2, 2), (3, 3), 1),
+                                                 (32, 32, 13, 16, 3, 2, (3, 2), (2, 1), 2)]:
+        for tf32 in ((False, True) if dtype == torch.float32 else (True,)):
+            torch.backends.cudnn.allow_tf32 = tf32
+            wt = rnd(k, c // groups, r, s, dtype=dtype, cl=cl, seed=1) * 0.2
+            xr = rnd(3, c, h, w, dtype=torch.float64, seed=2).requires_grad_()
+            out = F.conv2d(xr, wt.double(), None, st, pad, 1, groups)
+            gy = rnd(*out.shape, dtype=dtype, cl=cl, seed=3)
+            out.backward(gy.double())
+            gx = ops.conv2d_bwd_input(gy, wt, [3, c, h, w], list(st), [pad[0], pad[0], pad[1], pad[1]], [1, 1],
+                                      groups)
+            assert rel_err(gx, xr.grad) < (1e-5 if dtype == torch.float32 and not tf32 else 3e-3), (r, st, tf32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_one_by_one_spatial_channels_last(dtype):
     """N x C x 1 x 1 tensors (classifier convs, squeeze-excitation) are dense channels_last whatever

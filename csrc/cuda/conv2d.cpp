@@ -157,19 +157,48 @@ at::Tensor conv2d_bwd_input_cuda(const at::Tensor& grad_out, const at::Tensor& w
   if (dx.numel() == 0) return dx;
   const DType dt = dtype_of(grad_out);
   const int64_t Kg = a.K / a.groups, mult = tc_multiple(grad_out);
-  if (a.sh == 1 && a.sw == 1 && mult && Kg % mult == 0 && Kg > 1 && a.Cg >= 16 && a.groups <= 65535) {
-    // Stride 1: grad_input is a forward convolution of grad_out with the filter turned 180 degrees
-    // and K <-> C swapped per group, leading padding dil*(R-1) - pad; run it on tensor cores.
+  const bool phases_ok = (a.sh == 1 && a.sw == 1) || (a.dh == 1 && a.dw == 1);
+  if (phases_ok && mult && Kg % mult == 0 && Kg > 1 && a.Cg >= 16 && a.groups <= 65535) {
+    // grad_input as forward convolutions of grad_out on tensor cores, one per stride phase (a, b):
+    // the input pixels h = h0 + i*sh with (h + pad) % sh == a receive only the taps r = a + j*sh,
+    // from grad_out rows c0 + i - j. That is a stride-1 convolution of grad_out with those taps turned
+    // 180 degrees (K <-> C swapped per group) and leading padding dil*(Ra-1) - c0 (negative when the
+    // padding exceeds the taps' reach), written through a strided view of grad_input. Stride 1 is
+    // the single phase with every tap (any dilation); strides > 1 need dilation 1. Phases with no
+    // tap (stride > kernel) receive zeros.
     const at::Tensor g = dense(grad_out, kCL);
-    const at::Tensor wt = weight.reshape({a.groups, Kg, a.Cg, a.R, a.S}).transpose(1, 2).flip({3, 4})
-                              .reshape({a.C, Kg, a.R, a.S}).contiguous(kCL);
-    Conv2dParams p;
-    p.x = tensor4(g); p.w = tensor4(wt); p.y = tensor4(dx);
-    p.groups = a.groups;
-    p.pad_h0 = a.dh * (a.R - 1) - a.pt; p.pad_w0 = a.dw * (a.S - 1) - a.pl;
-    p.dil_h = a.dh; p.dil_w = a.dw;
-    conv2d_fwd_tc(p, dt, g.data_ptr(), wt.data_ptr(), dx.data_ptr(), EpilogueArgs(), tf32_allowed(), sm_count(),
-                  stream());
+    const at::Tensor wg = weight.reshape({a.groups, Kg, a.Cg, a.R, a.S}).transpose(1, 2);
+    struct Phase { int64_t first, count, taps, c0; };
+    auto phase = [](int64_t ph, int64_t stride, int64_t pad, int64_t size, int64_t taps) {
+      Phase f;
+      f.first = ((ph - pad) % stride + stride) % stride;
+      f.count = f.first < size ? (size - f.first + stride - 1) / stride : 0;
+      f.taps = ph < taps ? (taps - ph + stride - 1) / stride : 0;
+      f.c0 = (f.first + pad - ph) / stride;
+      return f;
+    };
+    bool zeros = false;
+    for (int64_t ph = 0; ph < a.sh; ++ph)
+      for (int64_t pw = 0; pw < a.sw; ++pw) {
+        const Phase fh = phase(ph, a.sh, a.pt, a.H, a.R), fw = phase(pw, a.sw, a.pl, a.W, a.S);
+        zeros = zeros || (fh.count && fw.count && !(fh.taps && fw.taps));
+      }
+    if (zeros) dx.zero_();
+    for (int64_t ph = 0; ph < a.sh; ++ph)
+      for (int64_t pw = 0; pw < a.sw; ++pw) {
+        const Phase fh = phase(ph, a.sh, a.pt, a.H, a.R), fw = phase(pw, a.sw, a.pl, a.W, a.S);
+        if (!fh.count || !fw.count || !fh.taps || !fw.taps) continue;
+        const at::Tensor wt = wg.slice(3, ph, a.R, a.sh).slice(4, pw, a.S, a.sw).flip({3, 4})
+                                  .reshape({a.C, Kg, fh.taps, fw.taps}).contiguous(kCL);
+        const at::Tensor out = dx.slice(2, fh.first, a.H, a.sh).slice(3, fw.first, a.W, a.sw);
+        Conv2dParams p;
+        p.x = tensor4(g); p.w = tensor4(wt); p.y = tensor4(out);
+        p.groups = a.groups;
+        p.pad_h0 = a.dh * (fh.taps - 1) - fh.c0; p.pad_w0 = a.dw * (fw.taps - 1) - fw.c0;
+        p.dil_h = a.dh; p.dil_w = a.dw;
+        conv2d_fwd_tc(p, dt, g.data_ptr(), wt.data_ptr(), out.data_ptr(), EpilogueArgs(), tf32_allowed(), sm_count(),
+                      stream());
+      }
   } else {
     const at::Tensor g = as_layout(grad_out, fmt);
     conv2d_bwd_input_simt(params(a, dx, weight, g), dt, g.data_ptr(), weight.data_ptr(), dx.data_ptr(), sm_count(),

@@ -48,7 +48,8 @@ template <typename T> struct TcArgs {
   int64_t M;        // N * P * Q
   int H, W, C, Cg, Kg, S, PQ, Q, Kdim;
   int sh, sw, ph, pw, dh, dw;
-  bool y_vec;  // y (and residual) NHWC-contiguous, Kg % vector == 0, aligned: vector epilogue
+  bool y_vec;    // y (and residual) channel-contiguous, Kg and pixel strides % vector == 0, aligned: vector epilogue
+  bool y_dense;  // ... and NHWC-dense: output row m at m * K
   Epi<T> ep;
 };
 
@@ -60,7 +61,8 @@ __device__ __forceinline__ void tc_store(const TcArgs<T>& a, const float* sC, in
   constexpr int V = kVec16<T>;
   const int64_t kbase = static_cast<int64_t>(g) * a.Kg;
   if (a.y_vec) {
-    // Output NHWC-contiguous: element (m, g*Kg + n) at m*K + g*Kg + n; V channels per access.
+    // Channels contiguous: element (m, g*Kg + n) at pixel(m) + g*Kg + n, pixel(m) = m*K when NHWC-dense
+    // (else decoded: a strided view, such as one stride phase of an input gradient); V channels per access.
     constexpr int CPRow = BN / V;
     const int64_t K = a.yt.c;
     for (int id = tid; id < BM * CPRow; id += THREADS) {
@@ -68,7 +70,13 @@ __device__ __forceinline__ void tc_store(const TcArgs<T>& a, const float* sC, in
       const int64_t m = m0 + row;
       const int n = n0 + cn;
       if (m >= a.M || n >= a.Kg) continue;
-      const int64_t off = m * K + kbase + n;
+      int64_t pix = m * K;
+      if (!a.y_dense) {
+        const int64_t img = m / a.PQ;
+        const int pq = static_cast<int>(m - img * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+        pix = img * a.yt.sn + p * a.yt.sh + q * a.yt.sw;
+      }
+      const int64_t off = pix + kbase + n;
       float v[V];
 #pragma unroll
       for (int l = 0; l < V; ++l) v[l] = sC[row * LDC + cn + l];
@@ -551,7 +559,9 @@ void conv_tc(const Conv2dParams& p, const void* x, const void* w, void* y, const
   constexpr int V = kVec16<T>;
   const bool nhwc = nhwc_dense(p.y);
   auto al = [](const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15) == 0; };
-  a.y_vec = nhwc && a.Kg % V == 0 && al(y) && (!ep.residual || al(ep.residual));
+  a.y_dense = nhwc;
+  a.y_vec = (nhwc || (p.y.sc == 1 && p.y.sn % V == 0 && p.y.sh % V == 0 && p.y.sw % V == 0)) && a.Kg % V == 0 &&
+            al(y) && (!ep.residual || al(ep.residual));
   if (a.M == 0) return;
   const int G = static_cast<int>(p.groups);
   // float32 without TF32: split TF32, which only the wgmma engine has (conv2d_fwd_path routes exact
