@@ -10,6 +10,8 @@ Environment:
   FASTCONV_BENCH_DTYPES  comma list of fp16,bf16,fp32,tf32 (default fp16,bf16,fp32)
   FASTCONV_BENCH_BATCH   batch size (default 128; --device cpu 2)
   FASTCONV_BENCH_OUT     folder for bench.json (default $OUT or .)
+  FASTCONV_BENCH_BUDGET  seconds: past it, the remaining cases and layers are skipped (and said so),
+                         so that an outer timeout never costs the table (default: none)
 Timing: CUDA events around `inner` back-to-back calls after warm-up, median of the samples.
 --device cpu runs the CPU kernels with time.perf_counter, few layers and cases, no TF32 / cuDNN /
 allocator poisoning: its numbers mean nothing, it is there so that a Python error does not cost GPU time.
@@ -31,6 +33,8 @@ import fastconv  # noqa: E402
 from fastconv import _args as A  # noqa: E402
 
 ops = None  # torch.ops.fastconv, bound in main()
+SKIPPED = []  # what the budget cut, named in the table
+DEADLINE = math.inf  # time.time() past which the remaining work is skipped (FASTCONV_BENCH_BUDGET)
 WGMMA = False  # the build has the wgmma tensor-core forward (sm_90a) and the GPU runs it; set in main()
 DEV = "cuda"  # --device, bound in main()
 PEAK_TFLOPS = 778.0  # dense bf16/fp16 matmul measured on the H100 of BASELINES.md
@@ -68,6 +72,15 @@ def set_tf32(on):
 def cudnn_benchmark():
     if DEV == "cuda":
         torch.backends.cudnn.benchmark = True
+
+
+def out_of_time(what):
+    """True (and says what is skipped) once FASTCONV_BENCH_BUDGET has run out."""
+    if time.time() < DEADLINE:
+        return False
+    print(f"  budget spent: skipping {what}", flush=True)
+    SKIPPED.append(what)
+    return True
 
 
 def sync():
@@ -214,6 +227,8 @@ def verify(chk, quick=False):
     if DEV != "cuda":
         print("  verify: TF32 cases skipped (CUDA only)", flush=True)
     for ci, (N, C, H, W, K, R, S, st, pads, dil, g) in enumerate(cases):
+        if out_of_time(f"verify cases {ci}..{len(cases) - 1}"):
+            break
         for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
             for tf32 in (tf32s if dtype == torch.float32 else (False,)):
                 for cl in (False, True):
@@ -340,6 +355,8 @@ def conv_flops(N, C, H, K, R, stride, pad):
 def bench_fwd(layers, dtypes, batch, results, chk):
     cudnn_benchmark()
     for name in layers:
+        if out_of_time(f"fwd from {name}"):
+            break
         C, H, K, R, st, pad = LAYERS[name]
         fl = conv_flops(batch, C, H, K, R, st, pad)
         for dname in dtypes:
@@ -399,6 +416,8 @@ def bench_bwd(layers, batch, results, chk):
     cudnn_benchmark()
     set_tf32(False)
     for name in layers:
+        if out_of_time(f"bwd from {name}"):
+            break
         C, H, K, R, st, pad = LAYERS[name]
         fl = 2 * conv_flops(batch, C, H, K, R, st, pad)  # grad_input + grad_weight
         dtype = torch.float16
@@ -556,6 +575,8 @@ def smoke():
 def table(results, chk):
     lines = []
     fails = [r for r in chk.rows if not r[3]]
+    if SKIPPED:
+        lines.append("NOT RUN (FASTCONV_BENCH_BUDGET spent): " + "; ".join(SKIPPED))
     lines.append(f"verification: {len(chk.rows) - len(fails)}/{len(chk.rows)} checks passed"
                  + (f"; FAILED: {', '.join(r[0] for r in fails[:12])}" + (" ..." if len(fails) > 12 else "") if fails else ""))
     conv = [r for r in results if r["part"] in ("fwd", "bwd")]
@@ -576,7 +597,7 @@ def table(results, chk):
 
 
 def main():
-    global ops, DEV, WGMMA
+    global ops, DEV, WGMMA, DEADLINE
     ap = argparse.ArgumentParser()
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer verification cases")
@@ -616,8 +637,12 @@ def main():
     chk = Checker()
     results = []
     t0 = time.time()
+    if os.environ.get("FASTCONV_BENCH_BUDGET"):
+        DEADLINE = t0 + float(os.environ["FASTCONV_BENCH_BUDGET"])
     for part in parts:
         t = time.time()
+        if part in ("fused", "mem") and out_of_time(part):
+            continue
         try:
             if part == "verify":
                 verify(chk, args.quick or cpu)

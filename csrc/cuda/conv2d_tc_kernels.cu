@@ -511,7 +511,10 @@ bool conv2d_wgmma_ok() {
 namespace {
 
 // 128 x BN tiles, one block per SM (about 192 KB of shared memory each): the N width whose waves of
-// blocks cost least, a wider tile counted cheaper per column (more reuse of every loaded operand).
+// blocks cost least, a wider tile counted cheaper per column: operand bytes per FLOP fall from 1/43
+// (BN 64) to 1/64 (128) and 1/85 (256), and operand reads from L2 are the likely limit, so a column
+// costs 1/0.6, 1/0.85 and 1 (padding columns count in full: AlexNet conv2's 192 channels run as one
+// 256-wide tile, not three 64-wide ones). To be fitted on the GPU.
 // Split TF32 doubles a stage (A and B twice): 256-wide tiles would leave two stages, so at most 128.
 template <typename T, bool SPLIT>
 void conv_wgmma(const TcArgs<T>& a, int groups, int sm_count, cudaStream_t stream) {
@@ -520,8 +523,8 @@ void conv_wgmma(const TcArgs<T>& a, int groups, int sm_count, cudaStream_t strea
     const int64_t blocks = mt * ((a.Kg + bn - 1) / bn) * groups;
     return static_cast<double>((blocks + sm_count - 1) / sm_count) * bn / eff;
   };
-  const double c256 = a.Kg > 128 && !SPLIT ? cost(256, 1.0) : 1e300, c128 = a.Kg > 64 ? cost(128, 0.9) : 1e300;
-  const double c64 = cost(64, 0.75);
+  const double c256 = a.Kg > 128 && !SPLIT ? cost(256, 1.0) : 1e300, c128 = a.Kg > 64 ? cost(128, 0.85) : 1e300;
+  const double c64 = cost(64, 0.6);
   if constexpr (SPLIT) {
     if (c128 <= c64)
       launch_wgmma<T, 128, 3, true>(a, groups, stream);
