@@ -28,6 +28,7 @@ SIGNATURES = {
     "emu_take_error": (ctypes.c_char_p, ""),
     "emu_launches": (ctypes.c_long, ""),
     "emu_set_arch": (None, "i"),
+    "emu_fastdiv_check": (ctypes.c_long, "ll"),
     "emu_conv_path": (ctypes.c_int, "iaaaai"),
     "emu_conv_fwd": (None, "ipapapaappppiidiii"),
     "emu_conv_bwd_input": (None, "ipapapaa"),

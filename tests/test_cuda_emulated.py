@@ -399,8 +399,23 @@ def pool_input(rng, shape, dt, cl, shift):
     return x
 
 
+def test_fast_division(emu):
+    """The multiply-shift division the pooling kernels split indices with: exact for every dividend
+    below 2^31 (random ones and the edges of every multiple near them) and divisors 1 .. 2^31."""
+    rng = random.Random(5)
+    divisors = [1, 2, 3, 5, 7, 8, 24, 56, 112, 255, 3136, 65535, 65536, 2**31 - 1, 2**31]
+    divisors += [rng.randint(1, 2**31) for _ in range(40)] + [rng.randint(1, 4096) for _ in range(40)]
+    for d in divisors:
+        assert emu.emu_fastdiv_check(d, 2000) == 0, d
+
+
 @pytest.mark.parametrize("seed", SEEDS)
-def test_pool_kernels_emulated(emu, seed):
+@pytest.mark.parametrize("index", ["32", "64"])
+def test_pool_kernels_emulated(emu, seed, index, monkeypatch):
+    """Every pooling kernel, with the flat index split by 32-bit multiply-shift division (what any tensor
+    under 2^31 elements takes) and by 64-bit division (forced: FASTCONV_POOL_INDEX64)."""
+    if index == "64":
+        monkeypatch.setenv("FASTCONV_POOL_INDEX64", "1")
     rng = random.Random(100 + seed)
     torch.manual_seed(seed)
     done = 0
@@ -432,6 +447,10 @@ def test_pool_kernels_emulated(emu, seed):
         assert idx.guards_intact(), f"max fwd indices {info}"
         assert_close(y.t, ry, dt, f"max fwd {info}")
         assert torch.equal(idx.t, ri), f"max fwd indices {info}"
+        yv = Buf(yshape, dt, cl, shift=shift)  # the values alone (inference): no indices tracked or written
+        call(emu, "emu_max_pool_fwd", DT[dt], ptr(x.t), t4(x.t), ptr(yv.t), t4(yv.t), ctypes.c_void_p(0), k)
+        written(yv, f"max fwd values {info}")
+        assert torch.equal(yv.t.nan_to_num(7.0), y.t.nan_to_num(7.0)), f"max fwd values {info}"
         gy = rand(yshape, dt, cl, shift)
         xr = leaf(x.t)
         F.max_pool2d(xr, (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil).backward(gy.t.double())

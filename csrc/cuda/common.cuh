@@ -105,6 +105,20 @@ template <typename T> struct Epi {
   }
 };
 
+// n / d and n % d for n < 2^31 by a multiply and a shift (round-up reciprocal: m = 2^32 (2^s - d) / d
+// + 1, s = ceil(log2 d); q = (umulhi(n, m) + n) >> s, exact for every n < 2^31 and 1 <= d <= 2^31).
+struct FastDiv {
+  uint32_t d = 1, m = 1, s = 0;
+  static FastDiv make(int64_t d) {
+    FastDiv f;
+    f.d = static_cast<uint32_t>(d);
+    while ((uint64_t{1} << f.s) < static_cast<uint64_t>(d)) ++f.s;
+    f.m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << f.s) - d)) / d + 1);
+    return f;
+  }
+  __device__ __forceinline__ uint32_t div(uint32_t n) const { return (__umulhi(n, m) + n) >> s; }
+};
+
 inline int blocks_for(int64_t work, int threads, int max_blocks) {
   int64_t b = (work + threads - 1) / threads;
   if (b > max_blocks) b = max_blocks;

@@ -264,10 +264,11 @@ conv_tc_kernel(const TcArgs<T> a) {
 // the R*S taps of a block re-read the same pixels) into a STAGES-deep ring; a stage is refilled two
 // iterations after its wgmma batch was issued, after every warpgroup's wgmma.wait_group 1 has retired
 // that batch. Compiled only for sm_90a (FASTCONV_SM90A); the host picks it on compute capability 9.0.
-// SPLIT (float only): exact float32 as split TF32. Once its copies of a stage have landed, each thread
-// rewrites its own chunks as hi = tf32(x) in place and lo = x - hi in a second half of the stage;
-// every k-step then issues lo*hi, hi*lo and hi*hi (the lo*lo term, ~2^-22 of the product, and the
-// TF32 truncation of lo are the only errors: float32-level accuracy at a third of the TF32 rate).
+// float: once its copies of a stage have landed, each thread rounds its own chunks to TF32 in place
+// (wgmma would truncate them). SPLIT (exact float32 as split TF32): also lo = tf32(x - hi) in a second
+// half of the stage; every k-step then issues lo*hi, hi*lo and hi*hi (the lo*lo term, ~2^-22 of the
+// product, and the rounding of lo, ~2^-23, are the only errors: float32-level accuracy at a third of
+// the TF32 rate).
 template <typename T, int BN, int STAGES, bool SPLIT>
 struct WgmmaCfg {
   static constexpr int kBM = 128, kThreads = 256;
@@ -310,18 +311,20 @@ __device__ __forceinline__ uint64_t sw128_desc(uint32_t saddr) {
          (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
 }
 
-// hi = tf32(x) and lo = x - hi for the 4 floats of the 16-byte chunk at p; lo goes to p + lo_offset.
-template <typename T> __device__ __forceinline__ void split_tf32(unsigned char* p, int lo_offset) {
+// The 4 floats of the 16-byte chunk at p rounded to TF32 in place (wgmma itself truncates the low 13
+// bits; rounded first, TF32 results match the WMMA engine's round-to-nearest); SPLIT: also
+// lo = tf32(x - hi) at p + lo_offset (0 where hi is infinite, so that inf * w stays inf, not NaN).
+template <typename T, bool SPLIT> __device__ __forceinline__ void round_tf32(unsigned char* p, int lo_offset) {
   if constexpr (sizeof(T) == 4) {
     Vec<float, 4> v = load_vec<float, 4>(reinterpret_cast<const float*>(p)), lo;
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
       const float hi = wmma::__float_to_tf32(v.v[l]);
-      lo.v[l] = v.v[l] - hi;
+      lo.v[l] = isinf(hi) ? 0.0f : wmma::__float_to_tf32(v.v[l] - hi);
       v.v[l] = hi;
     }
     store_vec<float, 4>(reinterpret_cast<float*>(p), v);
-    store_vec<float, 4>(reinterpret_cast<float*>(p + lo_offset), lo);
+    if constexpr (SPLIT) store_vec<float, 4>(reinterpret_cast<float*>(p + lo_offset), lo);
   }
 }
 
@@ -402,12 +405,12 @@ __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
   }
   for (int kt = 0; kt < KT; ++kt) {
     cp_async_wait<PREF - 1>();  // stage kt has landed (this thread's copies) ...
-    if constexpr (SPLIT) {
+    if constexpr (sizeof(T) == 4) {  // TF32: round this thread's chunks (and split them, exact float32)
       unsigned char* st = tiles + (kt % STAGES) * Cfg::kStageBytes + dst;
 #pragma unroll
-      for (int i = 0; i < Cfg::kAIt; ++i) split_tf32<T>(st + i * 32 * 128, Cfg::kLoOffset);
+      for (int i = 0; i < Cfg::kAIt; ++i) round_tf32<T, SPLIT>(st + i * 32 * 128, Cfg::kLoOffset);
 #pragma unroll
-      for (int i = 0; i < Cfg::kBIt; ++i) split_tf32<T>(st + BM * 128 + i * 32 * 128, Cfg::kLoOffset);
+      for (int i = 0; i < Cfg::kBIt; ++i) round_tf32<T, SPLIT>(st + BM * 128 + i * 32 * 128, Cfg::kLoOffset);
     }
     fence_proxy_async();        // ... is visible to the tensor cores' (async) proxy ...
     __syncthreads();            // ... for every thread; and every batch up to kt-2 has retired

@@ -73,26 +73,32 @@ std::vector<int64_t> check_input_size(at::IntArrayRef input_size, const at::Tens
   return input_size.vec();
 }
 
-std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd_cuda(const at::Tensor& input, at::IntArrayRef k, at::IntArrayRef s,
-                                                       at::IntArrayRef p, at::IntArrayRef d, bool ceil_mode) {
+// Values and int64 argmax indices; with_idx false: the values alone (max_pool2d_values, inference),
+// the indices neither tracked nor written (an undefined tensor is returned in their place).
+std::tuple<at::Tensor, at::Tensor> max_pool2d_run(const at::Tensor& input, at::IntArrayRef k, at::IntArrayRef s,
+                                                  at::IntArrayRef p, at::IntArrayRef d, bool ceil_mode, bool with_idx) {
   check_pool_args(input, k, s, p, d);
   c10::cuda::CUDAGuard guard(input.device());
   const auto fmt = memory_format_of(input);
   const at::Tensor x = dense(input, fmt);
   const auto shape = pooled_shape(x, k, s, p, d, ceil_mode);
   at::Tensor y = empty4(shape, x.options(), fmt);
-  at::Tensor idx = empty4(shape, x.options().dtype(at::kLong), fmt);
+  at::Tensor idx = with_idx ? empty4(shape, x.options().dtype(at::kLong), fmt) : at::Tensor();
   if (y.numel() == 0) return {y, idx};
-  max_pool2d_fwd(pool_params(x, y, k, s, p, d), dtype_of(x), x.data_ptr(), y.data_ptr(), idx.data_ptr<int64_t>(),
-                 stream());
+  max_pool2d_fwd(pool_params(x, y, k, s, p, d), dtype_of(x), x.data_ptr(), y.data_ptr(),
+                 with_idx ? idx.data_ptr<int64_t>() : nullptr, stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {y, idx};
 }
 
-// The values of max_pool2d_fwd (the CUDA kernel writes indices as it goes; they are dropped).
+std::tuple<at::Tensor, at::Tensor> max_pool2d_fwd_cuda(const at::Tensor& input, at::IntArrayRef k, at::IntArrayRef s,
+                                                       at::IntArrayRef p, at::IntArrayRef d, bool ceil_mode) {
+  return max_pool2d_run(input, k, s, p, d, ceil_mode, true);
+}
+
 at::Tensor max_pool2d_values_cuda(const at::Tensor& input, at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p,
                                   at::IntArrayRef d, bool ceil_mode) {
-  return std::get<0>(max_pool2d_fwd_cuda(input, k, s, p, d, ceil_mode));
+  return std::get<0>(max_pool2d_run(input, k, s, p, d, ceil_mode, false));
 }
 
 at::Tensor max_pool2d_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& indices, at::IntArrayRef input_size) {

@@ -1,8 +1,12 @@
 // Max / average / adaptive-average pooling, forward and backward. One thread per output element
-// (per V consecutive channels in channels_last: one 16-byte load per window tap), 64-bit indices,
-// grid-stride loops. Backward of avg/adaptive gathers (deterministic, no zeroing); backward of max
+// (per V consecutive channels in channels_last: one 16-byte load per window tap), grid-stride loops.
+// The flat index of a thread's element is split into (n, c, h, w) with 32-bit multiply-shift
+// division by the (host-prepared) sizes when the tensor has fewer than 2^31 elements, with 64-bit
+// division otherwise (a called subroutine of ~70 instructions per divide on the GPU);
+// FASTCONV_POOL_INDEX64=1 forces the 64-bit path (tests). Backward of avg/adaptive gathers (deterministic, no zeroing); backward of max
 // scatters by the saved indices with atomics (fp32 buffer for 16-bit types).
 #include <cmath>
+#include <cstdlib>
 
 #include "common.cuh"
 
@@ -14,10 +18,39 @@ constexpr int kThreads = 256;
 
 struct Pos { int64_t n, c, h, w; };
 
+// The sizes a flat index is split by, in memory order (channels_last: C/V, W, H; else W, H, C), and
+// whether every index fits the 32-bit path.
+struct Decomp {
+  FastDiv d0, d1, d2;
+  bool small;
+  static Decomp make(bool cl, const Tensor4& t, int V) {
+    Decomp dc;
+    const int64_t a = cl ? t.c / V : t.w, b = cl ? t.w : t.h, c = cl ? t.h : t.c;
+    const char* e = std::getenv("FASTCONV_POOL_INDEX64");
+    dc.small = t.n * t.c * t.h * t.w < (int64_t{1} << 31) && !(e && e[0] == '1');
+    if (dc.small) dc.d0 = FastDiv::make(a), dc.d1 = FastDiv::make(b), dc.d2 = FastDiv::make(c);
+    return dc;
+  }
+};
+
 // Element i of a tensor of sizes (N, C, H, W) walked in memory order: channel fastest when
 // channels_last (C counted in groups of V), else w fastest.
-__device__ __forceinline__ Pos decompose(int64_t i, bool cl, int64_t C, int64_t H, int64_t W, int V) {
+__device__ __forceinline__ Pos decompose(int64_t i, bool cl, int64_t C, int64_t H, int64_t W, int V,
+                                         const Decomp& dc) {
   Pos o;
+  if (dc.small) {
+    uint32_t u = static_cast<uint32_t>(i);
+    const uint32_t q0 = dc.d0.div(u), r0 = u - q0 * dc.d0.d;
+    const uint32_t q1 = dc.d1.div(q0), r1 = q0 - q1 * dc.d1.d;
+    const uint32_t q2 = dc.d2.div(q1), r2 = q1 - q2 * dc.d2.d;
+    if (cl) {
+      o.c = static_cast<int64_t>(r0) * V; o.w = r1; o.h = r2;
+    } else {
+      o.w = r0; o.h = r1; o.c = r2;
+    }
+    o.n = q2;
+    return o;
+  }
   if (cl) {
     const int64_t cv = C / V;
     o.c = (i % cv) * V; i /= cv;
@@ -60,12 +93,14 @@ template <typename T, int V> __device__ __forceinline__ void store_v(T* p, const
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n);          \
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-template <typename T, int V>
-__global__ void __launch_bounds__(kThreads) max_pool_fwd_kernel(Pool2dParams p, bool cl, const T* x, T* y,
+// IDX: also the argmax of each window (flat within its H*W plane); without, the values alone (inference:
+// no int64 indices to track or write, 8 bytes per output element fewer).
+template <typename T, int V, bool IDX>
+__global__ void __launch_bounds__(kThreads) max_pool_fwd_kernel(Pool2dParams p, bool cl, Decomp dc, const T* x, T* y,
                                                                  int64_t* idx) {
   const int64_t total = p.y.n * p.y.c * p.y.h * p.y.w / V;
   GRID_STRIDE(i, total) {
-    const Pos o = decompose(i, cl, p.y.c, p.y.h, p.y.w, V);
+    const Pos o = decompose(i, cl, p.y.c, p.y.h, p.y.w, V, dc);
     int64_t hs = o.h * p.stride_h - p.pad_h, ws = o.w * p.stride_w - p.pad_w;
     const int64_t he = min(hs + (p.kh - 1) * p.dil_h + 1, p.x.h);
     const int64_t we = min(ws + (p.kw - 1) * p.dil_w + 1, p.x.w);
@@ -82,14 +117,19 @@ __global__ void __launch_bounds__(kThreads) max_pool_fwd_kernel(Pool2dParams p, 
         load_v<T, V>(xb + h * p.x.sh + w * p.x.sw, v);
 #pragma unroll
         for (int l = 0; l < V; ++l) {
-          if (v[l] > best[l] || isnan(v[l])) { best[l] = v[l]; bi[l] = h * p.x.w + w; }  // NaN wins, as torch
+          if (v[l] > best[l] || isnan(v[l])) {  // NaN wins, as torch
+            best[l] = v[l];
+            if constexpr (IDX) bi[l] = h * p.x.w + w;
+          }
         }
       }
     }
     const int64_t yo = off(p.y, o);
     store_v<T, V>(y + yo, best);
+    if constexpr (IDX) {
 #pragma unroll
-    for (int l = 0; l < V; ++l) idx[yo + l * p.y.sc] = bi[l];
+      for (int l = 0; l < V; ++l) idx[yo + l * p.y.sc] = bi[l];
+    }
   }
 }
 
@@ -108,10 +148,10 @@ __device__ __forceinline__ AvgWin avg_window(const Pool2dParams& p, int64_t oh, 
 }
 
 template <typename T, int V>
-__global__ void __launch_bounds__(kThreads) avg_pool_fwd_kernel(Pool2dParams p, bool cl, const T* x, T* y) {
+__global__ void __launch_bounds__(kThreads) avg_pool_fwd_kernel(Pool2dParams p, bool cl, Decomp dc, const T* x, T* y) {
   const int64_t total = p.y.n * p.y.c * p.y.h * p.y.w / V;
   GRID_STRIDE(i, total) {
-    const Pos o = decompose(i, cl, p.y.c, p.y.h, p.y.w, V);
+    const Pos o = decompose(i, cl, p.y.c, p.y.h, p.y.w, V, dc);
     const AvgWin a = avg_window(p, o.h, o.w);
     Acc<T> sum[V] = {};
     const T* xb = x + o.n * p.x.sn + o.c * p.x.sc;
@@ -131,10 +171,10 @@ __global__ void __launch_bounds__(kThreads) avg_pool_fwd_kernel(Pool2dParams p, 
 
 // Gather: input (h, w) receives grad/div from every output window that covers it.
 template <typename T, int V>
-__global__ void __launch_bounds__(kThreads) avg_pool_bwd_kernel(Pool2dParams p, bool cl, const T* gy, T* gx) {
+__global__ void __launch_bounds__(kThreads) avg_pool_bwd_kernel(Pool2dParams p, bool cl, Decomp dc, const T* gy, T* gx) {
   const int64_t total = p.x.n * p.x.c * p.x.h * p.x.w / V;
   GRID_STRIDE(i, total) {
-    const Pos o = decompose(i, cl, p.x.c, p.x.h, p.x.w, V);
+    const Pos o = decompose(i, cl, p.x.c, p.x.h, p.x.w, V, dc);
     const int64_t hp = o.h + p.pad_h, wp = o.w + p.pad_w;
     const int64_t ph0 = hp < p.kh ? 0 : (hp - p.kh) / p.stride_h + 1, ph1 = min(hp / p.stride_h + 1, p.y.h);
     const int64_t pw0 = wp < p.kw ? 0 : (wp - p.kw) / p.stride_w + 1, pw1 = min(wp / p.stride_w + 1, p.y.w);
@@ -156,10 +196,11 @@ __device__ __forceinline__ int64_t ad_start(int64_t o, int64_t in, int64_t out) 
 __device__ __forceinline__ int64_t ad_end(int64_t o, int64_t in, int64_t out) { return ((o + 1) * in + out - 1) / out; }
 
 template <typename T, int V>
-__global__ void __launch_bounds__(kThreads) adaptive_fwd_kernel(Tensor4 xt, Tensor4 yt, bool cl, const T* x, T* y) {
+__global__ void __launch_bounds__(kThreads) adaptive_fwd_kernel(Tensor4 xt, Tensor4 yt, bool cl, Decomp dc, const T* x,
+                                                                 T* y) {
   const int64_t total = yt.n * yt.c * yt.h * yt.w / V;
   GRID_STRIDE(i, total) {
-    const Pos o = decompose(i, cl, yt.c, yt.h, yt.w, V);
+    const Pos o = decompose(i, cl, yt.c, yt.h, yt.w, V, dc);
     const int64_t hs = ad_start(o.h, xt.h, yt.h), he = ad_end(o.h, xt.h, yt.h);
     const int64_t ws = ad_start(o.w, xt.w, yt.w), we = ad_end(o.w, xt.w, yt.w);
     Acc<T> sum[V] = {};
@@ -179,10 +220,11 @@ __global__ void __launch_bounds__(kThreads) adaptive_fwd_kernel(Tensor4 xt, Tens
 }
 
 template <typename T, int V>
-__global__ void __launch_bounds__(kThreads) adaptive_bwd_kernel(Tensor4 gyt, Tensor4 gxt, bool cl, const T* gy, T* gx) {
+__global__ void __launch_bounds__(kThreads) adaptive_bwd_kernel(Tensor4 gyt, Tensor4 gxt, bool cl, Decomp dc,
+                                                                 const T* gy, T* gx) {
   const int64_t total = gxt.n * gxt.c * gxt.h * gxt.w / V;
   GRID_STRIDE(i, total) {
-    const Pos o = decompose(i, cl, gxt.c, gxt.h, gxt.w, V);
+    const Pos o = decompose(i, cl, gxt.c, gxt.h, gxt.w, V, dc);
     // Candidate outputs from the inverse map, widened by one each side; membership decides.
     const int64_t ph0 = max(o.h * gyt.h / gxt.h - 1, int64_t(0)), ph1 = min(((o.h + 1) * gyt.h + gxt.h - 1) / gxt.h + 1, gyt.h);
     const int64_t pw0 = max(o.w * gyt.w / gxt.w - 1, int64_t(0)), pw1 = min(((o.w + 1) * gyt.w + gxt.w - 1) / gxt.w + 1, gyt.w);
@@ -210,12 +252,12 @@ __device__ __forceinline__ void atomic_add(double* p, double v) { atomicAdd(p, v
 
 // Scatter grad_out into the saved argmax positions; A is the accumulation type of the buffer.
 template <typename T, typename A>
-__global__ void __launch_bounds__(kThreads) max_pool_bwd_kernel(Tensor4 gyt, Tensor4 gxt, bool cl, const T* gy,
-                                                                const int64_t* idx, A* acc) {
+__global__ void __launch_bounds__(kThreads) max_pool_bwd_kernel(Tensor4 gyt, Tensor4 gxt, bool cl, Decomp dc,
+                                                                const T* gy, const int64_t* idx, A* acc) {
   const int64_t total = gyt.n * gyt.c * gyt.h * gyt.w;
   const int64_t plane = gxt.h * gxt.w;
   GRID_STRIDE(i, total) {
-    const Pos o = decompose(i, cl, gyt.c, gyt.h, gyt.w, 1);
+    const Pos o = decompose(i, cl, gyt.c, gyt.h, gyt.w, 1, dc);
     const int64_t yo = off(gyt, o);
     const int64_t j = idx[yo];
     if (j < 0 || j >= plane) continue;  // never produced by max_pool2d_fwd; do not write out of bounds
@@ -256,7 +298,13 @@ void max_pool2d_fwd(const Pool2dParams& p, DType dt, const void* x, void* y, int
     using T = decltype(tag);
     const bool vec = can_vec<T>(p.x, p.y, x, y);
     const bool cl = vec || is_cl(p.y);
-    launch_pool<T>(vec, numel(p.y), s, max_pool_fwd_kernel<T, kVec16<T>>, max_pool_fwd_kernel<T, 1>, p, cl, static_cast<const T*>(x), static_cast<T*>(y), idx);
+    const Decomp dc = Decomp::make(cl, p.y, vec ? kVec16<T> : 1);
+    if (idx)
+      launch_pool<T>(vec, numel(p.y), s, max_pool_fwd_kernel<T, kVec16<T>, true>, max_pool_fwd_kernel<T, 1, true>, p, cl,
+                     dc, static_cast<const T*>(x), static_cast<T*>(y), idx);
+    else
+      launch_pool<T>(vec, numel(p.y), s, max_pool_fwd_kernel<T, kVec16<T>, false>, max_pool_fwd_kernel<T, 1, false>, p,
+                     cl, dc, static_cast<const T*>(x), static_cast<T*>(y), idx);
   });
 }
 
@@ -266,7 +314,8 @@ void avg_pool2d_fwd(const Pool2dParams& p, DType dt, const void* x, void* y, cud
     using T = decltype(tag);
     const bool vec = can_vec<T>(p.x, p.y, x, y);
     const bool cl = vec || is_cl(p.y);
-    launch_pool<T>(vec, numel(p.y), s, avg_pool_fwd_kernel<T, kVec16<T>>, avg_pool_fwd_kernel<T, 1>, p, cl, static_cast<const T*>(x), static_cast<T*>(y));
+    launch_pool<T>(vec, numel(p.y), s, avg_pool_fwd_kernel<T, kVec16<T>>, avg_pool_fwd_kernel<T, 1>, p, cl,
+                   Decomp::make(cl, p.y, vec ? kVec16<T> : 1), static_cast<const T*>(x), static_cast<T*>(y));
   });
 }
 
@@ -276,7 +325,8 @@ void avg_pool2d_bwd(const Pool2dParams& p, DType dt, const void* gy, void* gx, c
     using T = decltype(tag);
     const bool vec = can_vec<T>(p.x, p.y, gx, gy);
     const bool cl = vec || is_cl(p.x);
-    launch_pool<T>(vec, numel(p.x), s, avg_pool_bwd_kernel<T, kVec16<T>>, avg_pool_bwd_kernel<T, 1>, p, cl, static_cast<const T*>(gy), static_cast<T*>(gx));
+    launch_pool<T>(vec, numel(p.x), s, avg_pool_bwd_kernel<T, kVec16<T>>, avg_pool_bwd_kernel<T, 1>, p, cl,
+                   Decomp::make(cl, p.x, vec ? kVec16<T> : 1), static_cast<const T*>(gy), static_cast<T*>(gx));
   });
 }
 
@@ -286,7 +336,8 @@ void adaptive_avg_pool2d_fwd(const Tensor4& xt, const Tensor4& yt, DType dt, con
     using T = decltype(tag);
     const bool vec = can_vec<T>(xt, yt, x, y);
     const bool cl = vec || is_cl(yt);
-    launch_pool<T>(vec, numel(yt), s, adaptive_fwd_kernel<T, kVec16<T>>, adaptive_fwd_kernel<T, 1>, xt, yt, cl, static_cast<const T*>(x), static_cast<T*>(y));
+    launch_pool<T>(vec, numel(yt), s, adaptive_fwd_kernel<T, kVec16<T>>, adaptive_fwd_kernel<T, 1>, xt, yt, cl,
+                   Decomp::make(cl, yt, vec ? kVec16<T> : 1), static_cast<const T*>(x), static_cast<T*>(y));
   });
 }
 
@@ -297,7 +348,8 @@ void adaptive_avg_pool2d_bwd(const Tensor4& gyt, const Tensor4& gxt, DType dt, c
     using T = decltype(tag);
     const bool vec = can_vec<T>(gxt, gyt, gx, gy);
     const bool cl = vec || is_cl(gxt);
-    launch_pool<T>(vec, numel(gxt), s, adaptive_bwd_kernel<T, kVec16<T>>, adaptive_bwd_kernel<T, 1>, gyt, gxt, cl, static_cast<const T*>(gy), static_cast<T*>(gx));
+    launch_pool<T>(vec, numel(gxt), s, adaptive_bwd_kernel<T, kVec16<T>>, adaptive_bwd_kernel<T, 1>, gyt, gxt, cl,
+                   Decomp::make(cl, gxt, vec ? kVec16<T> : 1), static_cast<const T*>(gy), static_cast<T*>(gx));
   });
 }
 
@@ -307,13 +359,14 @@ void max_pool2d_bwd(const Tensor4& gyt, const Tensor4& gxt, DType dt, const void
   dispatch(dt, [&](auto tag) {
     using T = decltype(tag);
     const bool cl = is_cl(gyt);
+    const Decomp dc = Decomp::make(cl, gyt, 1);
     const int blocks = blocks_for(numel(gyt), kThreads, kMaxGridBlocks);
     if constexpr (sizeof(T) == 2) {
-      max_pool_bwd_kernel<T, float><<<blocks, kThreads, 0, s>>>(gyt, gxt, cl, static_cast<const T*>(gy), idx, acc);
+      max_pool_bwd_kernel<T, float><<<blocks, kThreads, 0, s>>>(gyt, gxt, cl, dc, static_cast<const T*>(gy), idx, acc);
       convert_kernel<T><<<blocks_for(numel(gxt), kThreads, kMaxGridBlocks), kThreads, 0, s>>>(acc, static_cast<T*>(gx),
                                                                                               numel(gxt));
     } else {
-      max_pool_bwd_kernel<T, T><<<blocks, kThreads, 0, s>>>(gyt, gxt, cl, static_cast<const T*>(gy), idx,
+      max_pool_bwd_kernel<T, T><<<blocks, kThreads, 0, s>>>(gyt, gxt, cl, dc, static_cast<const T*>(gy), idx,
                                                             static_cast<T*>(gx));
     }
   });

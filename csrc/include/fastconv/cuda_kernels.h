@@ -76,6 +76,7 @@ void conv2d_bwd_bias(const Tensor4& dy, DType dt, const void* g, void* db, void*
                      cudaStream_t stream);
 
 // ---- pooling (pool_kernels.cu); Pool2dParams strides describe both tensors.
+// idx (flat argmax within each H*W plane, y's strides) may be null: the values alone.
 void max_pool2d_fwd(const Pool2dParams& p, DType dt, const void* x, void* y, int64_t* idx, cudaStream_t stream);
 // grad_in must be zeroed by the caller when accumulating in place; for 16-bit types `acc` is an
 // fp32 buffer laid out like grad_in (zeroed by the caller) and the kernel converts it at the end.

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "emu_shim.h"
+#include "common.cuh"
 #include "fastconv/cuda_kernels.h"
 
 thread_local EmuIdx threadIdx, blockIdx;
@@ -163,6 +164,24 @@ const char* emu_take_error() {
   return last.c_str();
 }
 long emu_launches() { return g_launches; }
+// FastDiv (common.cuh) against / and % for count dividends spread over [0, 2^31) plus the edges
+// around multiples of d; returns the number of mismatches.
+long emu_fastdiv_check(int64_t d, long count) {
+  const FastDiv f = FastDiv::make(d);
+  long bad = 0;
+  uint64_t x = 88172645463325252ull;
+  auto check = [&](uint32_t n) { bad += f.div(n) != n / static_cast<uint32_t>(d); };
+  for (long i = 0; i < count; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    const uint32_t n = static_cast<uint32_t>(x % (uint64_t{1} << 31));
+    check(n);
+    const uint64_t k = n / static_cast<uint64_t>(d) * d;
+    for (uint64_t e : {k, k + d - 1, k + d}) if (e < (uint64_t{1} << 31)) check(static_cast<uint32_t>(e));
+  }
+  check(0), check((1u << 31) - 1);
+  return bad;
+}
+
 // Compute capability of the emulated device (90: the wgmma kernels where built in; 80: WMMA only).
 void emu_set_arch(int arch) { g_arch = arch; }
 

@@ -48,8 +48,10 @@ void emu_fail(const char* what);
 void emu_syncthreads();
 inline void __syncthreads() { emu_syncthreads(); }
 template <class T> inline T __ldg(const T* p) { return *p; }
+inline unsigned __umulhi(unsigned a, unsigned b) { return static_cast<unsigned>((uint64_t{a} * b) >> 32); }
 inline float atomicAdd(float* p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline double atomicAdd(double* p, double v) { return std::atomic_ref<double>(*p).fetch_add(v); }
+using std::isinf;
 using std::isnan;
 using std::max;
 using std::min;
