@@ -509,7 +509,10 @@ def bench_mem(batch, results, chk):
         ("sort+relu (2 ops)", lambda: ops.relu_fwd(ops.sort_fwd(a, b, 0, 0.01)), sort_torch, 3 * a.numel() * eb),
         ("max_pool 3/2/1", lambda: ops.max_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], [1, 1], False),
          lambda: F.max_pool2d(x, 3, 2, 1, return_indices=True), x.numel() * eb + mp_out * (eb + 8)),
-        ("max_pool noidx", None, lambda: F.max_pool2d(x, 3, 2, 1), None),
+        # inference: fastconv.max_pool2d without indices runs the values-only op; torch's F.max_pool2d
+        # computes its indices anyway (the 0.466 ms of BASELINES.md, against a 0.088 ms floor)
+        ("max_pool values", lambda: ops.max_pool2d_values(x, [3, 3], [2, 2], [1, 1], [1, 1], False),
+         lambda: F.max_pool2d(x, 3, 2, 1), x.numel() * eb + mp_out * eb),
         ("avg_pool 3/2/1", lambda: ops.avg_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], False, True, None),
          lambda: F.avg_pool2d(x, 3, 2, 1), x.numel() * eb + mp_out * eb),
         ("adaptive 7->1", lambda: ops.adaptive_avg_pool2d_fwd(big, [1, 1]), lambda: F.adaptive_avg_pool2d(big, 1),
@@ -532,6 +535,8 @@ def bench_mem(batch, results, chk):
     y, i = ops.max_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
     yr, ir = F.max_pool2d(x, 3, 2, 1, return_indices=True)
     chk.check("bench max_pool", y, yr, 0)
+    chk.flag("bench max_pool indices", torch.equal(i, ir))
+    chk.check("bench max_pool values", ops.max_pool2d_values(x, [3, 3], [2, 2], [1, 1], [1, 1], False), yr, 0)
     chk.check("bench sort", ops.sort_fwd(a, b, 0, 0.01), (lambda ad, bd: ad + bd + (ad.relu() * bd.relu() + 0.01).sqrt())(
         a.double(), b.double()), REL_TOL[dt])
 
@@ -556,6 +561,7 @@ def smoke():
                     ops.conv2d_bwd_bias(y)
             x = torch.randn(2, 16, 9, 7, device=dev, dtype=dtype).contiguous(memory_format=fmt)
             y, i = ops.max_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
+            ops.max_pool2d_values(x, [3, 3], [2, 2], [1, 1], [1, 1], True)
             ops.max_pool2d_bwd(y, i, list(x.shape))
             y = ops.avg_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], True, False, None)
             ops.avg_pool2d_bwd(y, list(x.shape), [3, 3], [2, 2], [1, 1], True, False, None)
