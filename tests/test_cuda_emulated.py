@@ -260,6 +260,29 @@ def test_tensor_core_ring_wraps(emu, dt, engine):
         tc_conv(emu, dt, (1, 80, 5, 7), (k, 80, 3, 3), pad=(1, 1, 1, 1))
 
 
+@pytest.mark.parametrize("dt", TC_DTYPES)
+def test_tensor_core_weight_gradient_ring_wraps(emu, dt, engine):
+    """grad_weight on tensor cores (wgmma for 16-bit types where it runs: both operands MN-major) over
+    a reduction of 2*19*23 pixels, enough to wrap the ring of stages, with two output-channel tiles
+    (both warpgroups' halves, a tail) and two filter-column tiles, in one split and in several."""
+    v = 4 if dt == torch.float32 else 8
+    x, wt = rand((2, 2 * v, 19, 23), dt, True), rand((136, 2 * v, 3, 3), dt, True, lo=-0.5, hi=0.5)
+    geo = ints(1, 1, 1, 1, 1, 1, 1)
+    c = dict(pad=[1, 1, 1, 1], stride=(1, 1), dil=(1, 1), groups=1)
+    dy = rand((2, 136, 19, 23), dt, True)
+    wr = leaf(wt.t)
+    conv_ref(x.t.double(), wr, c).backward(dy.t.double())
+    for sms in (1, 132):
+        nbytes = emu.emu_conv_bwd_weight_workspace(DT[dt], t4(x.t), t4(wt.t), t4(dy.t), geo, 1, sms)
+        ws = torch.full((nbytes // 4 + 1,), float("nan"), dtype=torch.float32)
+        dw = Buf(tuple(wt.t.shape), dt, True)
+        call(emu, "emu_conv_bwd_weight", DT[dt], ptr(dy.t), t4(dy.t), ptr(x.t), t4(x.t), ptr(dw.t), t4(dw.t), geo,
+             ptr(ws), 1, sms)
+        written(dw, "tensor-core grad_weight")
+        err = scaled_err(dw.t, wr.grad)
+        assert err < TC_TOL[dt], f"tensor-core grad_weight {dt} sms {sms}: {err:.3g}"
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_exact_float32_as_split_tf32(emu, seed):
     """float32 without TF32 on the wgmma engine: each operand split into hi + lo TF32 parts, three

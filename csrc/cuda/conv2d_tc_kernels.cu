@@ -306,9 +306,10 @@ template <int N> __device__ __forceinline__ void fence_regs(float (&d)[N]) {
 
 // Shared-memory matrix descriptor: start address, leading byte offset (unused by swizzled K-major
 // operands: 16), stride byte offset 1024 (between 8-row groups), 128-byte swizzle.
-__device__ __forceinline__ uint64_t sw128_desc(uint32_t saddr) {
-  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (static_cast<uint64_t>(16 >> 4) << 16) |
-         (static_cast<uint64_t>(1024 >> 4) << 32) | (1ull << 62);
+// (MN-major operands: SBO between 8-row groups along K, LBO between 64-wide groups along M / N.)
+__device__ __forceinline__ uint64_t sw128_desc(uint32_t saddr, uint32_t lbo = 16, uint32_t sbo = 1024) {
+  return static_cast<uint64_t>((saddr & 0x3FFFF) >> 4) | (static_cast<uint64_t>((lbo & 0x3FFFF) >> 4) << 16) |
+         (static_cast<uint64_t>((sbo & 0x3FFFF) >> 4) << 32) | (1ull << 62);
 }
 
 // The 4 floats of the 16-byte chunk at p rounded to TF32 in place (wgmma itself truncates the low 13
@@ -737,6 +738,128 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgArgs<T> a) {
   }
 }
 
+// ---- grad_weight on wgmma (sm_90a, fp16 / bf16): the same GEMM as wgrad_tc_kernel, DW[k][j] =
+// sum_m DY[m][k] * Xcol[m][j], with both operands MN-major (transposed: imm-trans 1). A stage holds
+// 64 reduction rows m; each operand is stored as 64-column panels (k or j), one 128-byte swizzled row
+// per m (16-byte chunk c of row r at chunk c ^ (r % 8), as TMA's 128-byte swizzle writes it), the
+// panels one after another. Descriptor: SBO = 1024 (between 8-row groups along the reduction),
+// LBO = one panel (between 64-wide groups along M or N); a k-step (16 rows) moves the start by 2048
+// bytes. Warpgroup w owns output channels 64 w .. 64 w + 63 (A panel w) against all 128 columns.
+// The pipeline is the forward's (two batches in flight at most, a slot refilled two iterations
+// after its batch was issued); partial sums go to the same fp32 workspace as wgrad_tc_kernel's.
+template <typename T, int STAGES>
+struct WgradWgmmaCfg {
+  static constexpr int kBM = 128, kBN = 128, kBK = 64, kThreads = 256;
+  static constexpr int kV = 16 / sizeof(T);
+  static constexpr int kPanel = kBK * 128;        // 64 rows of 128 bytes
+  static constexpr int kStageBytes = 4 * kPanel;  // A: 2 panels (k), B: 2 panels (j)
+  static constexpr int kLdc = kBN + 4;
+  static constexpr int kPipeBytes = STAGES * kStageBytes, kEpiBytes = kBM * kLdc * 4;
+  static constexpr int kSmem = (kPipeBytes > kEpiBytes ? kPipeBytes : kEpiBytes) + 1024;
+  static_assert(sizeof(T) == 2, "MN-major wgmma operands are 16-bit");
+  static_assert(STAGES >= 3, "a stage is refilled two iterations after its batch was issued");
+};
+
+template <typename T, int STAGES>
+__global__ void __launch_bounds__(256, 1) wgrad_wgmma_kernel(const WgArgs<T> a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(FASTCONV_EMULATION)
+  using Cfg = WgradWgmmaCfg<T, STAGES>;
+  constexpr int V = Cfg::kV, BK = Cfg::kBK, PREF = STAGES - 2, PANEL = Cfg::kPanel;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t base = (raw + 1023u) & ~1023u;
+  unsigned char* tiles = smem_raw + (base - raw);  // per stage: A panels 0, 1, then B panels 0, 1
+
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int g = blockIdx.z % a.groups, split = blockIdx.z / a.groups;
+  const int k0 = blockIdx.x * Cfg::kBM, j0 = blockIdx.y * Cfg::kBN;
+  const int64_t mb = split * a.chunk, me = min(a.M, mb + a.chunk);
+  // This thread's 16-byte chunk: column c (of 16 per row: two panels of 8), rows row0 + 16 i.
+  const int c = tid % 16, row0 = tid / 16;
+  const int dst = (c / 8) * PANEL + row0 * 128 + (((c % 8) ^ (row0 & 7)) << 4);  // (row0 + 16 i) & 7 == row0 & 7
+  const bool a_ok = k0 + c * V < a.Kg;
+  const T* a_src = a.dy + static_cast<int64_t>(g) * a.Kg + k0 + (a_ok ? c * V : 0);
+  const int jj = j0 + c * V;
+  const bool b_ok = jj < a.Ngemm;
+  const int b_rs = jj / a.Cg, b_c = jj - b_rs * a.Cg;
+  const int b_roff = (b_rs / a.S) * a.dh - a.ph, b_soff = (b_rs % a.S) * a.dw - a.pw;
+  const T* b_src = a.x + static_cast<int64_t>(g) * a.Cg + (b_ok ? b_c : 0);
+
+  auto load_stage = [&](int stage, int64_t m_base) {
+    unsigned char* sA = tiles + stage * Cfg::kStageBytes + dst;
+    unsigned char* sB = sA + 2 * PANEL;
+#pragma unroll
+    for (int i = 0; i < BK / 16; ++i) {
+      const int64_t m = m_base + row0 + 16 * i;
+      const bool in = m < me;
+      cp_async16(sA + i * 16 * 128, in && a_ok ? a_src + m * a.K : a.dy, in && a_ok);
+      bool ok = in && b_ok;
+      const T* src = a.x;
+      if (ok) {
+        const int64_t n = m / a.PQ;
+        const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+        const int h = p * a.sh + b_roff, w = q * a.sw + b_soff;
+        ok = static_cast<unsigned>(h) < static_cast<unsigned>(a.H) && static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
+        src = ok ? b_src + ((n * a.H + h) * a.W + w) * a.C : a.x;
+      }
+      cp_async16(sB + i * 16 * 128, src, ok);
+    }
+  };
+
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
+  const int KT = mb < me ? static_cast<int>((me - mb + BK - 1) / BK) : 0;
+#pragma unroll
+  for (int st = 0; st < PREF; ++st) {
+    if (st < KT) load_stage(st, mb + static_cast<int64_t>(st) * BK);
+    cp_async_commit();
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<PREF - 1>();
+    fence_proxy_async();
+    __syncthreads();
+    const int nk = kt + PREF;
+    if (nk < KT) load_stage(nk % STAGES, mb + static_cast<int64_t>(nk) * BK);
+    cp_async_commit();
+    const uint32_t sa = base + (kt % STAGES) * Cfg::kStageBytes + wg * PANEL, sb = base + (kt % STAGES) * Cfg::kStageBytes + 2 * PANEL;
+    fence_regs(acc);
+    wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < BK / 16; ++ks)
+      WgmmaMN<T, 128>::run(acc, sw128_desc(sa + ks * 2048, PANEL, 1024), sw128_desc(sb + ks * 2048, PANEL, 1024));
+    wgmma_commit();
+    wgmma_wait<1>();
+    fence_regs(acc);
+  }
+  wgmma_wait<0>();
+  fence_regs(acc);
+  cp_async_wait<0>();
+  __syncthreads();
+
+  float* sC = reinterpret_cast<float*>(tiles);
+  constexpr int LDC = Cfg::kLdc;
+  const int lane = tid % 32, row = wg * 64 + ((tid % 128) / 32) * 16 + lane / 4;
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    const int col = j * 8 + 2 * (lane % 4);
+    sC[row * LDC + col] = acc[4 * j];
+    sC[row * LDC + col + 1] = acc[4 * j + 1];
+    sC[(row + 8) * LDC + col] = acc[4 * j + 2];
+    sC[(row + 8) * LDC + col + 1] = acc[4 * j + 3];
+  }
+  __syncthreads();
+  // Every in-range cell is written, also by splits whose m range is empty (zeros).
+  float* out = a.ws + (static_cast<int64_t>(split) * a.K + static_cast<int64_t>(g) * a.Kg) * a.Ngemm;
+  for (int id = tid; id < Cfg::kBM * Cfg::kBN; id += Cfg::kThreads) {
+    const int r = id / Cfg::kBN, col = id - r * Cfg::kBN;
+    if (k0 + r < a.Kg && j0 + col < a.Ngemm) out[static_cast<int64_t>(k0 + r) * a.Ngemm + j0 + col] = sC[r * LDC + col];
+  }
+#else
+  __trap();  // built without sm_90a: the host never launches this (conv2d_wgmma_ok)
+#endif
+}
+
 constexpr int kWgBM = 128, kWgBN = 128, kWgStages = 4;
 
 template <typename T>
@@ -768,6 +891,19 @@ void wgrad_tc(const Conv2dParams& p, const void* dy, const void* x, float* ws, i
   a.sh = static_cast<int>(p.stride_h); a.sw = static_cast<int>(p.stride_w);
   a.ph = static_cast<int>(p.pad_h0); a.pw = static_cast<int>(p.pad_w0);
   a.dh = static_cast<int>(p.dil_h); a.dw = static_cast<int>(p.dil_w);
+  if constexpr (sizeof(T) == 2) {
+    if (conv2d_wgmma_ok()) {
+      using WCfg = WgradWgmmaCfg<T, 6>;
+      a.chunk = ((a.M + splits - 1) / splits + WCfg::kBK - 1) / WCfg::kBK * WCfg::kBK;
+      constexpr auto kernel = wgrad_wgmma_kernel<T, 6>;
+      ensure_smem<kernel>(WCfg::kSmem);
+      const dim3 grid(static_cast<unsigned>((a.Kg + WCfg::kBM - 1) / WCfg::kBM),
+                      static_cast<unsigned>((a.Ngemm + WCfg::kBN - 1) / WCfg::kBN),
+                      static_cast<unsigned>(splits * a.groups));
+      kernel<<<grid, WCfg::kThreads, WCfg::kSmem, stream>>>(a);
+      return;
+    }
+  }
   a.chunk = ((a.M + splits - 1) / splits + Cfg::kBK - 1) / Cfg::kBK * Cfg::kBK;
   constexpr auto kernel = wgrad_tc_kernel<T, kWgBM, kWgBN, kWgStages>;
   ensure_smem<kernel>(Cfg::kSmem);
