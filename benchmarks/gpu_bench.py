@@ -443,14 +443,27 @@ def bench_bwd(layers, batch, results, chk):
         ok = chk.check(f"bench bwd_input {name}", gx, rx, 3 * REL_TOL[dtype])
         ok = chk.check(f"bench bwd_weight {name}", gw, rw, 3 * REL_TOL[dtype]) and ok
         mx, rel = max(chk.rows[-1][1], chk.rows[-2][1]), max(chk.rows[-1][2], chk.rows[-2][2])
-        del gx, gw, rx, rw
+        del gx, gw
         t_ours, spread = bench(ours)
         t_cudnn, _ = bench(cudnn)
+        t_wmma = float("nan")
+        if WGMMA:  # the WMMA engine's backward, checked and timed beside the default one
+            os.environ["FASTCONV_WGMMA"] = "0"
+            try:
+                ok = chk.check(f"bench bwd_input {name} wmma", ops.conv2d_bwd_input(gy, w, list(x.shape), *args), rx,
+                               3 * REL_TOL[dtype]) and ok
+                ok = chk.check(f"bench bwd_weight {name} wmma", ops.conv2d_bwd_weight(gy, x, list(w.shape), *args), rw,
+                               3 * REL_TOL[dtype]) and ok
+                t_wmma, _ = bench(ours)
+            finally:
+                os.environ.pop("FASTCONV_WGMMA")
+        del rx, rw
         results.append(dict(part="bwd", layer=name, dtype="fp16", ms=t_ours, cudnn_ms=t_cudnn, tflops=fl / t_ours / 1e9,
                             cudnn_tflops=fl / t_cudnn / 1e9, ratio=t_cudnn / t_ours,
-                            peak_pct=100 * fl / t_ours / 1e9 / PEAK_TFLOPS, max_abs=mx, rel=rel, ok=ok, spread=spread))
+                            peak_pct=100 * fl / t_ours / 1e9 / PEAK_TFLOPS, max_abs=mx, rel=rel, ok=ok, spread=spread,
+                            wmma_ms=t_wmma))
         print(f"  bwd {name:11s} fp16: ours {t_ours:.3f} ms cuDNN {t_cudnn:.3f} ms ratio {t_cudnn / t_ours:.2f}  "
-              f"rel err {rel:.1e}", flush=True)
+              f"rel err {rel:.1e}  wmma {t_wmma:.3f} ms", flush=True)
         del x, w, gy
 
 
