@@ -3,7 +3,7 @@
 Environment:
   FASTCONV_CUDA=0/1        force the CUDA sources off / on (default: on when possible, even with no GPU)
   TORCH_CUDA_ARCH_LIST     defaults to 9.0a (H100 / H200 with Hopper's wgmma); with 9.0a in the list
-                           and no plain 9.0, the tensor-core forward uses wgmma on those GPUs
+                           and no plain 9.0, the tensor-core kernels use wgmma on those GPUs
   FASTCONV_DEBUG=1         -O0 -g
 """
 import glob

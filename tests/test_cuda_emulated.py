@@ -260,6 +260,19 @@ def test_tensor_core_ring_wraps(emu, dt, engine):
         tc_conv(emu, dt, (1, 80, 5, 7), (k, 80, 3, 3), pad=(1, 1, 1, 1))
 
 
+def tc_weight_grad(emu, dt, x, wt, dy, geo, ref, sms, what):
+    """grad_weight through the kernel layer (tensor cores where eligible) into a poisoned workspace and a
+    guarded output, compared with the float64 reference at the tensor-core tolerance."""
+    nbytes = emu.emu_conv_bwd_weight_workspace(DT[dt], t4(x.t), t4(wt.t), t4(dy.t), geo, 1, sms)
+    ws = torch.full((nbytes // 4 + 1,), float("nan"), dtype=torch.float32)
+    dw = Buf(tuple(wt.t.shape), dt, True)
+    call(emu, "emu_conv_bwd_weight", DT[dt], ptr(dy.t), t4(dy.t), ptr(x.t), t4(x.t), ptr(dw.t), t4(dw.t), geo,
+         ptr(ws), 1, sms)
+    written(dw, "tensor-core grad_weight")
+    err = scaled_err(dw.t, ref)
+    assert err < TC_TOL[dt], f"tensor-core grad_weight {dt} {what}: {err:.3g}"
+
+
 @pytest.mark.parametrize("dt", TC_DTYPES)
 def test_tensor_core_weight_gradient_ring_wraps(emu, dt, engine):
     """grad_weight on tensor cores (wgmma for 16-bit types where it runs: both operands MN-major) over
@@ -273,14 +286,7 @@ def test_tensor_core_weight_gradient_ring_wraps(emu, dt, engine):
     wr = leaf(wt.t)
     conv_ref(x.t.double(), wr, c).backward(dy.t.double())
     for sms in (1, 132):
-        nbytes = emu.emu_conv_bwd_weight_workspace(DT[dt], t4(x.t), t4(wt.t), t4(dy.t), geo, 1, sms)
-        ws = torch.full((nbytes // 4 + 1,), float("nan"), dtype=torch.float32)
-        dw = Buf(tuple(wt.t.shape), dt, True)
-        call(emu, "emu_conv_bwd_weight", DT[dt], ptr(dy.t), t4(dy.t), ptr(x.t), t4(x.t), ptr(dw.t), t4(dw.t), geo,
-             ptr(ws), 1, sms)
-        written(dw, "tensor-core grad_weight")
-        err = scaled_err(dw.t, wr.grad)
-        assert err < TC_TOL[dt], f"tensor-core grad_weight {dt} sms {sms}: {err:.3g}"
+        tc_weight_grad(emu, dt, x, wt, dy, geo, wr.grad, sms, f"sms {sms}")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -338,15 +344,8 @@ def test_tensor_core_kernels_emulated(emu, seed, engine):
         c = dict(pad=pad, stride=stride, dil=dil, groups=groups)
         wr = leaf(wt.t)
         conv_ref(x.t.double(), wr, c).backward(dy.t.double())
-        sms = rng.choice([1, 132])
-        nbytes = emu.emu_conv_bwd_weight_workspace(DT[dt], t4(x.t), t4(wt.t), t4(dy.t), geo, 1, sms)
-        ws = torch.full((nbytes // 4 + 1,), float("nan"), dtype=torch.float32)
-        dw = Buf(tuple(wt.t.shape), dt, True)
-        call(emu, "emu_conv_bwd_weight", DT[dt], ptr(dy.t), t4(dy.t), ptr(x.t), t4(x.t), ptr(dw.t), t4(dw.t), geo,
-             ptr(ws), 1, sms)
-        written(dw, "tensor-core grad_weight")
-        err = scaled_err(dw.t, wr.grad)
-        assert err < TC_TOL[dt], f"tensor-core grad_weight {dt} x {tuple(x.t.shape)} w {tuple(wt.t.shape)}: {err:.3g}"
+        tc_weight_grad(emu, dt, x, wt, dy, geo, wr.grad, rng.choice([1, 132]),
+                       f"x {tuple(x.t.shape)} w {tuple(wt.t.shape)}")
 
 
 def phase(ph, stride, pad, size, taps):

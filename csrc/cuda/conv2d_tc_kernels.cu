@@ -107,6 +107,57 @@ __device__ __forceinline__ void tc_store(const TcArgs<T>& a, const float* sC, in
   }
 }
 
+// The operand gathers of the implicit GEMM, shared by the forward kernels. A thread copies the 16-byte
+// chunks of one chunk column in rows row0 + i * STEP of the tile: AIT rows of A (output pixels, their
+// input corner fixed for the whole K loop) and BIT rows of B (filters). For a stage, tap() decodes the
+// chunk's K offset kk into its channel and filter tap; a_src / b_src give each row's source (or a
+// valid dummy with ok false: zero-filled, for padding, tails and rows past M / Kg).
+template <typename T, int AIT, int BIT, int STEP>
+struct TcGather {
+  int64_t a_base[AIT];
+  int a_h[AIT], a_w[AIT];
+  const T* b_ptr[BIT];
+  bool b_ok[BIT];
+  struct Tap { int c, dr, ds; bool ok; };
+
+  __device__ __forceinline__ TcGather(const TcArgs<T>& a, int64_t m0, int n0, int g, int row0) {
+#pragma unroll
+    for (int i = 0; i < AIT; ++i) {
+      const int64_t m = m0 + row0 + i * STEP;
+      if (m < a.M) {
+        const int64_t n = m / a.PQ;
+        const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+        a_base[i] = n * a.H * a.W * a.C + static_cast<int64_t>(g) * a.Cg;
+        a_h[i] = p * a.sh - a.ph;
+        a_w[i] = q * a.sw - a.pw;
+      } else {
+        a_base[i] = 0;
+        a_h[i] = -(1 << 29);  // fails the bounds test for every tap: zero rows past M
+        a_w[i] = 0;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < BIT; ++i) {
+      const int nn = n0 + row0 + i * STEP;
+      b_ok[i] = nn < a.Kg;
+      b_ptr[i] = a.w + (static_cast<int64_t>(g) * a.Kg + (b_ok[i] ? nn : 0)) * a.Kdim;
+    }
+  }
+  __device__ __forceinline__ static Tap tap(const TcArgs<T>& a, int kk) {
+    const int rs = kk / a.Cg, r = rs / a.S;
+    return Tap{kk - rs * a.Cg, r * a.dh, (rs - r * a.S) * a.dw, kk < a.Kdim};
+  }
+  __device__ __forceinline__ const T* a_src(const TcArgs<T>& a, int i, const Tap& t, bool& ok) const {
+    const int h = a_h[i] + t.dr, w = a_w[i] + t.ds;
+    ok = t.ok && static_cast<unsigned>(h) < static_cast<unsigned>(a.H) && static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
+    return ok ? a.x + a_base[i] + (static_cast<int64_t>(h) * a.W + w) * a.C + t.c : a.x;
+  }
+  __device__ __forceinline__ const T* b_src(const TcArgs<T>& a, int i, const Tap& t, int kk, bool& ok) const {
+    ok = t.ok && b_ok[i];
+    return ok ? b_ptr[i] + kk : a.w;
+  }
+};
+
 template <typename T, int BM, int BN, int WM, int WN, int STAGES>
 struct TcCfg {
   static constexpr int kV = 16 / sizeof(T);            // elements per 16-byte chunk
@@ -142,53 +193,23 @@ conv_tc_kernel(const TcArgs<T> a) {
   const int n0 = blockIdx.y * BN, g = blockIdx.z;
   const int kc = tid % Cfg::kCPR, row0 = tid / Cfg::kCPR;  // this thread's chunk column, first row
 
-  // Per-row gather state, fixed for the whole K loop: image base, top-left input corner.
-  int64_t a_base[Cfg::kAIt];
-  int a_h[Cfg::kAIt], a_w[Cfg::kAIt];
-#pragma unroll
-  for (int i = 0; i < Cfg::kAIt; ++i) {
-    const int64_t m = m0 + row0 + i * Cfg::kRowStep;
-    if (m < a.M) {
-      const int64_t n = m / a.PQ;
-      const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
-      a_base[i] = n * a.H * a.W * a.C + static_cast<int64_t>(g) * a.Cg;
-      a_h[i] = p * a.sh - a.ph;
-      a_w[i] = q * a.sw - a.pw;
-    } else {
-      a_base[i] = 0;
-      a_h[i] = -(1 << 29);  // fails the bounds test for every tap: zero rows past M
-      a_w[i] = 0;
-    }
-  }
-  const T* b_ptr[Cfg::kBIt];
-  bool b_ok[Cfg::kBIt];
-#pragma unroll
-  for (int i = 0; i < Cfg::kBIt; ++i) {
-    const int nn = n0 + row0 + i * Cfg::kRowStep;
-    b_ok[i] = nn < a.Kg;
-    b_ptr[i] = a.w + (static_cast<int64_t>(g) * a.Kg + (b_ok[i] ? nn : 0)) * a.Kdim;
-  }
-
+  const TcGather<T, Cfg::kAIt, Cfg::kBIt, Cfg::kRowStep> gather(a, m0, n0, g, row0);
   auto load_stage = [&](int stage, int kt) {
     const int kk = kt * BK + kc * V;
-    const bool kok = kk < a.Kdim;
-    const int rs = kk / a.Cg, c = kk - rs * a.Cg;
-    const int r = rs / a.S, s = rs - r * a.S;
-    const int dr = r * a.dh, ds = s * a.dw;
+    const auto tap = gather.tap(a, kk);
     T* dA = sA + (stage * BM + row0) * BKP + kc * V;
 #pragma unroll
     for (int i = 0; i < Cfg::kAIt; ++i) {
-      const int h = a_h[i] + dr, w = a_w[i] + ds;
-      const bool ok = kok && static_cast<unsigned>(h) < static_cast<unsigned>(a.H) &&
-                      static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
-      const T* src = ok ? a.x + a_base[i] + (static_cast<int64_t>(h) * a.W + w) * a.C + c : a.x;
+      bool ok;
+      const T* src = gather.a_src(a, i, tap, ok);
       cp_async16(dA + i * Cfg::kRowStep * BKP, src, ok);
     }
     T* dB = sB + (stage * BN + row0) * BKP + kc * V;
 #pragma unroll
     for (int i = 0; i < Cfg::kBIt; ++i) {
-      const bool ok = kok && b_ok[i];
-      cp_async16(dB + i * Cfg::kRowStep * BKP, ok ? b_ptr[i] + kk : a.w, ok);
+      bool ok;
+      const T* src = gather.b_src(a, i, tap, kk, ok);
+      cp_async16(dB + i * Cfg::kRowStep * BKP, src, ok);
     }
   };
 
@@ -329,6 +350,28 @@ template <typename T, bool SPLIT> __device__ __forceinline__ void round_tf32(uns
   }
 }
 
+// The end of a wgmma main loop: every batch and copy retired, then the accumulators of the block's
+// 128 x N tile staged in shared memory as fp32 rows of pitch ldc (reusing the ring). Accumulator
+// layout of m64nN: warp w of warpgroup wg holds rows 64 wg + 16 w .. + 15; in each 8-column group j,
+// lane l holds (l / 4, 2 (l % 4) + {0, 1}) in acc[4 j + {0, 1}] and 8 rows lower in acc[4 j + {2, 3}].
+template <int N>
+__device__ __forceinline__ void wgmma_stage_acc(float (&acc)[N / 2], float* sC, int ldc, int tid) {
+  wgmma_wait<0>();
+  fence_regs(acc);
+  cp_async_wait<0>();
+  __syncthreads();  // the ring is free
+  const int lane = tid % 32, row = (tid / 128) * 64 + ((tid % 128) / 32) * 16 + lane / 4;
+#pragma unroll
+  for (int j = 0; j < N / 8; ++j) {
+    const int col = j * 8 + 2 * (lane % 4);
+    sC[row * ldc + col] = acc[4 * j];
+    sC[row * ldc + col + 1] = acc[4 * j + 1];
+    sC[(row + 8) * ldc + col] = acc[4 * j + 2];
+    sC[(row + 8) * ldc + col + 1] = acc[4 * j + 3];
+  }
+  __syncthreads();
+}
+
 template <typename T, int BN, int STAGES, bool SPLIT>
 __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(FASTCONV_EMULATION)
@@ -345,52 +388,23 @@ __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
   const int kc = tid % 8, row0 = tid / 8;                 // chunk column, first row (rows row0 + 32 i)
   const int dst = row0 * 128 + ((kc ^ (row0 & 7)) << 4);  // swizzled byte offset; (row0 + 32 i) & 7 == row0 & 7
 
-  int64_t a_base[Cfg::kAIt];
-  int a_h[Cfg::kAIt], a_w[Cfg::kAIt];
-#pragma unroll
-  for (int i = 0; i < Cfg::kAIt; ++i) {
-    const int64_t m = m0 + row0 + i * 32;
-    if (m < a.M) {
-      const int64_t n = m / a.PQ;
-      const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
-      a_base[i] = n * a.H * a.W * a.C + static_cast<int64_t>(g) * a.Cg;
-      a_h[i] = p * a.sh - a.ph;
-      a_w[i] = q * a.sw - a.pw;
-    } else {
-      a_base[i] = 0;
-      a_h[i] = -(1 << 29);  // fails the bounds test for every tap: zero rows past M
-      a_w[i] = 0;
-    }
-  }
-  const T* b_ptr[Cfg::kBIt];
-  bool b_ok[Cfg::kBIt];
-#pragma unroll
-  for (int i = 0; i < Cfg::kBIt; ++i) {
-    const int nn = n0 + row0 + i * 32;
-    b_ok[i] = nn < a.Kg;
-    b_ptr[i] = a.w + (static_cast<int64_t>(g) * a.Kg + (b_ok[i] ? nn : 0)) * a.Kdim;
-  }
-
+  const TcGather<T, Cfg::kAIt, Cfg::kBIt, 32> gather(a, m0, n0, g, row0);
   auto load_stage = [&](int stage, int kt) {
     const int kk = kt * BK + kc * V;
-    const bool kok = kk < a.Kdim;
-    const int rs = kk / a.Cg, c = kk - rs * a.Cg;
-    const int r = rs / a.S, s = rs - r * a.S;
-    const int dr = r * a.dh, ds = s * a.dw;
+    const auto tap = gather.tap(a, kk);
     unsigned char* sA = tiles + stage * Cfg::kStageBytes + dst;
 #pragma unroll
     for (int i = 0; i < Cfg::kAIt; ++i) {
-      const int h = a_h[i] + dr, w = a_w[i] + ds;
-      const bool ok = kok && static_cast<unsigned>(h) < static_cast<unsigned>(a.H) &&
-                      static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
-      const T* src = ok ? a.x + a_base[i] + (static_cast<int64_t>(h) * a.W + w) * a.C + c : a.x;
+      bool ok;
+      const T* src = gather.a_src(a, i, tap, ok);
       cp_async16_ca(sA + i * 32 * 128, src, ok);
     }
     unsigned char* sB = tiles + stage * Cfg::kStageBytes + BM * 128 + dst;
 #pragma unroll
     for (int i = 0; i < Cfg::kBIt; ++i) {
-      const bool ok = kok && b_ok[i];
-      cp_async16(sB + i * 32 * 128, ok ? b_ptr[i] + kk : a.w, ok);
+      bool ok;
+      const T* src = gather.b_src(a, i, tap, kk, ok);
+      cp_async16(sB + i * 32 * 128, src, ok);
     }
   };
 
@@ -434,26 +448,9 @@ __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
     wgmma_wait<1>();  // batch kt-1 has retired: its slot is refilled next iteration, after the barrier
     fence_regs(acc);
   }
-  wgmma_wait<0>();
-  fence_regs(acc);
-  cp_async_wait<0>();
-  __syncthreads();  // the ring is reused for the accumulators below
-
-  // Accumulator layout of m64nN: warp w of the warpgroup holds rows 16 w .. 16 w + 15; in each 8-column
-  // group j, lane l holds (l / 4, 2 (l % 4) + {0, 1}) in acc[4 j + {0, 1}] and 8 rows lower in acc[4 j + {2, 3}].
   float* sC = reinterpret_cast<float*>(tiles);
-  constexpr int LDC = Cfg::kLdc;
-  const int lane = tid % 32, row = wg * 64 + ((tid % 128) / 32) * 16 + lane / 4;
-#pragma unroll
-  for (int j = 0; j < BN / 8; ++j) {
-    const int col = j * 8 + 2 * (lane % 4);
-    sC[row * LDC + col] = acc[4 * j];
-    sC[row * LDC + col + 1] = acc[4 * j + 1];
-    sC[(row + 8) * LDC + col] = acc[4 * j + 2];
-    sC[(row + 8) * LDC + col + 1] = acc[4 * j + 3];
-  }
-  __syncthreads();
-  tc_store<T, BM, BN, Cfg::kThreads>(a, sC, LDC, m0, n0, g, tid);
+  wgmma_stage_acc<BN>(acc, sC, Cfg::kLdc, tid);
+  tc_store<T, BM, BN, Cfg::kThreads>(a, sC, Cfg::kLdc, m0, n0, g, tid);
 #else
   __trap();  // built without sm_90a: the host never launches this (conv2d_wgmma_ok)
 #endif
@@ -603,6 +600,20 @@ template <typename T> struct WgArgs {
   int sh, sw, ph, pw, dh, dw;
 };
 
+// Source of the 16-byte Xcol chunk of reduction row m (output pixel) whose filter tap sits at
+// (roff, soff) from the pixel's window corner and whose channels start at base; ok in: the row and
+// column exist; out: and the tap is inside the image (else a valid dummy, zero-filled).
+template <typename T>
+__device__ __forceinline__ const T* xcol_src(const WgArgs<T>& a, const T* base, int roff, int soff, int64_t m,
+                                             bool& ok) {
+  if (!ok) return a.x;
+  const int64_t n = m / a.PQ;
+  const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+  const int h = p * a.sh + roff, w = q * a.sw + soff;
+  ok = static_cast<unsigned>(h) < static_cast<unsigned>(a.H) && static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
+  return ok ? base + ((n * a.H + h) * a.W + w) * a.C : a.x;
+}
+
 template <typename T, int BM, int BN, int STAGES>
 struct WgCfg {
   static constexpr int kV = 16 / sizeof(T);
@@ -661,14 +672,7 @@ __global__ void __launch_bounds__(256) wgrad_tc_kernel(const WgArgs<T> a) {
       const int row = tid / BCPR + i * (Cfg::kThreads / BCPR);
       const int64_t m = m_base + row;
       bool ok = b_ok && m < me;
-      const T* src = a.x;
-      if (ok) {
-        const int64_t n = m / a.PQ;
-        const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
-        const int h = p * a.sh + b_roff, w = q * a.sw + b_soff;
-        ok = static_cast<unsigned>(h) < static_cast<unsigned>(a.H) && static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
-        src = ok ? b_src + ((n * a.H + h) * a.W + w) * a.C : a.x;
-      }
+      const T* src = xcol_src(a, b_src, b_roff, b_soff, m, ok);
       cp_async16(sB + (stage * BK + row) * LDB + b_col, src, ok);
     }
   };
@@ -794,14 +798,7 @@ __global__ void __launch_bounds__(256, 1) wgrad_wgmma_kernel(const WgArgs<T> a) 
       const bool in = m < me;
       cp_async16(sA + i * 16 * 128, in && a_ok ? a_src + m * a.K : a.dy, in && a_ok);
       bool ok = in && b_ok;
-      const T* src = a.x;
-      if (ok) {
-        const int64_t n = m / a.PQ;
-        const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
-        const int h = p * a.sh + b_roff, w = q * a.sw + b_soff;
-        ok = static_cast<unsigned>(h) < static_cast<unsigned>(a.H) && static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
-        src = ok ? b_src + ((n * a.H + h) * a.W + w) * a.C : a.x;
-      }
+      const T* src = xcol_src(a, b_src, b_roff, b_soff, m, ok);
       cp_async16(sB + i * 16 * 128, src, ok);
     }
   };
@@ -832,23 +829,9 @@ __global__ void __launch_bounds__(256, 1) wgrad_wgmma_kernel(const WgArgs<T> a) 
     wgmma_wait<1>();
     fence_regs(acc);
   }
-  wgmma_wait<0>();
-  fence_regs(acc);
-  cp_async_wait<0>();
-  __syncthreads();
-
   float* sC = reinterpret_cast<float*>(tiles);
   constexpr int LDC = Cfg::kLdc;
-  const int lane = tid % 32, row = wg * 64 + ((tid % 128) / 32) * 16 + lane / 4;
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    const int col = j * 8 + 2 * (lane % 4);
-    sC[row * LDC + col] = acc[4 * j];
-    sC[row * LDC + col + 1] = acc[4 * j + 1];
-    sC[(row + 8) * LDC + col] = acc[4 * j + 2];
-    sC[(row + 8) * LDC + col + 1] = acc[4 * j + 3];
-  }
-  __syncthreads();
+  wgmma_stage_acc<Cfg::kBN>(acc, sC, LDC, tid);
   // Every in-range cell is written, also by splits whose m range is empty (zeros).
   float* out = a.ws + (static_cast<int64_t>(split) * a.K + static_cast<int64_t>(g) * a.Kg) * a.Ngemm;
   for (int id = tid; id < Cfg::kBM * Cfg::kBN; id += Cfg::kThreads) {
