@@ -59,7 +59,7 @@ gpu-check:
 # The second call on the GPU machine (while it is warm the build is incremental): whole nets against
 # torch.compile, SORT's cost, and the numba.cuda kernels against the native ones.
 gpu-check-models:
-	FASTCONV_GPU_PARTS=build,models,numba bash benchmarks/gpu_check.sh
+	FASTCONV_GPU_PARTS=build,models,numba,racecheck bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build fastconv/_C*.so

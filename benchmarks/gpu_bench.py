@@ -555,9 +555,11 @@ def bench_mem(batch, results, chk):
 
 
 def smoke():
-    """Each op once on small shapes, every dtype: the compute-sanitizer workload."""
+    """Each op once on small shapes, every dtype (FASTCONV_SMOKE_DTYPES: a comma list of fp16, bf16, fp32,
+    fp64 to run fewer, for racecheck's slower instrumentation): the compute-sanitizer workload."""
     dev = DEV
-    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "fp64": torch.float64}
+    for dtype in [names[d] for d in env_list("FASTCONV_SMOKE_DTYPES", list(names))]:
         for cl in (False, True):
             fmt = torch.channels_last if cl else torch.contiguous_format
             for tf32 in ((False, True) if dtype == torch.float32 and dev == "cuda" else (False,)):

@@ -4,8 +4,9 @@
 # compute-sanitizer memcheck. Logs go to $OUT (or /tmp/fastconv-gpu); a compact summary and the
 # benchmark table are printed last. Whole run: under 9 minutes.
 #   FASTCONV_GPU_PARTS=build,sass,bench,test,sanitize   (default, in this order; `make gpu-check`)
-#   FASTCONV_GPU_PARTS=build,models,numba               (`make gpu-check-models`: the second call --
-#       ResNet-18/50 and AlexNet against torch.compile, SORT's cost and block, numba.cuda vs native)
+#   FASTCONV_GPU_PARTS=build,models,numba,racecheck     (`make gpu-check-models`: the second call --
+#       ResNet-18/50 and AlexNet against torch.compile, SORT's cost and block, numba.cuda vs native,
+#       compute-sanitizer racecheck of every op in fp16 on small shapes)
 #   FASTCONV_GPU_BUDGET=520   seconds for everything; each part gets at most what is left
 #   FASTCONV_BENCH_*          see benchmarks/gpu_bench.py (parts, layers, dtypes, batch)
 set -uo pipefail
@@ -115,6 +116,15 @@ if has numba; then
     --json "$OUT/numba_gpu.json" > "$OUT/numba.log" 2>&1
   rc=$?
   note "numba rc=$rc ($(( $(date +%s) - t )) s), numba.log"
+fi
+
+if has racecheck; then
+  t=$(date +%s)
+  # Shared-memory hazards (the tensor-core rings, the reductions); fp16 only: racecheck is slow.
+  FASTCONV_SMOKE_DTYPES=fp16 timeout "$(slot 120 5)" compute-sanitizer --tool racecheck --error-exitcode 3 \
+    --print-limit 20 "$PY" benchmarks/gpu_bench.py --smoke > "$OUT/racecheck.log" 2>&1
+  rc=$?
+  note "racecheck rc=$rc ($(( $(date +%s) - t )) s): $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY|smoke:' "$OUT/racecheck.log" | tr '\n' ' ')"
 fi
 
 echo
