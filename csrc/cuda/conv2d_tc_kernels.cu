@@ -1,10 +1,12 @@
-// conv2d forward as an implicit GEMM on tensor cores (fp16 / bf16, and fp32 inputs as TF32), fp32
-// accumulation. GEMM view, per group g:  Y[m][k] = sum_kk X[m][kk] * W[k][kk] with
+// conv2d forward and weight gradient as implicit GEMMs on tensor cores (fp16 / bf16, fp32 inputs as
+// TF32 or, exact, as split TF32), fp32 accumulation, on two engines: WMMA (any GPU from sm_80) and
+// Hopper's wgmma (sm_90a builds on compute capability 9.0; see "---- Hopper" below).
+// Forward GEMM view, per group g:  Y[m][k] = sum_kk X[m][kk] * W[k][kk] with
 //   m  = (n, p, q) over N*P*Q output pixels,   k = output channel within the group (Kg),
 //   kk = (r, s, c) over R*S*Cg, c fastest, so a 16-byte chunk of kk is 8 (4 for fp32) consecutive
 //   channels of one input pixel in NHWC and of one filter row in KRSC: no im2col buffer, every
 //   operand tile is gathered straight from x / w with cp.async (zero-fill for padding / tails).
-// Block tile BM x BN x BK (BK = 64 bytes of K per row), STAGES-deep cp.async ring in shared memory,
+// WMMA engine: block tile BM x BN x BK (BK = 64 bytes of K per row), STAGES-deep cp.async ring in shared memory,
 // rows padded by 16 bytes (row pitch 80 bytes: the 8 rows an ldmatrix phase reads hit 8 distinct
 // 16-byte bank groups). Warps compute WM x WN with WMMA fragments. The epilogue stages the fp32
 // accumulators through shared memory (reusing the ring), applies the fused conv2d_fused epilogue and
