@@ -3,10 +3,11 @@ the host emulation (tests/cuda_emu.py, csrc/tests/cuda_emu): real threads per bl
 __syncthreads barrier, alignment checks on every 16-byte vector access, grid limits. Each call goes
 through the kernel layer's launchers exactly as the torch hosts call them, on random awkward shapes in
 every dtype and layout, against torch in float64; outputs are poisoned (NaN) and fenced by guard
-elements, so an unwritten element or a write out of bounds fails. The tensor-core kernels run with
-an emulated WMMA (whole fragments per thread) and cp.async copies that land only when their group is
-waited for: tiling, gathers, tails, the pipeline's waits and the epilogue are checked here, speed
-on the GPU."""
+elements, so an unwritten element or a write out of bounds fails. The tensor-core kernels run on both
+engines (the emulated device's architecture picks one): an emulated WMMA (whole fragments per thread)
+and an emulated wgmma (operands decoded from the shared-memory descriptors, read when issued and again
+when retired), with cp.async copies that land only when their group is waited for: tiling, gathers,
+swizzles, tails, the pipeline's waits and the epilogue are checked here, speed on the GPU."""
 import ctypes
 import math
 import os
