@@ -19,6 +19,7 @@ Correctness of every timed config is checked first against F.conv2d in higher pr
 The compact table is printed last.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -81,6 +82,16 @@ def out_of_time(what):
     print(f"  budget spent: skipping {what}", flush=True)
     SKIPPED.append(what)
     return True
+
+
+@contextlib.contextmanager
+def wmma_engine():
+    """The tensor-core kernels' WMMA engine for the calls inside (FASTCONV_WGMMA is read at every call)."""
+    os.environ["FASTCONV_WGMMA"] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop("FASTCONV_WGMMA")
 
 
 def sync():
@@ -371,37 +382,33 @@ def bench_fwd(layers, dtypes, batch, results, chk):
             w = (torch.randn(K, C, R, R, device=DEV, dtype=dtype) / math.sqrt(C * R * R)).contiguous(memory_format=fmt)
             args = ([st, st], [pad] * 4, [1, 1], 1)
             y = ops.conv2d_fwd(x, w, None, *args)
+            # The tensor-core forward's other engine (WMMA) where the wgmma one is built in: checked, timed.
+            engines = WGMMA and (dtype != torch.float32 or tf32)
+            if engines:
+                with wmma_engine():
+                    y2 = ops.conv2d_fwd(x, w, None, *args)
             # correctness first: cuDNN in fp32 (exact) on the same rounded inputs; fp32 checked in fp64 on 8 images
             set_tf32(False)
+            rows = slice(0, 8) if dtype == torch.float32 else slice(None)
             if dtype == torch.float32:
-                ref = F.conv2d(x[:8].double(), w.double(), None, st, pad)
+                ref = F.conv2d(x[rows].double(), w.double(), None, st, pad)
                 if not tf32:  # cuDNN's own float32 error, to read ours against (its Winograd/FFT round too)
-                    chk.check(f"bench {name} fp32 cuDNN", F.conv2d(x[:8], w, None, st, pad), ref, tol_for(dtype, tf32))
-                ok = chk.check(f"bench {name} {dname}", y[:8], ref, tol_for(dtype, tf32))
+                    chk.check(f"bench {name} fp32 cuDNN", F.conv2d(x[rows], w, None, st, pad), ref, tol_for(dtype, tf32))
             else:
                 ref = F.conv2d(x.float(), w.float(), None, st, pad)
-                ok = chk.check(f"bench {name} {dname}", y, ref, tol_for(dtype, False))
+            ok = chk.check(f"bench {name} {dname}", y[rows], ref, tol_for(dtype, tf32))
             mx, rel = chk.rows[-1][1], chk.rows[-1][2]
+            if engines:
+                ok = chk.check(f"bench {name} {dname} wmma", y2[rows], ref, tol_for(dtype, tf32)) and ok
+                del y2
             set_tf32(tf32)
             del y, ref
             t_ours, spread = bench(lambda: ops.conv2d_fwd(x, w, None, *args))
             t_cudnn, _ = bench(lambda: F.conv2d(x, w, None, st, pad))
-            # The tensor-core forward's other engine (WMMA) where the wgmma one is built in: checked, timed.
             t_wmma = float("nan")
-            if WGMMA and (dtype != torch.float32 or tf32):
-                os.environ["FASTCONV_WGMMA"] = "0"
-                try:
-                    y2 = ops.conv2d_fwd(x, w, None, *args)
-                    set_tf32(False)
-                    ref = F.conv2d(x[:8].double(), w.double(), None, st, pad) if dtype == torch.float32 else \
-                        F.conv2d(x.float(), w.float(), None, st, pad)
-                    ok = chk.check(f"bench {name} {dname} wmma", y2[:8] if dtype == torch.float32 else y2, ref,
-                                   tol_for(dtype, tf32)) and ok
-                    set_tf32(tf32)
-                    del y2, ref
+            if engines:
+                with wmma_engine():
                     t_wmma, _ = bench(lambda: ops.conv2d_fwd(x, w, None, *args))
-                finally:
-                    os.environ.pop("FASTCONV_WGMMA")
             results.append(dict(part="fwd", layer=name, dtype=dname, ms=t_ours, cudnn_ms=t_cudnn,
                                 tflops=fl / t_ours / 1e9, cudnn_tflops=fl / t_cudnn / 1e9, ratio=t_cudnn / t_ours,
                                 peak_pct=100 * fl / t_ours / 1e9 / PEAK_TFLOPS, max_abs=mx, rel=rel, ok=ok,
@@ -448,15 +455,12 @@ def bench_bwd(layers, batch, results, chk):
         t_cudnn, _ = bench(cudnn)
         t_wmma = float("nan")
         if WGMMA:  # the WMMA engine's backward, checked and timed beside the default one
-            os.environ["FASTCONV_WGMMA"] = "0"
-            try:
+            with wmma_engine():
                 ok = chk.check(f"bench bwd_input {name} wmma", ops.conv2d_bwd_input(gy, w, list(x.shape), *args), rx,
                                3 * REL_TOL[dtype]) and ok
                 ok = chk.check(f"bench bwd_weight {name} wmma", ops.conv2d_bwd_weight(gy, x, list(w.shape), *args), rw,
                                3 * REL_TOL[dtype]) and ok
                 t_wmma, _ = bench(ours)
-            finally:
-                os.environ.pop("FASTCONV_WGMMA")
         del rx, rw
         results.append(dict(part="bwd", layer=name, dtype="fp16", ms=t_ours, cudnn_ms=t_cudnn, tflops=fl / t_ours / 1e9,
                             cudnn_tflops=fl / t_cudnn / 1e9, ratio=t_cudnn / t_ours,

@@ -177,16 +177,16 @@ at::Tensor conv2d_bwd_input_cuda(const at::Tensor& grad_out, const at::Tensor& w
       f.c0 = (f.first + pad - ph) / stride;
       return f;
     };
+    std::vector<Phase> rows, cols;
+    for (int64_t ph = 0; ph < a.sh; ++ph) rows.push_back(phase(ph, a.sh, a.pt, a.H, a.R));
+    for (int64_t pw = 0; pw < a.sw; ++pw) cols.push_back(phase(pw, a.sw, a.pl, a.W, a.S));
     bool zeros = false;
-    for (int64_t ph = 0; ph < a.sh; ++ph)
-      for (int64_t pw = 0; pw < a.sw; ++pw) {
-        const Phase fh = phase(ph, a.sh, a.pt, a.H, a.R), fw = phase(pw, a.sw, a.pl, a.W, a.S);
-        zeros = zeros || (fh.count && fw.count && !(fh.taps && fw.taps));
-      }
+    for (const Phase& fh : rows)
+      for (const Phase& fw : cols) zeros = zeros || (fh.count && fw.count && !(fh.taps && fw.taps));
     if (zeros) dx.zero_();
     for (int64_t ph = 0; ph < a.sh; ++ph)
       for (int64_t pw = 0; pw < a.sw; ++pw) {
-        const Phase fh = phase(ph, a.sh, a.pt, a.H, a.R), fw = phase(pw, a.sw, a.pl, a.W, a.S);
+        const Phase &fh = rows[ph], &fw = cols[pw];
         if (!fh.count || !fw.count || !fh.taps || !fw.taps) continue;
         const at::Tensor wt = wg.slice(3, ph, a.R, a.sh).slice(4, pw, a.S, a.sw).flip({3, 4})
                                   .reshape({a.C, Kg, fh.taps, fw.taps}).contiguous(kCL);

@@ -55,6 +55,17 @@ template <typename T> struct TcArgs {
   Epi<T> ep;
 };
 
+// Output pixel m = (n * P + p) * Q + q of a GEMM row, given P*Q and Q.
+struct Pixel {
+  int64_t n;
+  int p, q;
+};
+__device__ __forceinline__ Pixel pixel_of(int64_t m, int PQ, int Q) {
+  const int64_t n = m / PQ;
+  const int pq = static_cast<int>(m - n * PQ), p = pq / Q;
+  return Pixel{n, p, pq - p * Q};
+}
+
 // The epilogue shared by the tensor-core forward kernels: the block's BM x BN fp32 tile, staged in
 // shared memory (pitch ldc), through the fused epilogue to y.
 template <typename T, int BM, int BN, int THREADS>
@@ -74,9 +85,8 @@ __device__ __forceinline__ void tc_store(const TcArgs<T>& a, const float* sC, in
       if (m >= a.M || n >= a.Kg) continue;
       int64_t pix = m * K;
       if (!a.y_dense) {
-        const int64_t img = m / a.PQ;
-        const int pq = static_cast<int>(m - img * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
-        pix = img * a.yt.sn + p * a.yt.sh + q * a.yt.sw;
+        const Pixel o = pixel_of(m, a.PQ, a.Q);
+        pix = o.n * a.yt.sn + o.p * a.yt.sh + o.q * a.yt.sw;
       }
       const int64_t off = pix + kbase + n;
       float v[V];
@@ -100,10 +110,9 @@ __device__ __forceinline__ void tc_store(const TcArgs<T>& a, const float* sC, in
       const int64_t m = m0 + row;
       const int n = n0 + col;
       if (m >= a.M || n >= a.Kg) continue;
-      const int64_t img = m / a.PQ;
-      const int pq = static_cast<int>(m - img * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
+      const Pixel o = pixel_of(m, a.PQ, a.Q);
       const int64_t k = kbase + n;
-      const int64_t off = img * a.yt.sn + k * a.yt.sc + p * a.yt.sh + q * a.yt.sw;
+      const int64_t off = o.n * a.yt.sn + k * a.yt.sc + o.p * a.yt.sh + o.q * a.yt.sw;
       a.y[off] = from_acc<T>(a.ep.apply(sC[row * LDC + col], k, off));
     }
   }
@@ -127,11 +136,10 @@ struct TcGather {
     for (int i = 0; i < AIT; ++i) {
       const int64_t m = m0 + row0 + i * STEP;
       if (m < a.M) {
-        const int64_t n = m / a.PQ;
-        const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
-        a_base[i] = n * a.H * a.W * a.C + static_cast<int64_t>(g) * a.Cg;
-        a_h[i] = p * a.sh - a.ph;
-        a_w[i] = q * a.sw - a.pw;
+        const Pixel o = pixel_of(m, a.PQ, a.Q);
+        a_base[i] = o.n * a.H * a.W * a.C + static_cast<int64_t>(g) * a.Cg;
+        a_h[i] = o.p * a.sh - a.ph;
+        a_w[i] = o.q * a.sw - a.pw;
       } else {
         a_base[i] = 0;
         a_h[i] = -(1 << 29);  // fails the bounds test for every tap: zero rows past M
@@ -352,6 +360,45 @@ template <typename T, bool SPLIT> __device__ __forceinline__ void round_tf32(uns
   }
 }
 
+// Dynamic shared memory rounded up to the next 1024 bytes (swizzle atoms are 1024-byte aligned: the
+// hardware swizzles address bits); kernels using it ask for 1024 bytes of slack. Returns the aligned
+// generic pointer and sets base to its shared-window address.
+__device__ __forceinline__ unsigned char* aligned_tiles(unsigned char* smem_raw, uint32_t& base) {
+  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  base = (raw + 1023u) & ~1023u;
+  return smem_raw + (base - raw);
+}
+
+// The main loop of both wgmma kernels over KT stages in a STAGES-deep ring: load(slot, kt) issues
+// stage kt's cp.async copies, ready(slot) runs on this thread's own landed copies (TF32 rounding),
+// issue(slot) issues the stage's wgmma batch. A stage is waited for, fenced for the async proxy
+// (tensor cores) and published by the barrier; after that barrier every batch up to kt-2 has retired
+// in every warpgroup (wait_group 1 below), so its slot takes stage kt + STAGES - 2.
+template <int STAGES, int N, class Load, class Ready, class Issue>
+__device__ __forceinline__ void wgmma_mainloop(int KT, float (&acc)[N], Load load, Ready ready, Issue issue) {
+  constexpr int PREF = STAGES - 2;
+#pragma unroll
+  for (int st = 0; st < PREF; ++st) {
+    if (st < KT) load(st, st);
+    cp_async_commit();  // empty groups keep the group count uniform
+  }
+  for (int kt = 0; kt < KT; ++kt) {
+    cp_async_wait<PREF - 1>();  // stage kt has landed (this thread's copies) ...
+    ready(kt % STAGES);
+    fence_proxy_async();        // ... is visible to the tensor cores' (async) proxy ...
+    __syncthreads();            // ... for every thread; and every batch up to kt-2 has retired
+    const int nk = kt + PREF;
+    if (nk < KT) load(nk % STAGES, nk);  // the ring slot of batch kt-2
+    cp_async_commit();
+    fence_regs(acc);
+    wgmma_fence();
+    issue(kt % STAGES);
+    wgmma_commit();
+    wgmma_wait<1>();  // batch kt-1 has retired: its slot is refilled next iteration, after the barrier
+    fence_regs(acc);
+  }
+}
+
 // The end of a wgmma main loop: every batch and copy retired, then the accumulators of the block's
 // 128 x N tile staged in shared memory as fp32 rows of pitch ldc (reusing the ring). Accumulator
 // layout of m64nN: warp w of warpgroup wg holds rows 64 wg + 16 w .. + 15; in each 8-column group j,
@@ -378,11 +425,10 @@ template <typename T, int BN, int STAGES, bool SPLIT>
 __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(FASTCONV_EMULATION)
   using Cfg = WgmmaCfg<T, BN, STAGES, SPLIT>;
-  constexpr int V = Cfg::kV, BK = Cfg::kBK, BM = Cfg::kBM, PREF = STAGES - 2;
+  constexpr int V = Cfg::kV, BK = Cfg::kBK, BM = Cfg::kBM;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t base = (raw + 1023u) & ~1023u;  // swizzle atoms are 1024-byte aligned
-  unsigned char* tiles = smem_raw + (base - raw);  // per stage: A [BM][128 B], then B [BN][128 B]
+  uint32_t base;
+  unsigned char* tiles = aligned_tiles(smem_raw, base);  // per stage: A [BM][128 B], then B [BN][128 B]
 
   const int tid = threadIdx.x, wg = tid / 128;
   const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM;
@@ -414,29 +460,17 @@ __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) acc[i] = 0.0f;
 
-  const int KT = (a.Kdim + BK - 1) / BK;
-#pragma unroll
-  for (int st = 0; st < PREF; ++st) {
-    if (st < KT) load_stage(st, st);
-    cp_async_commit();  // empty groups keep the group count uniform
-  }
-  for (int kt = 0; kt < KT; ++kt) {
-    cp_async_wait<PREF - 1>();  // stage kt has landed (this thread's copies) ...
+  auto ready = [&](int slot) {
     if constexpr (sizeof(T) == 4) {  // TF32: round this thread's chunks (and split them, exact float32)
-      unsigned char* st = tiles + (kt % STAGES) * Cfg::kStageBytes + dst;
+      unsigned char* st = tiles + slot * Cfg::kStageBytes + dst;
 #pragma unroll
       for (int i = 0; i < Cfg::kAIt; ++i) round_tf32<T, SPLIT>(st + i * 32 * 128, Cfg::kLoOffset);
 #pragma unroll
       for (int i = 0; i < Cfg::kBIt; ++i) round_tf32<T, SPLIT>(st + BM * 128 + i * 32 * 128, Cfg::kLoOffset);
     }
-    fence_proxy_async();        // ... is visible to the tensor cores' (async) proxy ...
-    __syncthreads();            // ... for every thread; and every batch up to kt-2 has retired
-    const int nk = kt + PREF;
-    if (nk < KT) load_stage(nk % STAGES, nk);  // the ring slot of batch kt-2
-    cp_async_commit();
-    const uint32_t sa = base + (kt % STAGES) * Cfg::kStageBytes + wg * 64 * 128, sb = base + (kt % STAGES) * Cfg::kStageBytes + BM * 128;
-    fence_regs(acc);
-    wgmma_fence();
+  };
+  auto issue = [&](int slot) {
+    const uint32_t sa = base + slot * Cfg::kStageBytes + wg * 64 * 128, sb = base + slot * Cfg::kStageBytes + BM * 128;
 #pragma unroll
     for (int ks = 0; ks < Cfg::kSteps; ++ks) {
       const uint64_t ahi = sw128_desc(sa + ks * 32), bhi = sw128_desc(sb + ks * 32);
@@ -446,10 +480,8 @@ __global__ void __launch_bounds__(256, 1) conv_wgmma_kernel(const TcArgs<T> a) {
       }
       Wgmma<T, BN>::run(acc, ahi, bhi);
     }
-    wgmma_commit();
-    wgmma_wait<1>();  // batch kt-1 has retired: its slot is refilled next iteration, after the barrier
-    fence_regs(acc);
-  }
+  };
+  wgmma_mainloop<STAGES>((a.Kdim + BK - 1) / BK, acc, load_stage, ready, issue);
   float* sC = reinterpret_cast<float*>(tiles);
   wgmma_stage_acc<BN>(acc, sC, Cfg::kLdc, tid);
   tc_store<T, BM, BN, Cfg::kThreads>(a, sC, Cfg::kLdc, m0, n0, g, tid);
@@ -609,15 +641,15 @@ template <typename T>
 __device__ __forceinline__ const T* xcol_src(const WgArgs<T>& a, const T* base, int roff, int soff, int64_t m,
                                              bool& ok) {
   if (!ok) return a.x;
-  const int64_t n = m / a.PQ;
-  const int pq = static_cast<int>(m - n * a.PQ), p = pq / a.Q, q = pq - (pq / a.Q) * a.Q;
-  const int h = p * a.sh + roff, w = q * a.sw + soff;
+  const Pixel o = pixel_of(m, a.PQ, a.Q);
+  const int h = o.p * a.sh + roff, w = o.q * a.sw + soff;
   ok = static_cast<unsigned>(h) < static_cast<unsigned>(a.H) && static_cast<unsigned>(w) < static_cast<unsigned>(a.W);
-  return ok ? base + ((n * a.H + h) * a.W + w) * a.C : a.x;
+  return ok ? base + ((o.n * a.H + h) * a.W + w) * a.C : a.x;
 }
 
 template <typename T, int BM, int BN, int STAGES>
 struct WgCfg {
+  static constexpr int kBM = BM, kBN = BN;
   static constexpr int kV = 16 / sizeof(T);
   static constexpr int kBK = 64 / sizeof(T);             // m rows per stage (32 fp16/bf16, 16 fp32)
   static constexpr int kLdA = BM + kV, kLdB = BN + kV;  // +16 bytes: ldmatrix rows on distinct banks
@@ -770,11 +802,10 @@ template <typename T, int STAGES>
 __global__ void __launch_bounds__(256, 1) wgrad_wgmma_kernel(const WgArgs<T> a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL) || defined(FASTCONV_EMULATION)
   using Cfg = WgradWgmmaCfg<T, STAGES>;
-  constexpr int V = Cfg::kV, BK = Cfg::kBK, PREF = STAGES - 2, PANEL = Cfg::kPanel;
+  constexpr int V = Cfg::kV, BK = Cfg::kBK, PANEL = Cfg::kPanel;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  const uint32_t raw = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  const uint32_t base = (raw + 1023u) & ~1023u;
-  unsigned char* tiles = smem_raw + (base - raw);  // per stage: A panels 0, 1, then B panels 0, 1
+  uint32_t base;
+  unsigned char* tiles = aligned_tiles(smem_raw, base);  // per stage: A panels 0, 1, then B panels 0, 1
 
   const int tid = threadIdx.x, wg = tid / 128;
   const int g = blockIdx.z % a.groups, split = blockIdx.z / a.groups;
@@ -791,7 +822,8 @@ __global__ void __launch_bounds__(256, 1) wgrad_wgmma_kernel(const WgArgs<T> a) 
   const int b_roff = (b_rs / a.S) * a.dh - a.ph, b_soff = (b_rs % a.S) * a.dw - a.pw;
   const T* b_src = a.x + static_cast<int64_t>(g) * a.Cg + (b_ok ? b_c : 0);
 
-  auto load_stage = [&](int stage, int64_t m_base) {
+  auto load_stage = [&](int stage, int kt) {
+    const int64_t m_base = mb + static_cast<int64_t>(kt) * BK;
     unsigned char* sA = tiles + stage * Cfg::kStageBytes + dst;
     unsigned char* sB = sA + 2 * PANEL;
 #pragma unroll
@@ -808,29 +840,14 @@ __global__ void __launch_bounds__(256, 1) wgrad_wgmma_kernel(const WgArgs<T> a) 
   float acc[64];
 #pragma unroll
   for (int i = 0; i < 64; ++i) acc[i] = 0.0f;
-  const int KT = mb < me ? static_cast<int>((me - mb + BK - 1) / BK) : 0;
-#pragma unroll
-  for (int st = 0; st < PREF; ++st) {
-    if (st < KT) load_stage(st, mb + static_cast<int64_t>(st) * BK);
-    cp_async_commit();
-  }
-  for (int kt = 0; kt < KT; ++kt) {
-    cp_async_wait<PREF - 1>();
-    fence_proxy_async();
-    __syncthreads();
-    const int nk = kt + PREF;
-    if (nk < KT) load_stage(nk % STAGES, mb + static_cast<int64_t>(nk) * BK);
-    cp_async_commit();
-    const uint32_t sa = base + (kt % STAGES) * Cfg::kStageBytes + wg * PANEL, sb = base + (kt % STAGES) * Cfg::kStageBytes + 2 * PANEL;
-    fence_regs(acc);
-    wgmma_fence();
+  auto issue = [&](int slot) {
+    const uint32_t sa = base + slot * Cfg::kStageBytes + wg * PANEL, sb = base + slot * Cfg::kStageBytes + 2 * PANEL;
 #pragma unroll
     for (int ks = 0; ks < BK / 16; ++ks)
       WgmmaMN<T, 128>::run(acc, sw128_desc(sa + ks * 2048, PANEL, 1024), sw128_desc(sb + ks * 2048, PANEL, 1024));
-    wgmma_commit();
-    wgmma_wait<1>();
-    fence_regs(acc);
-  }
+  };
+  const int KT = mb < me ? static_cast<int>((me - mb + BK - 1) / BK) : 0;
+  wgmma_mainloop<STAGES>(KT, acc, load_stage, [](int) {}, issue);
   float* sC = reinterpret_cast<float*>(tiles);
   constexpr int LDC = Cfg::kLdc;
   wgmma_stage_acc<Cfg::kBN>(acc, sC, LDC, tid);
@@ -858,6 +875,18 @@ int wgrad_splits(const Conv2dParams& p, int sm_count) {
   return static_cast<int>(std::max<int64_t>(1, s));
 }
 
+// One weight-gradient kernel over splits x groups of the reduction: each split's m range is a multiple
+// of the kernel's rows per stage; both kernels tile Kg x Ngemm by 128 x 128 (wgrad_splits' count).
+template <class Cfg, auto Kernel, typename T>
+void launch_wgrad(WgArgs<T>& a, int splits, cudaStream_t stream) {
+  static_assert(Cfg::kBM == kWgBM && Cfg::kBN == kWgBN, "wgrad_splits counts 128 x 128 tiles");
+  a.chunk = ((a.M + splits - 1) / splits + Cfg::kBK - 1) / Cfg::kBK * Cfg::kBK;
+  ensure_smem<Kernel>(Cfg::kSmem);
+  const dim3 grid(static_cast<unsigned>((a.Kg + Cfg::kBM - 1) / Cfg::kBM),
+                  static_cast<unsigned>((a.Ngemm + Cfg::kBN - 1) / Cfg::kBN), static_cast<unsigned>(splits * a.groups));
+  Kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
+}
+
 template <typename T>
 void wgrad_tc(const Conv2dParams& p, const void* dy, const void* x, float* ws, int splits, cudaStream_t stream) {
   using Cfg = WgCfg<T, kWgBM, kWgBN, kWgStages>;
@@ -877,24 +906,9 @@ void wgrad_tc(const Conv2dParams& p, const void* dy, const void* x, float* ws, i
   a.ph = static_cast<int>(p.pad_h0); a.pw = static_cast<int>(p.pad_w0);
   a.dh = static_cast<int>(p.dil_h); a.dw = static_cast<int>(p.dil_w);
   if constexpr (sizeof(T) == 2) {
-    if (conv2d_wgmma_ok()) {
-      using WCfg = WgradWgmmaCfg<T, 6>;
-      a.chunk = ((a.M + splits - 1) / splits + WCfg::kBK - 1) / WCfg::kBK * WCfg::kBK;
-      constexpr auto kernel = wgrad_wgmma_kernel<T, 6>;
-      ensure_smem<kernel>(WCfg::kSmem);
-      const dim3 grid(static_cast<unsigned>((a.Kg + WCfg::kBM - 1) / WCfg::kBM),
-                      static_cast<unsigned>((a.Ngemm + WCfg::kBN - 1) / WCfg::kBN),
-                      static_cast<unsigned>(splits * a.groups));
-      kernel<<<grid, WCfg::kThreads, WCfg::kSmem, stream>>>(a);
-      return;
-    }
+    if (conv2d_wgmma_ok()) return launch_wgrad<WgradWgmmaCfg<T, 6>, wgrad_wgmma_kernel<T, 6>>(a, splits, stream);
   }
-  a.chunk = ((a.M + splits - 1) / splits + Cfg::kBK - 1) / Cfg::kBK * Cfg::kBK;
-  constexpr auto kernel = wgrad_tc_kernel<T, kWgBM, kWgBN, kWgStages>;
-  ensure_smem<kernel>(Cfg::kSmem);
-  const dim3 grid(static_cast<unsigned>((a.Kg + kWgBM - 1) / kWgBM), static_cast<unsigned>((a.Ngemm + kWgBN - 1) / kWgBN),
-                  static_cast<unsigned>(splits * a.groups));
-  kernel<<<grid, Cfg::kThreads, Cfg::kSmem, stream>>>(a);
+  launch_wgrad<Cfg, wgrad_tc_kernel<T, kWgBM, kWgBN, kWgStages>>(a, splits, stream);
 }
 
 }  // namespace
