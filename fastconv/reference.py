@@ -236,10 +236,15 @@ def max_pool2d_fwd(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         for b in range(ow):
             rows = [a * sh - ph + i * dh for i in range(kh)]
             cols = [b * sw - pw + j * dw for j in range(kw)]
+            # A window with no row or column inside the input (padding and dilation can do that)
+            # reports -inf at torch's position: the first tap, moved down / right by the dilation
+            # until it is not negative (it may lie past the input's end).
+            r0 = rows[0] + max(0, -(rows[0] // dh)) * dh
+            c0 = cols[0] + max(0, -(cols[0] // dw)) * dw
             rows = [r for r in rows if 0 <= r < h]
             cols = [q for q in cols if 0 <= q < w]
             best = np.full((n, c), -np.inf)
-            best_idx = np.full((n, c), rows[0] * w + cols[0], dtype=np.int64)
+            best_idx = np.full((n, c), r0 * w + c0, dtype=np.int64)
             for r in rows:
                 for q in cols:
                     v = x[:, :, r, q]
@@ -257,14 +262,17 @@ def max_pool2d_values(x, kernel_size, stride=None, padding=0, dilation=1, ceil_m
 
 
 def max_pool2d_bwd(grad_out, indices, input_size):
-    """Each output's gradient goes to the input position its index names (repeats accumulate)."""
+    """Each output's gradient goes to the input position its index names (repeats accumulate). An
+    index outside the plane (the forward reports one, as torch does, for a window with no tap inside
+    the input: its value is -inf and depends on no input) passes nothing on."""
     n, c, h, w = input_size
     gx = np.zeros((n, c, h * w))
     gy = _f64(grad_out).reshape(n, c, -1)
     ind = np.asarray(indices).reshape(n, c, -1)
     for i in range(n):
         for j in range(c):
-            np.add.at(gx[i, j], ind[i, j], gy[i, j])
+            inside = (ind[i, j] >= 0) & (ind[i, j] < h * w)
+            np.add.at(gx[i, j], ind[i, j][inside], gy[i, j][inside])
     return gx.reshape(n, c, h, w)
 
 

@@ -161,7 +161,8 @@ def test_conv2d_winograd(xs, k, padding, block, monkeypatch):
 
 def test_conv2d_winograd_switch_and_rule():
     from fastconv.numba import kernels
-    x, w = randn(1, 16, 20, 20), randn(16, 16, 3, 3)
+    gen = torch.Generator().manual_seed(5)
+    x, w = torch.randn(1, 16, 20, 20, generator=gen), torch.randn(16, 16, 3, 3, generator=gen)
     before = kernels.set_winograd(False)
     try:
         assert not kernels.winograd(x.numpy(), w.numpy(), (1, 1), (1,) * 4, (1, 1), 1, 20, 20)
@@ -169,7 +170,9 @@ def test_conv2d_winograd_switch_and_rule():
     finally:
         kernels.set_winograd(before)
     assert kernels.winograd(x.numpy(), w.numpy(), (1, 1), (1,) * 4, (1, 1), 1, 20, 20)
-    torch.testing.assert_close(fastconv.conv2d(x, w, None, 1, 1), direct, rtol=1e-4, atol=1e-4)
+    # Winograd's rounding follows the largest value in each tile: about 1e-5 of the output's scale
+    scale = direct.abs().max().item()
+    torch.testing.assert_close(fastconv.conv2d(x, w, None, 1, 1), direct, rtol=1e-4, atol=2e-5 * scale)
     # float64, strided, grouped, small channel counts and tiny outputs stay direct
     for args in [(x.double().numpy(), w.double().numpy(), (1, 1), (1,) * 4, (1, 1), 1, 20, 20),
                  (x.numpy(), w.numpy(), (2, 2), (1,) * 4, (1, 1), 1, 10, 10),
@@ -338,7 +341,7 @@ def test_opcheck_and_compile():
 @pytest.mark.parametrize("name,args", [
     ("conv2d_fwd", lambda x: (x, torch.randn(4, 2, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1)),
     ("conv2d_bwd_input", lambda x: (x, torch.randn(4, 3, 3, 3), [2, 3, 9, 9], [1, 1], [0, 0, 0, 0], [1, 1], 1)),
-    ("max_pool2d_bwd", lambda x: (x, torch.full(x.shape, 10**6, dtype=torch.int64), [2, 3, 16, 16])),
+    ("max_pool2d_bwd", lambda x: (x, torch.zeros(2, 3, 8, 7, dtype=torch.int64), [2, 3, 16, 16])),
     ("max_pool2d_fwd", lambda x: (x, [2, 2], [2, 2], [3, 3], [1, 1], False)),
     ("sort_fwd", lambda x: (x, torch.randn(2, 3, 8, 7), 0, 0.01)),
     ("relu_bwd", lambda x: (x, torch.randn(5))),

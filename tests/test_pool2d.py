@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
+from fastconv import backends
 from fastconv import reference as R
 from conftest import DEVICES, DTYPES, assert_close, check_op, isa_path, make, quantize, rand, same_format
 
@@ -151,6 +152,28 @@ def test_max_nan_inf(device, layout):
     assert torch.equal(i.cpu(), ei.cpu()), f"indices {i} vs torch {ei}"
     y.sum().backward()
     assert_close(t.grad, R.max_pool2d_bwd(np.ones(ry.shape), ridx, x.shape), torch.float32)
+
+
+@pytest.mark.parametrize("backend", ["native", "numba", "reference"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_max_window_without_input(backend, layout, device):
+    """Dilation 2 and padding 1 put both tap rows of these windows (rows -1 and 1) outside a 1-row
+    input: the output is -inf, and its index is torch's (the first tap moved down by the dilation,
+    past the plane). The gradient of a constant is zero: every backend skips those indices. (torch's
+    own backward writes them out of bounds, so it is not run here.)"""
+    if not backends.available(backend) or (device == "cuda" and backend == "reference"):
+        pytest.skip(f"backend {backend} not available here")
+    kw = dict(kernel_size=(2, 4), stride=(2, 3), padding=(1, 2), dilation=2, ceil_mode=True)
+    x = make(rand(np.random.default_rng(3), (2, 3, 1, 18)), torch.float32, device, layout, True)
+    y_ref, i_ref = F.max_pool2d(x.detach(), return_indices=True, **kw)
+    assert (i_ref >= 18).all() and torch.isinf(y_ref).all()  # the case the test is about
+    with fastconv.use_backend(backend):
+        y, i = fastconv.max_pool2d(x, return_indices=True, **kw)
+        assert torch.equal(y, y_ref) and torch.equal(i, i_ref)
+        y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, torch.zeros_like(x))
+    np.testing.assert_array_equal(R.max_pool2d_bwd(np.ones(y.shape), i.cpu().numpy(), x.shape), 0)
 
 
 @pytest.mark.parametrize("device", DEVICES)

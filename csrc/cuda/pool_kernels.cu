@@ -260,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) max_pool_bwd_kernel(Tensor4 gyt, Ten
     const Pos o = decompose(i, cl, gyt.c, gyt.h, gyt.w, 1, dc);
     const int64_t yo = off(gyt, o);
     const int64_t j = idx[yo];
-    if (j < 0 || j >= plane) continue;  // never produced by max_pool2d_fwd; do not write out of bounds
+    if (j < 0 || j >= plane) continue;  // a window with no tap inside the input (-inf): no gradient
     atomic_add(acc + o.n * gxt.sn + o.c * gxt.sc + (j / gxt.w) * gxt.sh + (j % gxt.w) * gxt.sw,
                static_cast<A>(to_acc(gy[yo])));
   }

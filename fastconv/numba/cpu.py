@@ -598,10 +598,14 @@ def max_pool2d_values(x3, y3, kh, kw, sh, sw, ph, pw, dh, dw, neg_inf):
 
 @nb.njit(**_JIT)
 def max_pool2d_bwd(dy2, idx2, dx2):
-    """dy2/idx2 (N*C, OH*OW), dx2 (N*C, H*W) zeroed; indices checked in range by the caller."""
+    """dy2/idx2 (N*C, OH*OW), dx2 (N*C, H*W) zeroed. An index outside the plane (a window with no tap
+    inside the input) passes nothing on."""
+    hw = dx2.shape[1]
     for pln in prange(dy2.shape[0]):
         for i in range(dy2.shape[1]):
-            dx2[pln, _U(idx2[pln, i])] += dy2[pln, i]
+            j = idx2[pln, i]
+            if 0 <= j < hw:
+                dx2[pln, _U(j)] += dy2[pln, i]
 
 
 @nb.njit(inline="always", cache=True)

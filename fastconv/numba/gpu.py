@@ -357,7 +357,8 @@ def _max_pool_bwd(dy, idx, dx):
         c = (i // (OW * OH)) % C
         n = i // (OW * OH * C)
         j = idx[n, c, oh, ow]
-        cuda.atomic.add(dx, (n, c, j // W, j % W), dy[n, c, oh, ow])
+        if 0 <= j < H * W:  # outside: a window with no tap inside the input (value -inf)
+            cuda.atomic.add(dx, (n, c, j // W, j % W), dy[n, c, oh, ow])
 
 
 def max_pool2d_bwd(dy, indices, input_size):
