@@ -206,6 +206,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d (None keeps a size)."""
     x, unbatched = A.batched(input, "input")
+    if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) != 2:  # torch: no 1-sequences here
+        raise ValueError(f"fastconv: 'output_size' must be an int or a pair, got {tuple(output_size)!r}")
     oh, ow = A.pair(output_size, "output_size", minimum=1, allow_none=True)
     oh = x.shape[2] if oh is None else oh
     ow = x.shape[3] if ow is None else ow

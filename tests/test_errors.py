@@ -86,6 +86,7 @@ POOL_ERRORS = [
     ("adaptive", dict(output_size=0), ValueError, "output_size"),
     ("adaptive", dict(output_size=(2, -1)), ValueError, "output_size"),
     ("adaptive", dict(output_size="big"), TypeError, "output_size"),
+    ("adaptive", dict(output_size=(2,)), ValueError, "output_size"),
     ("adaptive", dict(input=torch.ones(1, 2, 8, 8, dtype=torch.int32)), TypeError, "input"),
 ]
 
