@@ -211,8 +211,8 @@ def adaptive_avg_pool2d(input, output_size):
     oh, ow = A.pair(output_size, "output_size", minimum=1, allow_none=True)
     oh = x.shape[2] if oh is None else oh
     ow = x.shape[3] if ow is None else ow
-    if x.shape[1] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"fastconv: 'input' must have non-zero channel and spatial sizes, got {tuple(x.shape)}")
+    if x.shape[2] == 0 or x.shape[3] == 0:  # no channels is fine, as in torch
+        raise ValueError(f"fastconv: 'input' must have non-zero spatial sizes, got {tuple(x.shape)}")
     y = _call("adaptive_avg_pool2d_fwd", (x,), x, [oh, ow])
     return y.squeeze(0) if unbatched else y
 

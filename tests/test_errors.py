@@ -151,6 +151,7 @@ def test_different_devices():
     ("max_pool2d_fwd", lambda: (x4, [0, 2], [2, 2], [0, 0], [1, 1], False)),
     ("avg_pool2d_fwd", lambda: (x4, [2, 2], [2, 0], [0, 0], False, True, None)),
     ("adaptive_avg_pool2d_fwd", lambda: (x4, [0, 2])),
+    ("adaptive_avg_pool2d_fwd", lambda: (torch.randn(2, 3, 0, 5), [2, 2])),  # nothing to average
     ("sort_fwd", lambda: (x4, torch.randn(2, 4, 8, 7), 0, 0.01)),
     ("sort_fwd", lambda: (x4, x4, 5, 0.01)),
     ("relu_bwd", lambda: (x4, torch.randn(2, 4, 8, 7))),
@@ -160,3 +161,14 @@ def test_raw_ops_check_arguments(name, args):
     import fastconv.ops  # noqa: F401
     with pytest.raises((RuntimeError, ValueError, TypeError, IndexError)):
         getattr(torch.ops.fastconv, name)(*args())
+
+
+def test_adaptive_no_channels():
+    """torch pools an input without channels (an empty result); only empty spatial sizes are errors."""
+    x = torch.randn(2, 0, 4, 5, requires_grad=True)
+    y = fastconv.adaptive_avg_pool2d(x, 2)
+    assert y.shape == (2, 0, 2, 2)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    with pytest.raises(ValueError, match="spatial"):
+        fastconv.adaptive_avg_pool2d(torch.randn(2, 3, 4, 0), 2)

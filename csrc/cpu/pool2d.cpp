@@ -205,6 +205,8 @@ at::Tensor avg_pool2d_bwd(const at::Tensor& grad_out, at::IntArrayRef input_size
 at::Tensor adaptive_avg_pool2d_fwd(const at::Tensor& input, at::IntArrayRef output_size) {
   check_input(input, "input");
   check_pair(output_size, "output_size", 1);
+  TORCH_CHECK_VALUE(input.size(2) > 0 && input.size(3) > 0, "fastconv: 'input' must have non-zero spatial sizes, got ",
+                    input.sizes());
   const auto fmt = memory_format_of(input);
   const at::Tensor x = prepare(input, fmt);
   at::Tensor y = empty4({x.size(0), x.size(1), output_size[0], output_size[1]}, x.options(), fmt);

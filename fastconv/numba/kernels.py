@@ -103,8 +103,8 @@ def _check(name, args):
     elif name == "avg_pool2d_fwd":
         _check_pool(name, _shape(a0), *args[1:4], (1, 1))
     elif name == "adaptive_avg_pool2d_fwd":
-        _need(len(a0.shape) == 4 and min(_shape(a0)[1:]) > 0 and min(args[1]) >= 1, name,
-              f"input {_shape(a0)} must be 4-D with non-zero C, H, W and output_size {args[1]} positive")
+        _need(len(a0.shape) == 4 and min(_shape(a0)[2:]) > 0 and min(args[1]) >= 1, name,
+              f"input {_shape(a0)} must be 4-D with non-zero H, W and output_size {args[1]} positive")
     else:  # elementwise
         arrays = [a for a in args if not isinstance(a, (int, float))]
         _need(all(_shape(a) == _shape(a0) for a in arrays), name, "arrays must have the same shape")
