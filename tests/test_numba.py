@@ -345,11 +345,24 @@ def test_opcheck_and_compile():
     ("max_pool2d_fwd", lambda x: (x, [2, 2], [2, 2], [3, 3], [1, 1], False)),
     ("sort_fwd", lambda x: (x, torch.randn(2, 3, 8, 7), 0, 0.01)),
     ("relu_bwd", lambda x: (x, torch.randn(5))),
+    ("relu_bwd", lambda x: (x, x.double())),
+    ("sort_fwd", lambda x: (x.contiguous(memory_format=torch.channels_last), torch.randn(3, 8, 8), 0, 0.01)),
+    ("max_pool2d_fwd", lambda x: (x, [2], [2, 2], [0, 0], [1, 1], False)),
+    ("max_pool2d_values", lambda x: (x, [2, 2], [], [0, 0], [1, 1], False)),
+    ("avg_pool2d_fwd", lambda x: (x, [9, 9], [1, 1], [0, 0], False, True, None)),
+    ("adaptive_avg_pool2d_fwd", lambda x: (x, [3])),
+    ("adaptive_avg_pool2d_fwd", lambda x: (x[:, :, :0], [3, 3])),
 ])
 def test_raw_ops_check_arguments(name, args):
-    """The kernels do no bounds checks: inconsistent raw-op arguments must be refused before them."""
-    with pytest.raises((ValueError, RuntimeError)):
+    """The kernels do no bounds checks: inconsistent raw-op arguments must be refused before them, with
+    an error that names the operator."""
+    with pytest.raises((ValueError, TypeError), match=r"fastconv\.numba\."):
         getattr(torch.ops.fastconv_numba, name)(*args(randn(2, 3, 8, 8)))
+
+
+def test_raw_bias_grad_of_empty_output():
+    db = torch.ops.fastconv_numba.conv2d_bwd_bias(torch.randn(3, 4, 0, 5))
+    assert torch.equal(db, torch.zeros(4))
 
 
 def test_numpy_entry_points():

@@ -63,6 +63,8 @@ def _check_conv(name, x_shape, w_shape, stride, padding, dilation, groups):
 
 def _check_pool(name, shape, kernel_size, stride, padding, dilation):
     _need(len(shape) == 4 and min(shape[1:]) > 0, name, f"input {shape} must be 4-D with non-zero C, H, W")
+    _need(all(len(v) == 2 for v in (kernel_size, stride, padding, dilation)), name,
+          f"kernel_size {kernel_size}, stride {stride}, padding {padding} and dilation {dilation} must be pairs")
     _need(min(kernel_size) >= 1 and min(stride) >= 1 and min(dilation) >= 1, name, "sizes must be positive")
     _need(all(0 <= padding[i] <= ((kernel_size[i] - 1) * dilation[i] + 1) // 2 for i in range(2)), name,
           f"padding {padding} must be in [0, half the effective kernel size]")
@@ -100,10 +102,13 @@ def _check(name, args):
                   "grad_out does not match the pooled size")
     elif name in ("max_pool2d_fwd", "max_pool2d_values"):
         _check_pool(name, _shape(a0), *args[1:5])
+        _need(min(pool_out_hw(_shape(a0)[2:], *args[1:6])) > 0, name, "the pooled size must be positive")
     elif name == "avg_pool2d_fwd":
         _check_pool(name, _shape(a0), *args[1:4], (1, 1))
+        _need(min(pool_out_hw(_shape(a0)[2:], *args[1:4], (1, 1), args[4])) > 0, name,
+              "the pooled size must be positive")
     elif name == "adaptive_avg_pool2d_fwd":
-        _need(len(a0.shape) == 4 and min(_shape(a0)[2:]) > 0 and min(args[1]) >= 1, name,
+        _need(len(a0.shape) == 4 and min(_shape(a0)[2:]) > 0 and len(args[1]) == 2 and min(args[1]) >= 1, name,
               f"input {_shape(a0)} must be 4-D with non-zero H, W and output_size {args[1]} positive")
     else:  # elementwise
         arrays = [a for a in args if not isinstance(a, (int, float))]
@@ -389,7 +394,7 @@ def conv2d_bwd_weight(dy, x, weight_size, stride, padding, dilation, groups):
 def conv2d_bwd_bias(dy):
     dy = _c(dy)
     db = np.empty(dy.shape[1], dy.dtype)
-    _cpu().conv2d_bwd_bias(dy.reshape(dy.shape[0], dy.shape[1], -1), db, dy.dtype.type(0))
+    _cpu().conv2d_bwd_bias(dy.reshape(dy.shape[0], dy.shape[1], dy.shape[2] * dy.shape[3]), db, dy.dtype.type(0))
     return db
 
 

@@ -76,11 +76,16 @@ def _impl(name, fn, compute_dtype, host):
     def run(*args):
         first = args[0]  # every schema's first argument is a tensor
         dtype, device = first.dtype, first.device
+        for a in args[1:]:  # as the native operators: one floating-point dtype for all (indices are int64)
+            if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != dtype:
+                raise TypeError(f"fastconv.numba.{name}: every floating-point tensor must have the first one's "
+                                f"dtype {dtype}, got {a.dtype}")
         cl = A.is_channels_last(first)
         # output memory format: the native rule that the fakes in fastconv/ops.py encode
         fmt = A.memory_format(first, args[1]) if conv_out else (torch.channels_last if cl else
                                                                   torch.contiguous_format)
-        nhwc = elementwise and cl
+        # (arrays of other shapes stay as they are, for the shape check to name them)
+        nhwc = elementwise and cl and all(a.shape == first.shape for a in args if isinstance(a, torch.Tensor))
         cdt = compute_dtype(dtype)
         arrays = [_to_array(a, cdt, nhwc, host) if isinstance(a, torch.Tensor) else a for a in args]
         if device.type == "cuda" and not host:
