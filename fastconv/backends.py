@@ -113,16 +113,25 @@ def _load_reference():
     except ImportError as exc:
         raise RuntimeError(f"fastconv: backend 'reference' needs fastconv/reference.py, which failed to import "
                            f"({exc})") from exc
+    import functools
     import types
 
     import torch
 
-    from fastconv.numba import torch_ops
+    from fastconv.numba import kernels, torch_ops
     impl = {name: getattr(reference, name, None) for name in torch_ops.SCHEMAS}
     impl["conv2d_fused_fwd"] = impl["conv2d_fused_fwd"] or getattr(reference, "conv2d_fused", None)
     missing = [name for name, fn in impl.items() if fn is None]
     if missing:
         raise RuntimeError(f"fastconv: backend 'reference': fastconv/reference.py lacks {', '.join(missing)}")
+
+    def checked(name, fn):  # the operators refuse what the reference functions assume away, as numba's do
+        @functools.wraps(fn)
+        def op(*args):
+            kernels.check_args(name, args, "fastconv.reference")
+            return fn(*args)
+        return op
+    impl = {name: checked(name, fn) for name, fn in impl.items()}
     return torch_ops.define("fastconv_reference", types.SimpleNamespace(**impl), lambda dtype: torch.float64,
                             host=True)
 

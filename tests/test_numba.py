@@ -353,11 +353,14 @@ def test_opcheck_and_compile():
     ("adaptive_avg_pool2d_fwd", lambda x: (x, [3])),
     ("adaptive_avg_pool2d_fwd", lambda x: (x[:, :, :0], [3, 3])),
 ])
-def test_raw_ops_check_arguments(name, args):
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_raw_ops_check_arguments(name, args, backend):
     """The kernels do no bounds checks: inconsistent raw-op arguments must be refused before them, with
     an error that names the operator."""
-    with pytest.raises((ValueError, TypeError), match=r"fastconv\.numba\."):
-        getattr(torch.ops.fastconv_numba, name)(*args(randn(2, 3, 8, 8)))
+    with fastconv.use_backend(backend):
+        ops = getattr(torch.ops, f"fastconv_{backend}")
+    with pytest.raises((ValueError, TypeError), match=rf"fastconv\.{backend}\."):
+        getattr(ops, name)(*args(randn(2, 3, 8, 8)))
 
 
 def test_raw_bias_grad_of_empty_output():

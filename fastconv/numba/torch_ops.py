@@ -69,7 +69,7 @@ def _from_array(a, dtype, fmt, nhwc, device):
     return t.contiguous(memory_format=fmt) if t.dim() == 4 and not t.is_contiguous(memory_format=fmt) else t
 
 
-def _impl(name, fn, compute_dtype, host):
+def _impl(name, fn, compute_dtype, host, where):
     conv_out = name in ("conv2d_fwd", "conv2d_fused_fwd")
     elementwise = name in _ELEMENTWISE
 
@@ -78,7 +78,7 @@ def _impl(name, fn, compute_dtype, host):
         dtype, device = first.dtype, first.device
         for a in args[1:]:  # as the native operators: one floating-point dtype for all (indices are int64)
             if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != dtype:
-                raise TypeError(f"fastconv.numba.{name}: every floating-point tensor must have the first one's "
+                raise TypeError(f"{where}.{name}: every floating-point tensor must have the first one's "
                                 f"dtype {dtype}, got {a.dtype}")
         cl = A.is_channels_last(first)
         # output memory format: the native rule that the fakes in fastconv/ops.py encode
@@ -124,7 +124,8 @@ def define(namespace, impl, compute_dtype, host=False):
         kernels = {}
         for name, schema in SCHEMAS.items():
             lib.define(name + schema)
-            kernels[name] = fn = _impl(name, getattr(impl, name), compute_dtype, host)
+            kernels[name] = fn = _impl(name, getattr(impl, name), compute_dtype, host,
+                                       namespace.replace("fastconv_", "fastconv."))
             lib.impl(name, fn, "CPU")
             lib.impl(name, fn, "CUDA")
         _LIBS[namespace] = (lib, OpSet(namespace, kernels))
