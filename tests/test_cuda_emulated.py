@@ -432,6 +432,31 @@ def test_fast_division(emu):
         assert emu.emu_fastdiv_check(d, 2000) == 0, d
 
 
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("cl", [False, True])
+def test_max_pool_window_without_input_emulated(emu, dt, cl):
+    """Dilation 2 and padding 1 leave these windows no tap row inside a 1-row input: the kernel reports
+    -inf at torch's index (past the plane), and the backward passes nothing on and writes nothing
+    outside grad_input (torch's own CPU backward writes out of bounds here, so the reference is zero)."""
+    n, c, h, w = 2, 8, 1, 18
+    x = rand((n, c, h, w), dt, cl)
+    ry, ri = F.max_pool2d(x.t.double(), (2, 4), (2, 3), (1, 2), 2, True, True)
+    assert torch.isinf(ry).all() and (ri >= h * w).all()
+    y, idx = Buf(tuple(ry.shape), dt, cl), Buf(tuple(ry.shape), torch.int64, cl, fill=-7)
+    k = ints(2, 4, 2, 3, 1, 2, 2, 2, 1, 0)
+    call(emu, "emu_max_pool_fwd", DT[dt], ptr(x.t), t4(x.t), ptr(y.t), t4(y.t), ctypes.c_void_p(idx.t.data_ptr()), k)
+    written(y, "max fwd")
+    assert idx.guards_intact() and torch.equal(idx.t, ri) and torch.equal(y.t.double(), ry)
+    gy = rand(tuple(ry.shape), dt, cl)
+    half = dt in HALF
+    gx = Buf((n, c, h, w), dt, cl, data=None if half else torch.zeros(n, c, h, w))
+    acc = Buf((n, c, h, w), torch.float32, cl, data=torch.zeros(n, c, h, w)) if half else None
+    call(emu, "emu_max_pool_bwd", DT[dt], ptr(gy.t), t4(gy.t), ctypes.c_void_p(idx.t.data_ptr()), ptr(gx.t),
+         t4(gx.t), ctypes.c_void_p(acc.t.data_ptr() if half else 0))
+    written(gx, "max bwd")
+    assert (acc if half else gx).guards_intact() and torch.equal(gx.t.double(), torch.zeros(n, c, h, w, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("index", ["32", "64"])
 def test_pool_kernels_emulated(emu, seed, index, monkeypatch):
