@@ -2,7 +2,7 @@
 conv padding (top, bottom, left, right), combine 0/1/2, mode 0/1). NumPy arrays run the CPU kernels
 of fastconv.numba.cpu; arrays exposing __cuda_array_interface__ (torch CUDA tensors, CuPy and Numba
 device arrays) run the numba.cuda kernels of fastconv.numba.gpu and return arrays of their own kind.
-Arguments are assumed valid (the public functions validate them)."""
+The kernels do no bounds checks: every operator first runs check_args on its arguments."""
 import contextlib
 import functools
 import math
