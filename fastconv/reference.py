@@ -128,14 +128,15 @@ def sort_fwd(a, b, mode="sqrt", eps=0.01):
 
 def sort_bwd(grad_out, a, b, mode="sqrt", eps=0.01):
     """(grad_a, grad_b): dy/da = 1 + [a > 0] relu(b) / (2 sqrt(relu(a) relu(b) + eps)) for 'sqrt',
-    1 + [a > 0] relu(b) for 'product'; symmetric in b."""
+    1 + [a > 0] relu(b) for 'product'; symmetric in b. With eps = 0 the term is 0 where relu(b) = 0
+    (the function is constant in a there), not 0/0."""
     g, a, b = _f64(grad_out), _f64(a), _f64(b)
     ra, rb = relu_fwd(a), relu_fwd(b)
     if SORT_MODES[mode] == 0:
         with np.errstate(divide="ignore", invalid="ignore"):
             root2 = 2.0 * np.sqrt(ra * rb + eps)
-            da = 1.0 + np.where(a > 0, rb / root2, 0.0)
-            db = 1.0 + np.where(b > 0, ra / root2, 0.0)
+            da = 1.0 + np.where((a > 0) & (rb != 0), rb / root2, 0.0)
+            db = 1.0 + np.where((b > 0) & (ra != 0), ra / root2, 0.0)
     else:
         da = 1.0 + np.where(a > 0, rb, 0.0)
         db = 1.0 + np.where(b > 0, ra, 0.0)

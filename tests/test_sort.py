@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
+from fastconv import backends
 from fastconv import reference as R
 from conftest import DEVICES, DTYPES, assert_close, check_op, isa_path, make, rand
 
@@ -113,12 +114,18 @@ def test_gradcheck(mode, eps):
     assert torch.autograd.gradcheck(lambda x, y: fastconv.sort(x, y, mode, eps), (a, b), eps=1e-7, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("backend", ["native", "numba", "reference"])
 @pytest.mark.parametrize("device", DEVICES)
-def test_eps0_gradient_off_the_quadrant(device):
+def test_eps0_gradient_off_the_quadrant(device, backend, dtype):
     """eps = 0, a > 0 >= b: y = a + b near there, so dy/da = dy/db... = 1 (torch's autograd of the
-    composite gives 0 * inf = NaN; the fused backward is expected to give the true derivative)."""
-    a = torch.tensor([1.0, 2.0, 0.5, -1.0], dtype=torch.float64, device=device, requires_grad=True)
-    b = torch.tensor([-1.0, 0.0, -0.5, -2.0], dtype=torch.float64, device=device, requires_grad=True)
-    fastconv.sort(a, b, "sqrt", 0.0).sum().backward()
+    composite gives 0 * inf = NaN; every backend's fused backward is expected to give the true
+    derivative)."""
+    if not backends.available(backend) or (device == "cuda" and backend == "reference"):
+        pytest.skip(f"backend {backend} not available here")
+    a = torch.tensor([1.0, 2.0, 0.5, -1.0], dtype=dtype, device=device, requires_grad=True)
+    b = torch.tensor([-1.0, 0.0, -0.5, -2.0], dtype=dtype, device=device, requires_grad=True)
+    with fastconv.use_backend(backend):
+        fastconv.sort(a, b, "sqrt", 0.0).sum().backward()
     assert torch.equal(a.grad, torch.ones_like(a)), a.grad
-    assert torch.equal(b.grad[[0, 2, 3]], torch.ones(3, dtype=torch.float64, device=device)), b.grad
+    assert torch.equal(b.grad[[0, 2, 3]], torch.ones(3, dtype=dtype, device=device)), b.grad

@@ -19,7 +19,7 @@ if not hasattr(np, "row_stack"):  # numba-cuda 0.30 still calls np.row_stack, re
 
 from numba import config, cuda  # noqa: E402
 
-from fastconv.numba.kernels import conv_out_hw, pool_out_hw  # noqa: E402
+from fastconv.numba.kernels import conv_out_hw, pool_out_hw, sort_bwd_eps  # noqa: E402
 
 _T = 16  # conv tile: 16 output channels x 16 output pixels x 16 reduction steps
 # Threads per block of the grid-stride kernels and per reduced element (conv weight/bias gradients);
@@ -516,5 +516,5 @@ def sort_fwd(a, b, mode, eps):
 
 
 def sort_bwd(dy, a, b, mode, eps):
-    return tuple(_elementwise(_sort_bwd, (dy, a, b), 2, int(mode), lambda z: z.dtype.type(eps),
+    return tuple(_elementwise(_sort_bwd, (dy, a, b), 2, int(mode), lambda z: sort_bwd_eps(eps, z.dtype),
                               lambda z: z.dtype.type(1), lambda z: z.dtype.type(0.5)))

@@ -511,11 +511,17 @@ def sort_fwd(a, b, mode, eps):
     return y
 
 
+def sort_bwd_eps(eps, dtype):
+    """eps for the backward, raised to the smallest normal number (as the native kernels do): with eps = 0
+    and an operand at 0 the derivative term is then (finite) * 0 = 0, its true value, not 0 * inf = NaN."""
+    return np.dtype(dtype).type(max(float(eps), float(np.finfo(dtype).tiny)))
+
+
 @_dispatch
 def sort_bwd(dy, a, b, mode, eps):
     dy, a, b = _c(dy), _c(a), _c(b)
     ga, gb = _empty(dy.shape, dy.dtype), _empty(dy.shape, dy.dtype)
     dt = dy.dtype.type
     _cpu().sort_bwd(dy.reshape(-1), a.reshape(-1), b.reshape(-1), ga.reshape(-1), gb.reshape(-1), int(mode),
-                    dt(eps), dt(0), dt(1), dt(0.5))
+                    sort_bwd_eps(eps, dy.dtype), dt(0), dt(1), dt(0.5))
     return ga, gb
