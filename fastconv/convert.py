@@ -66,9 +66,6 @@ def _walk(module, name, blocks, fuse, summary):
     """Convert `module` in place (children first); returns True if it is a leaf left to torch."""
     t = type(module)
     if t in _LEAVES:
-        if t is torch.nn.Conv2d and module.padding_mode != "zeros":
-            summary.notes.append(f"{name}: padding_mode={module.padding_mode!r} is not supported")
-            return True
         _adopt(module, _LEAVES[t])
         summary.converted[t.__name__] += 1
         return False
@@ -102,7 +99,7 @@ def _walk(module, name, blocks, fuse, summary):
 
 
 def convert(model, *, fuse=None, inplace=False, verbose=False, channels_last=False):
-    """Swap the torch.nn Conv2d (padding_mode 'zeros'), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d and
+    """Swap the torch.nn Conv2d (any padding_mode), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d and
     ReLU layers of `model` for their fastconv.nn twins, keeping parameters, buffers and state_dict
     keys. With fuse=True (default: when `model` is in eval mode) the fused inference path is turned
     on: BatchNorm is folded into the preceding conv and conv->bn->(residual add)->relu runs of

@@ -4,16 +4,21 @@ import torch
 from fastconv import functional as F
 
 
-class Conv2d(torch.nn.Conv2d):
-    """torch.nn.Conv2d running fastconv.conv2d (padding_mode 'zeros' only)."""
+def _padded(conv, x):
+    """(input, padding) for fastconv's convolution of `x` by the torch Conv2d `conv`: padding modes other
+    than 'zeros' pad `x` first (torch.nn.functional.pad, as torch's Conv2d does) and convolve unpadded."""
+    if conv.padding_mode == "zeros":
+        return x, conv.padding
+    return torch.nn.functional.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), 0
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.padding_mode != "zeros":
-            raise ValueError(f"fastconv.nn.Conv2d: 'padding_mode' must be 'zeros', got {self.padding_mode!r}")
+
+class Conv2d(torch.nn.Conv2d):
+    """torch.nn.Conv2d running fastconv.conv2d (any padding_mode: 'reflect', 'replicate' and 'circular'
+    pad the input first, as torch does)."""
 
     def forward(self, input):
-        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        x, padding = _padded(self, input)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
@@ -107,7 +112,8 @@ def conv_bn_act(conv, bn, x, *, relu=False, residual=None, combine=None, mode="s
         if bn is not None:
             scale, shift = _folded(bn, conv.bias)
             bias = None
-        return F.conv2d_fused(x, conv.weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups,
+        x, padding = _padded(conv, x)
+        return F.conv2d_fused(x, conv.weight, bias, conv.stride, padding, conv.dilation, conv.groups,
                               scale=scale, shift=shift, residual=residual, combine=combine, relu=relu,
                               mode=mode, eps=eps)
     y = conv(x)

@@ -68,9 +68,24 @@ def test_relu_inplace_module():
     assert torch.equal(x, e)
 
 
-def test_conv_padding_mode_rejected():
-    with pytest.raises(ValueError, match="padding_mode"):
-        fnn.Conv2d(3, 4, 3, padding_mode="reflect")
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding,stride", [(1, 1), ((2, 1), 2), ("same", 1)])
+def test_conv_padding_modes(mode, padding, stride):
+    """Padding modes other than zeros pad the input first, as torch.nn.Conv2d does."""
+    torch.manual_seed(0)
+    t = torch.nn.Conv2d(3, 4, (3, 4) if padding == "same" else 3, stride, padding, padding_mode=mode)
+    m = fnn.Conv2d(3, 4, (3, 4) if padding == "same" else 3, stride, padding, padding_mode=mode)
+    m.load_state_dict(t.state_dict())
+    x = torch.randn(2, 3, 7, 8, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    t, m = t.double(), m.double()
+    ya, yb = t(xa), m(xb)
+    torch.testing.assert_close(yb, ya)
+    g = torch.randn_like(ya)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xb.grad, xa.grad)
+    torch.testing.assert_close(m.weight.grad, t.weight.grad)
 
 
 def test_sequential_model():
