@@ -54,3 +54,23 @@ def test_compile_matches_eager(device, channels_last):
     torch.testing.assert_close(comp_x.grad, eager_x.grad, atol=1e-5, rtol=1e-5)
     for p, g in zip(net.parameters(), eager_grads):
         torch.testing.assert_close(p.grad, g, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_inference_takes_the_values_only_max_pool():
+    """Traced where no gradient can flow (no_grad), max_pool2d is the values-only operator, as in eager
+    mode; traced for training it keeps the indices its backward needs."""
+    torch._dynamo.reset()
+    net = Net()
+    x = torch.randn(2, 3, 17, 15)
+    graphs = []
+
+    def backend(gm, inputs):
+        graphs.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return gm.forward
+
+    compiled = torch.compile(net, fullgraph=True, backend=backend)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x))
+    assert "fastconv.max_pool2d_values" in graphs[-1] and "fastconv.max_pool2d_fwd" not in graphs[-1]
+    compiled(x).sum().backward()
+    assert "fastconv.max_pool2d_fwd" in graphs[-1]
