@@ -57,9 +57,10 @@ gpu-check:
 	bash benchmarks/gpu_check.sh
 
 # The second call on the GPU machine (while it is warm the build is incremental): whole nets against
-# torch.compile, SORT's cost, and the numba.cuda kernels against the native ones.
+# torch.compile, SORT's cost, the numba.cuda kernels against the native ones, randomized cross-checks
+# of every op in every CUDA dtype (python -m fastconv check), racecheck.
 gpu-check-models:
-	FASTCONV_GPU_PARTS=build,models,numba,racecheck bash benchmarks/gpu_check.sh
+	FASTCONV_GPU_PARTS=build,models,numba,check,racecheck bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build fastconv/_C*.so

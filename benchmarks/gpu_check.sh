@@ -4,8 +4,9 @@
 # compute-sanitizer memcheck. Logs go to $OUT (or /tmp/fastconv-gpu); a compact summary and the
 # benchmark table are printed last. Whole run: under 9 minutes.
 #   FASTCONV_GPU_PARTS=build,sass,bench,test,sanitize   (default, in this order; `make gpu-check`)
-#   FASTCONV_GPU_PARTS=build,models,numba,racecheck     (`make gpu-check-models`: the second call --
-#       ResNet-18/50 and AlexNet against torch.compile, SORT's cost and block, numba.cuda vs native,
+#   FASTCONV_GPU_PARTS=build,models,numba,check,racecheck     (`make gpu-check-models`: the second
+#       call -- ResNet-18/50 and AlexNet against torch.compile, SORT's cost and block, numba.cuda vs
+#       native, `python -m fastconv check` on CUDA (random shapes, every dtype, TF32 on and off),
 #       compute-sanitizer racecheck of every op in fp16 on small shapes)
 #   FASTCONV_GPU_BUDGET=520   seconds for everything; each part gets at most what is left
 #   FASTCONV_BENCH_*          see benchmarks/gpu_bench.py (parts, layers, dtypes, batch)
@@ -116,6 +117,14 @@ if has numba; then
     --json "$OUT/numba_gpu.json" > "$OUT/numba.log" 2>&1
   rc=$?
   note "numba rc=$rc ($(( $(date +%s) - t )) s), numba.log"
+fi
+
+if has check; then
+  t=$(date +%s)
+  timeout "$(slot 90 60)" "$PY" -m fastconv check --device cuda --cases 12 > "$OUT/check.log" 2>&1
+  rc=$?
+  note "check rc=$rc ($(( $(date +%s) - t )) s): $(tail -1 "$OUT/check.log")"
+  [ $rc -ne 0 ] && grep -vE ' 0 +[0-9.]+$' "$OUT/check.log" | head -12
 fi
 
 if has racecheck; then

@@ -1,4 +1,4 @@
-"""python -m fastconv info | bench [--quick] [--json FILE] | demo [--quick] [...]"""
+"""python -m fastconv info | bench [--quick] [--json FILE] | demo [--quick] [...] | check [--device D] [...]"""
 import argparse
 import sys
 
@@ -19,7 +19,13 @@ def main(argv=None):
     demo_mod.add_arguments(sub.add_parser("demo", help="train on digits, benchmark nets, write a report",
                                           description=demo_mod.__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter))
+    from fastconv import check as check_mod
+    check_mod.add_arguments(sub.add_parser("check", help="randomized cross-checks of every operator against torch",
+                                           description=check_mod.__doc__,
+                                           formatter_class=argparse.RawDescriptionHelpFormatter))
     args = parser.parse_args(argv)
+    if args.cmd == "check":
+        return check_mod.main_args(args)
     if args.cmd == "info":
         import fastconv
         for k, v in fastconv.info().items():

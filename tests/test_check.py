@@ -1,0 +1,41 @@
+"""python -m fastconv check: the randomized cross-checks pass on every backend and device present,
+and they catch a wrong operator."""
+import pytest
+import torch
+
+import fastconv
+from fastconv import backends
+from fastconv import check
+from conftest import DEVICES
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["native", "numba", "reference"])
+def test_check_passes(device, backend, capsys):
+    if not backends.available(backend) or (device == "cuda" and backend == "reference"):
+        pytest.skip(f"backend {backend} not available here")
+    before = (fastconv.get_backend(), torch.backends.cudnn.allow_tf32)
+    rows = check.run(device, backend, cases=4 if backend == "native" else 2, seed=1)
+    assert {r[0] for r in rows} == set(check.OPS)
+    assert all(r[3] == 0 for r in rows), capsys.readouterr().out
+    assert (fastconv.get_backend(), torch.backends.cudnn.allow_tf32) == before  # both restored
+
+
+def test_check_catches_a_wrong_operator(monkeypatch, capsys):
+    relu = check.OPS["relu"]
+
+    def off_by_a_little(rng, dtype, device):
+        case, ours, reference = relu(rng, dtype, device)
+        return case, (lambda x: ours(x) * (1 + 1e-3)), reference
+    monkeypatch.setitem(check.OPS, "relu", off_by_a_little)
+    rows = check.run(cases=2, ops=["relu"])
+    assert all(r[3] == 2 for r in rows)  # every case of both dtypes fails
+    assert check.main(["--cases", "2", "--ops", "relu"]) == 1
+    assert check.main(["--ops", "nope"]) == 2
+    assert "unknown operator" in capsys.readouterr().err
+
+
+def test_check_cli_ok(capsys):
+    from fastconv.__main__ import main
+    assert main(["check", "--cases", "1", "--ops", "relu,sort"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("ok: 0 of 4 cases outside tolerance")
