@@ -26,11 +26,17 @@ def test_check_catches_a_wrong_operator(monkeypatch, capsys):
 
     def off_by_a_little(rng, dtype, device):
         case, ours, reference = relu(rng, dtype, device)
-        return case, (lambda x: ours(x) * (1 + 1e-3)), reference
+        return case, (lambda x: ours(x) * 1.1), reference
     monkeypatch.setitem(check.OPS, "relu", off_by_a_little)
     rows = check.run(cases=2, ops=["relu"])
-    assert all(r[3] == 2 for r in rows)  # every case of both dtypes fails
+    assert all(r[3] == 2 for r in rows)  # every case of every dtype fails
     assert check.main(["--cases", "2", "--ops", "relu"]) == 1
+
+    def wrong_gradient(rng, dtype, device):  # right values, gradient 10% off
+        case, ours, reference = relu(rng, dtype, device)
+        return case, (lambda x: ours(x) + 0.1 * (x - x.detach())), reference
+    monkeypatch.setitem(check.OPS, "relu", wrong_gradient)
+    assert all(r[3] == 2 for r in check.run(cases=2, ops=["relu"]))
     assert check.main(["--ops", "nope"]) == 2
     assert "unknown operator" in capsys.readouterr().err
 
@@ -38,4 +44,5 @@ def test_check_catches_a_wrong_operator(monkeypatch, capsys):
 def test_check_cli_ok(capsys):
     from fastconv.__main__ import main
     assert main(["check", "--cases", "1", "--ops", "relu,sort"]) == 0
-    assert capsys.readouterr().out.rstrip().endswith("ok: 0 of 4 cases outside tolerance")
+    cases = 2 * len(check._dtypes(torch.device("cpu")))
+    assert capsys.readouterr().out.rstrip().endswith(f"ok: 0 of {cases} cases outside tolerance")
