@@ -45,14 +45,13 @@ class Summary:
     converted: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     fused: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     kept: collections.Counter = dataclasses.field(default_factory=collections.Counter)
-    notes: list = dataclasses.field(default_factory=list)
 
     def __str__(self):
         def fmt(c):
             return ", ".join(f"{k} x{v}" for k, v in sorted(c.items())) or "-"
         lines = [f"converted: {fmt(self.converted)}", f"fused:     {fmt(self.fused)}",
                  f"kept (torch): {fmt(self.kept)}"]
-        return "\n".join(lines + [f"  {n}" for n in self.notes])
+        return "\n".join(lines)
 
 
 def _adopt(module, cls, **attrs):
@@ -62,7 +61,7 @@ def _adopt(module, cls, **attrs):
     return module
 
 
-def _walk(module, name, blocks, fuse, summary):
+def _walk(module, blocks, fuse, summary):
     """Convert `module` in place (children first); returns True if it is a leaf left to torch."""
     t = type(module)
     if t in _LEAVES:
@@ -74,7 +73,7 @@ def _walk(module, name, blocks, fuse, summary):
         _adopt(module, cls, **attrs)
         summary.converted[t.__name__] += 1
     kept = {child_name: child for child_name, child in module.named_children()
-            if _walk(child, f"{name}.{child_name}" if name else child_name, blocks, fuse, summary)}
+            if _walk(child, blocks, fuse, summary)}
     if isinstance(module, torch.nn.Sequential) and t.forward is torch.nn.Sequential.forward \
             and not isinstance(module, nn.Sequential):
         _adopt(module, nn.Sequential)
@@ -117,7 +116,7 @@ def convert(model, *, fuse=None, inplace=False, verbose=False, channels_last=Fal
         model = copy.deepcopy(model)
     fuse = (not model.training) if fuse is None else bool(fuse)
     summary = Summary()
-    if _walk(model, "", _blocks(), fuse, summary):
+    if _walk(model, _blocks(), fuse, summary):
         summary.kept[type(model).__name__] += 1
     model.fastconv_summary = summary
     if channels_last:
