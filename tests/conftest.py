@@ -66,6 +66,17 @@ def device(request):
     return request.param
 
 
+BACKENDS = ["native", "numba", "reference"]
+
+
+def skip_unless_backend(backend, device):
+    """Skip the test where `backend` cannot run (numba not installed, no native build), and the NumPy
+    reference backend on CUDA tensors (it runs them through host memory: nothing of the GPU tested)."""
+    from fastconv import backends
+    if not backends.available(backend) or (device == "cuda" and backend == "reference"):
+        pytest.skip(f"backend {backend} not available here")
+
+
 # ---------------------------------------------------------------- data and layouts
 LAYOUTS = ["nchw", "channels_last", "sliced", "permuted"]
 

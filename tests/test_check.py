@@ -4,16 +4,14 @@ import pytest
 import torch
 
 import fastconv
-from fastconv import backends
 from fastconv import check
-from conftest import DEVICES
+from conftest import BACKENDS, DEVICES, skip_unless_backend
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["native", "numba", "reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_check_passes(device, backend, capsys):
-    if not backends.available(backend) or (device == "cuda" and backend == "reference"):
-        pytest.skip(f"backend {backend} not available here")
+    skip_unless_backend(backend, device)
     before = (fastconv.get_backend(), torch.backends.cudnn.allow_tf32)
     rows = check.run(device, backend, cases=4 if backend == "native" else 2, seed=1)
     assert {r[0] for r in rows} == set(check.OPS)

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import backends
 from fastconv import reference as R
-from conftest import DEVICES, DTYPES, assert_close, check_op, isa_path, make, quantize, rand, same_format
+from conftest import (BACKENDS, DEVICES, DTYPES, assert_close, check_op, isa_path, make, quantize, rand, same_format,
+                      skip_unless_backend)
 
 LAYOUTS = ["nchw", "channels_last", "sliced", "permuted"]
 
@@ -154,7 +154,7 @@ def test_max_nan_inf(device, layout):
     assert_close(t.grad, R.max_pool2d_bwd(np.ones(ry.shape), ridx, x.shape), torch.float32)
 
 
-@pytest.mark.parametrize("backend", ["native", "numba", "reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_max_window_without_input(backend, layout, device):
@@ -162,8 +162,7 @@ def test_max_window_without_input(backend, layout, device):
     input: the output is -inf, and its index is torch's (the first tap moved down by the dilation,
     past the plane). The gradient of a constant is zero: every backend skips those indices. (torch's
     own backward writes them out of bounds, so it is not run here.)"""
-    if not backends.available(backend) or (device == "cuda" and backend == "reference"):
-        pytest.skip(f"backend {backend} not available here")
+    skip_unless_backend(backend, device)
     kw = dict(kernel_size=(2, 4), stride=(2, 3), padding=(1, 2), dilation=2, ceil_mode=True)
     x = make(rand(np.random.default_rng(3), (2, 3, 1, 18)), torch.float32, device, layout, True)
     y_ref, i_ref = F.max_pool2d(x.detach(), return_indices=True, **kw)

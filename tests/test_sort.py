@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastconv
-from fastconv import backends
 from fastconv import reference as R
-from conftest import DEVICES, DTYPES, assert_close, check_op, isa_path, make, rand
+from conftest import BACKENDS, DEVICES, DTYPES, assert_close, check_op, isa_path, make, rand, skip_unless_backend
 
 MODES = ["sqrt", "product"]
 LAYOUTS = ["nchw", "channels_last", "sliced", "permuted"]
@@ -115,14 +114,13 @@ def test_gradcheck(mode, eps):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("backend", ["native", "numba", "reference"])
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("device", DEVICES)
 def test_eps0_gradient_off_the_quadrant(device, backend, dtype):
     """eps = 0, a > 0 >= b: y = a + b near there, so dy/da = dy/db... = 1 (torch's autograd of the
     composite gives 0 * inf = NaN; every backend's fused backward is expected to give the true
     derivative)."""
-    if not backends.available(backend) or (device == "cuda" and backend == "reference"):
-        pytest.skip(f"backend {backend} not available here")
+    skip_unless_backend(backend, device)
     a = torch.tensor([1.0, 2.0, 0.5, -1.0], dtype=dtype, device=device, requires_grad=True)
     b = torch.tensor([-1.0, 0.0, -0.5, -2.0], dtype=dtype, device=device, requires_grad=True)
     with fastconv.use_backend(backend):
