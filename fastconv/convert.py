@@ -25,7 +25,8 @@ _LEAVES = {torch.nn.Conv2d: nn.Conv2d, torch.nn.MaxPool2d: nn.MaxPool2d, torch.n
 
 
 def _blocks():
-    """torchvision modules with a fastconv twin of identical children (looked up lazily)."""
+    """torchvision modules with a fastconv twin of identical children (looked up lazily). One whose
+    `relu` child is another activation stays torch's (its children are converted)."""
     out = {}
     try:  # by module path: torchvision.models.<name> is also the builder function
         googlenet = importlib.import_module("torchvision.models.googlenet")
@@ -68,7 +69,7 @@ def _walk(module, blocks, fuse, summary):
         _adopt(module, _LEAVES[t])
         summary.converted[t.__name__] += 1
         return False
-    if t in blocks:
+    if t in blocks and nn.is_relu(getattr(module, "relu", nn.ReLU())):  # blocks fuse their ReLU
         cls, attrs = blocks[t]
         _adopt(module, cls, **attrs)
         summary.converted[t.__name__] += 1
@@ -141,10 +142,12 @@ def _cache_weights(model):
 
 
 def clear_weight_cache():
-    """Drop the packed weights the native CPU convolution keeps for fused models. Needed only after
-    changing such a model's conv weights by a write that bypasses their version counter (`.data`,
-    a NumPy view); in-place torch ops, optimizer steps and load_state_dict are seen by themselves."""
+    """Drop every cache fused models keep of their parameters and buffers: the packed weights of the
+    native CPU convolution and the folded BatchNorm scale and shift. Needed only after changing such
+    a model's weights or BatchNorm state by a write that bypasses the version counter (`.data`, a
+    NumPy view); in-place torch ops, optimizer steps and load_state_dict are seen by themselves."""
     from fastconv import _ext
+    nn.clear_folded_cache()
     if _ext.native_available():
         _ext._C.clear_weight_cache()
 

@@ -60,9 +60,18 @@ class SORT(torch.nn.Module):
 
 
 # ---------------------------------------------------------------- inference fusion
+# A fused call replaces modules by what they are known to compute, so every fused path first checks
+# the exact types of the modules it stands for (a subclass may override forward) and otherwise runs
+# them one by one. The checks are made on every call, so a plan follows the children a user assigns.
+def is_relu(act):
+    """True if the activation `act` (a module or a function) computes exactly relu."""
+    return type(act) in (torch.nn.ReLU, ReLU) or act in (F.relu, torch.relu, torch.nn.functional.relu)
+
+
 def foldable(bn):
-    """True if `bn` normalizes with its running statistics, i.e. is an affine map that can be folded."""
-    return (isinstance(bn, torch.nn.BatchNorm2d) and not bn.training and bn.track_running_stats
+    """True if `bn` is a BatchNorm2d normalizing with its running statistics, i.e. an affine map that
+    can be folded."""
+    return (type(bn) is torch.nn.BatchNorm2d and not bn.training and bn.track_running_stats
             and bn.running_mean is not None)
 
 
@@ -79,34 +88,47 @@ def bn_scale_shift(bn, conv_bias=None):
     return scale, shift
 
 
+_fold_generation = 0
+
+
+def clear_folded_cache():
+    """Invalidate every cached BatchNorm fold (after writes that bypass version counters, `.data`)."""
+    global _fold_generation
+    _fold_generation += 1
+
+
 def _folded(bn, conv_bias):
-    """bn_scale_shift, cached on `bn` for inference: the key holds the storage and version counter of
-    every input, so an optimizer step, load_state_dict or .to() recomputes it. Not cached where
-    autograd must see the computation or under torch.compile (which folds it itself)."""
+    """bn_scale_shift, cached on `bn` for inference. The cache holds the tensors it was computed from
+    and is used while the same tensors hold the same storage, version counter and dtype (an optimizer
+    step, load_state_dict, in-place ops, .to() and assigning a new buffer all recompute it) and until
+    clear_folded_cache(). Not cached where autograd must see the computation or under torch.compile
+    (which folds it itself)."""
     ts = (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv_bias)
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in ts)):
         return bn_scale_shift(bn, conv_bias)
-    key = (bn.eps,) + tuple(None if t is None else (t.data_ptr(), t._version, t.dtype) for t in ts)
+    key = (_fold_generation, bn.eps) + tuple(None if t is None else (t.data_ptr(), t._version, t.dtype)
+                                             for t in ts)
     cached = bn.__dict__.get("_fastconv_folded")
-    if cached is None or cached[0] != key:
+    if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1], ts)):
         with torch.no_grad():
-            cached = (key,) + bn_scale_shift(bn, conv_bias)
+            cached = (key, ts) + bn_scale_shift(bn, conv_bias)
         bn.__dict__["_fastconv_folded"] = cached
-    return cached[1], cached[2]
+    return cached[2], cached[3]
 
 
-def conv_bn_act(conv, bn, x, *, relu=False, residual=None, combine=None, mode="sqrt", eps=0.01, fuse=True):
-    """relu?(combine(residual, bn(conv(x)))) - one fastconv.conv2d_fused call when `fuse` and the BN
-    (if any) can be folded, else the modules one after the other (training, or BN on batch stats).
-    `conv` is a Conv2d or a SORTConv2d (whose second branch takes the fused path)."""
-    if isinstance(conv, SORTConv2d):
+def conv_bn_act(conv, bn, x, *, act=None, residual=None, combine=None, mode="sqrt", eps=0.01, fuse=True):
+    """act?(combine(residual, bn?(conv(x)))) - one fastconv.conv2d_fused call when `fuse`, `conv` is a
+    fastconv Conv2d, the BN (if any) can be folded and `act` (a module or function, or None) is a relu;
+    else the modules one after the other (training, BN on batch statistics, other activations or
+    subclasses). `conv` may be a SORTConv2d (whose second branch takes the fused path)."""
+    if type(conv) is SORTConv2d:
         if combine is not None:
             raise ValueError("fastconv: a SORTConv2d cannot take a residual")
         a = conv.branch_a(x)
-        return conv_bn_act(conv.branch_b, bn, x, relu=relu, residual=a, combine="sort", mode=conv.mode,
+        return conv_bn_act(conv.branch_b, bn, x, act=act, residual=a, combine="sort", mode=conv.mode,
                            eps=conv.eps, fuse=fuse)
-    if fuse and (bn is None or foldable(bn)):
+    if fuse and type(conv) is Conv2d and (bn is None or foldable(bn)) and (act is None or is_relu(act)):
         scale = shift = None
         bias = conv.bias
         if bn is not None:
@@ -114,8 +136,8 @@ def conv_bn_act(conv, bn, x, *, relu=False, residual=None, combine=None, mode="s
             bias = None
         x, padding = _padded(conv, x)
         return F.conv2d_fused(x, conv.weight, bias, conv.stride, padding, conv.dilation, conv.groups,
-                              scale=scale, shift=shift, residual=residual, combine=combine, relu=relu,
-                              mode=mode, eps=eps)
+                              scale=scale, shift=shift, residual=residual, combine=combine,
+                              relu=act is not None, mode=mode, eps=eps)
     y = conv(x)
     if bn is not None:
         y = bn(y)
@@ -123,7 +145,7 @@ def conv_bn_act(conv, bn, x, *, relu=False, residual=None, combine=None, mode="s
         y = y + residual
     elif combine == "sort":
         y = F.sort(residual, y, mode, eps)
-    return F.relu(y) if relu else y
+    return y if act is None else act(y)
 
 
 class Fusable:
@@ -153,37 +175,42 @@ class SORTConv2d(torch.nn.Module):
 
 class Sequential(Fusable, torch.nn.Sequential):
     """nn.Sequential whose conv -> BatchNorm2d? -> ReLU? runs are computed by fastconv.conv2d_fused
-    in eval mode. Children and state_dict are those of the Sequential it replaces."""
+    in eval mode. Children and state_dict are those of the Sequential it replaces. The groups are
+    planned over the children present at each call, so assigning a child is always seen."""
     _plan = ()
 
-    def fuse(self):
-        """Plan the fused groups over the current children; returns the number of groups."""
-        mods = list(self._modules.values())
+    @staticmethod
+    def plan(mods):
+        """(first index, length, BN index or None, ends in relu) of each run over `mods`."""
         plan, i = [], 0
         while i < len(mods):
             n, bn, relu = 1, None, False
-            if isinstance(mods[i], (Conv2d, SORTConv2d)):
-                if i + n < len(mods) and isinstance(mods[i + n], torch.nn.BatchNorm2d) \
-                        and mods[i + n].num_features == mods[i].out_channels:
+            if type(mods[i]) in (Conv2d, SORTConv2d):
+                if i + n < len(mods) and foldable(mods[i + n]) and mods[i + n].num_features == mods[i].out_channels:
                     bn, n = i + n, n + 1
-                if i + n < len(mods) and type(mods[i + n]) in (torch.nn.ReLU, ReLU):
+                if i + n < len(mods) and is_relu(mods[i + n]):
                     relu, n = True, n + 1
             plan.append((i, n, bn, relu))
             i += n
-        self._plan = tuple(plan)
-        groups = sum(1 for p in plan if p[1] > 1)
+        return tuple(plan)
+
+    def fuse(self):
+        """Turn on the fused path if the current children have a run to fuse; returns the number of
+        runs (`_plan` keeps the plan of these children, for reporting)."""
+        self._plan = self.plan(list(self._modules.values()))
+        groups = sum(1 for p in self._plan if p[1] > 1)
         self.fused = groups > 0
         return groups
 
     def forward(self, x):
-        mods = list(self._modules.values())
-        if not self._use_fused() or sum(p[1] for p in self._plan) != len(mods):  # children changed since fuse()
+        if not self._use_fused():
             return super().forward(x)
-        for i, n, bn, relu in self._plan:
+        mods = list(self._modules.values())
+        for i, n, bn, relu in self.plan(mods):
             if n == 1:
                 x = mods[i](x)
             else:
-                x = conv_bn_act(mods[i], None if bn is None else mods[bn], x, relu=relu)
+                x = conv_bn_act(mods[i], None if bn is None else mods[bn], x, act=mods[i + n - 1] if relu else None)
         return x
 
 
@@ -196,7 +223,7 @@ class ConvBNReLU(Fusable, torch.nn.Module):
         self.bn = torch.nn.BatchNorm2d(out_channels, eps=bn_eps)
 
     def forward(self, x):
-        return conv_bn_act(self.conv, self.bn, x, relu=True, fuse=self._use_fused())
+        return conv_bn_act(self.conv, self.bn, x, act=F.relu, fuse=self._use_fused())
 
 
 def _conv3x3(cin, cout, stride=1, groups=1, dilation=1):
@@ -217,10 +244,6 @@ class _Block(Fusable, torch.nn.Module):
             raise ValueError(f"fastconv.nn: 'mode' must be 'sqrt' or 'product', got {mode!r}")
         self.combine, self.mode, self.eps = combine, mode, float(eps)
 
-    def _merge(self, identity, out):
-        out = out + identity if self.combine == "add" else F.sort(identity, out, self.mode, self.eps)
-        return self.relu(out)
-
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
         fuse = self._use_fused()
@@ -229,12 +252,10 @@ class _Block(Fusable, torch.nn.Module):
         for k, (conv, bn) in enumerate(self._stages):
             conv, bn = getattr(self, conv), getattr(self, bn)
             if k < last:
-                out = conv_bn_act(conv, bn, out, relu=True, fuse=fuse)
-            elif fuse:
-                out = conv_bn_act(conv, bn, out, relu=True, residual=identity, combine=self.combine,
-                                  mode=self.mode, eps=self.eps)
+                out = conv_bn_act(conv, bn, out, act=self.relu, fuse=fuse)
             else:
-                out = self._merge(identity, bn(conv(out)))
+                out = conv_bn_act(conv, bn, out, act=self.relu, residual=identity, combine=self.combine,
+                                  mode=self.mode, eps=self.eps, fuse=fuse)
         return out
 
     def extra_repr(self):

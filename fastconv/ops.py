@@ -150,16 +150,18 @@ _AUTOGRAD["conv2d_fwd"] = (_conv_backward, _conv_setup)
 
 
 def _fused_setup(ctx, inputs, output):
-    _conv_setup(ctx, inputs, output)
-    _, _, bias, _, _, _, _, scale, shift, residual, combine, relu, mode, eps = inputs
-    ctx.fused = (bias, scale, shift, residual, combine, relu, mode, eps)
+    input, weight, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu, mode, eps = inputs
+    # every tensor the backward reads is saved, so that an in-place change after the forward raises
+    ctx.save_for_backward(input, weight, bias, scale, shift, residual)
+    ctx.conv = (list(stride), list(padding), list(dilation), groups)
+    ctx.fused = (combine, relu, mode, eps)
 
 
 def _fused_backward(ops, ctx, grad):
     # Recompute instead of saving: the forward keeps nothing but its inputs.
-    input, weight = ctx.saved_tensors
+    input, weight, bias, scale, shift, residual = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv
-    bias, scale, shift, residual, combine, relu, mode, eps = ctx.fused
+    combine, relu, mode, eps = ctx.fused
     c = ops.conv2d_fwd(input, weight, None, stride, padding, dilation, groups)
     z = c if scale is None else c * scale.view(1, -1, 1, 1)
     for t in (shift, bias):

@@ -163,7 +163,7 @@ def test_unfoldable_bn_is_not_folded():
     conv, bn = nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False).eval()
     x = torch.randn(2, 3, 8, 8)
     assert not nn.foldable(bn)
-    close(nn.conv_bn_act(conv, bn, x, relu=True), bn(conv(x)).relu())
+    close(nn.conv_bn_act(conv, bn, x, act=torch.nn.ReLU()), bn(conv(x)).relu())
 
 
 def test_folded_bn_cache_follows_updates():

@@ -36,7 +36,7 @@ class CifarResNet(nn.Fusable, FusableNet):
         init_resnet(self)
 
     def forward(self, x):
-        x = nn.conv_bn_act(self.conv1, self.bn1, x, relu=True, fuse=self._use_fused())
+        x = nn.conv_bn_act(self.conv1, self.bn1, x, act=self.relu, fuse=self._use_fused())
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 

@@ -37,7 +37,7 @@ class ResNet(nn.Fusable, FusableNet):
         return nn.Sequential(*layers)
 
     def forward(self, x):
-        x = nn.conv_bn_act(self.conv1, self.bn1, x, relu=True, fuse=self._use_fused())
+        x = nn.conv_bn_act(self.conv1, self.bn1, x, act=self.relu, fuse=self._use_fused())
         x = self.maxpool(x)
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = torch.flatten(self.avgpool(x), 1)
