@@ -33,37 +33,59 @@ def _is_int(v):
     return type(v) is int or (isinstance(v, numbers.Integral) and not isinstance(v, bool))
 
 
+def _as_int(v):
+    """v as an int where torch takes it as one (an int, or a 0-d integer or bool tensor), else None."""
+    if _is_int(v):
+        return int(v)
+    if isinstance(v, torch.Tensor) and v.dim() == 0 and not (v.is_floating_point() or v.is_complex()):
+        return int(v.item())
+    return None
+
+
 def pair(v, name, minimum=None, allow_none=False):
-    """An int or a sequence of two ints -> tuple of two ints, each >= minimum."""
+    """An int or a sequence of two ints (ints may be 0-d integer tensors, as in torch) -> tuple of
+    two ints, each >= minimum; with allow_none, an element may be None."""
     # Fast path for the common call (plain ints): these checks run on every op call.
     if type(v) is int and (minimum is None or v >= minimum):
         return (v, v)
     if (type(v) is tuple or type(v) is list) and len(v) == 2 and type(v[0]) is int and type(v[1]) is int \
             and (minimum is None or (v[0] >= minimum and v[1] >= minimum)):
         return (v[0], v[1])
-    if _is_int(v) or (allow_none and v is None):
-        vals = (v, v)
-    elif isinstance(v, (tuple, list, torch.Size)) and len(v) in (1, 2):
+    if isinstance(v, (tuple, list, torch.Size)) and len(v) in (1, 2):
         vals = (v[0], v[0]) if len(v) == 1 else tuple(v)
     else:
-        raise TypeError(f"fastconv: '{name}' must be an int or a pair of ints, got {v!r}")
+        vals = (v, v)
+    out = []
     for x in vals:
         if allow_none and x is None:
+            out.append(None)
             continue
-        if not _is_int(x):
+        i = _as_int(x)
+        if i is None:
             raise TypeError(f"fastconv: '{name}' must be an int or a pair of ints, got {v!r}")
-        if minimum is not None and x < minimum:
+        if minimum is not None and i < minimum:
             rel = "positive" if minimum == 1 else f">= {minimum}"
             raise ValueError(f"fastconv: '{name}' must be {rel}, got {v!r}")
-    return tuple(int(x) if x is not None else None for x in vals)
+        out.append(i)
+    return tuple(out)
 
 
 def positive_int(v, name):
-    if not _is_int(v):
+    i = _as_int(v)
+    if i is None:
         raise TypeError(f"fastconv: '{name}' must be an int, got {v!r}")
-    if v <= 0:
+    if i <= 0:
         raise ValueError(f"fastconv: '{name}' must be positive, got {v}")
-    return int(v)
+    return i
+
+
+def nonzero_int(v, name):
+    i = _as_int(v)
+    if i is None:
+        raise TypeError(f"fastconv: '{name}' must be an int, got {v!r}")
+    if i == 0:
+        raise ValueError(f"fastconv: '{name}' must not be 0")
+    return i
 
 
 def batched(x, name):

@@ -2,6 +2,7 @@
 output memory format. Each normalizes and validates its arguments, then calls the operator of the
 active backend (torch.ops.fastconv.* for the native one; see fastconv.backends)."""
 import torch
+import torch.autograd.forward_ad as _fwAD
 
 from fastconv import _args as A
 from fastconv import backends
@@ -52,6 +53,10 @@ def _call(name, grad_inputs, *args):
     ops = _ops()
     if torch.compiler.is_compiling():
         return getattr(ops, name)(*args)
+    if _fwAD._current_level >= 0:  # forward-mode AD is on: tangents get the operator's own formula
+        out = _ops_module.forward_ad(lambda op, *primals: _call(op, [p for p in primals if isinstance(p, torch.Tensor)], *primals), ops, name, args)
+        if out is not None:
+            return out
     kernels = getattr(ops, "kernels", None)
     direct = kernels is not None and _plain(args)
     if not _no_grad(*grad_inputs):
@@ -61,6 +66,15 @@ def _call(name, grad_inputs, *args):
         return kernels[name](*args)
     with _below_autograd():
         return getattr(ops, name)(*args)
+
+
+def _empty_result(shape, like, *inputs):
+    """torch's result of an op with no output elements: an empty tensor, connected to the tensors of
+    `inputs` that require grad (their gradients are zeros, as torch's)."""
+    y = like.new_empty(shape)
+    if not _no_grad(*inputs):
+        y = y + sum(t.sum() * 0 for t in inputs if t is not None and t.requires_grad)
+    return y
 
 
 def _conv_args(input, weight, bias, stride, padding, dilation, groups):
@@ -102,7 +116,12 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution, as torch.nn.functional.conv2d (padding: int, pair, 'same' or 'valid')."""
     x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
                                                               dilation, groups)
-    y = _call("conv2d_fwd", (x, weight, bias), x, weight, bias, stride, pads, dilation, groups)
+    if x.shape[1] == 0:  # torch's result without input channels: no output channels either
+        p = A.conv_out_size(x.shape[2], pads[0], pads[1], dilation[0], weight.shape[2], stride[0])
+        q = A.conv_out_size(x.shape[3], pads[2], pads[3], dilation[1], weight.shape[3], stride[1])
+        y = _empty_result((x.shape[0], 0, p, q), x, x, weight, bias)
+    else:
+        y = _call("conv2d_fwd", (x, weight, bias), x, weight, bias, stride, pads, dilation, groups)
     return y.squeeze(0) if unbatched else y
 
 
@@ -124,6 +143,9 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
     x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
                                                               dilation, groups)
     k = weight.shape[0]
+    if x.shape[1] == 0:
+        raise ValueError("fastconv: conv2d_fused needs at least one input channel, got 'input' of shape "
+                         f"{tuple(input.shape)} (torch's conv2d of it has no output channels to fuse)")
     scale = _per_channel(scale, "scale", k, x)
     shift = _per_channel(shift, "shift", k, x)
     if combine not in COMBINES:
@@ -196,7 +218,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     """2-D average pooling, as torch.nn.functional.avg_pool2d."""
     x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, 1)
     if divisor_override is not None:
-        divisor_override = A.positive_int(divisor_override, "divisor_override")
+        divisor_override = A.nonzero_int(divisor_override, "divisor_override")
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))
     y = _call("avg_pool2d_fwd", (x,), x, k, s, p, bool(ceil_mode), bool(count_include_pad), divisor_override)
     return y.squeeze(0) if unbatched else y
@@ -205,14 +227,19 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d (None keeps a size)."""
     x, unbatched = A.batched(input, "input")
+    if output_size is None:
+        raise TypeError("fastconv: 'output_size' must be an int or a pair of ints or None, got None")
     if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) != 2:  # torch: no 1-sequences here
         raise ValueError(f"fastconv: 'output_size' must be an int or a pair, got {tuple(output_size)!r}")
-    oh, ow = A.pair(output_size, "output_size", minimum=1, allow_none=True)
+    oh, ow = A.pair(output_size, "output_size", minimum=0, allow_none=True)
     oh = x.shape[2] if oh is None else oh
     ow = x.shape[3] if ow is None else ow
     if x.shape[2] == 0 or x.shape[3] == 0:  # no channels is fine, as in torch
         raise ValueError(f"fastconv: 'input' must have non-zero spatial sizes, got {tuple(x.shape)}")
-    y = _call("adaptive_avg_pool2d_fwd", (x,), x, [oh, ow])
+    if oh == 0 or ow == 0:  # torch: an empty result
+        y = _empty_result((x.shape[0], x.shape[1], oh, ow), x, x)
+    else:
+        y = _call("adaptive_avg_pool2d_fwd", (x,), x, [oh, ow])
     return y.squeeze(0) if unbatched else y
 
 

@@ -101,10 +101,11 @@ def _folded(bn, conv_bias):
     """bn_scale_shift, cached on `bn` for inference. The cache holds the tensors it was computed from
     and is used while the same tensors hold the same storage, version counter and dtype (an optimizer
     step, load_state_dict, in-place ops, .to() and assigning a new buffer all recompute it) and until
-    clear_folded_cache(). Not cached where autograd must see the computation or under torch.compile
-    (which folds it itself)."""
+    clear_folded_cache(). Not cached where autograd (reverse or forward mode) must see the computation
+    or under torch.compile (which folds it itself)."""
     ts = (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv_bias)
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(
+    forward_ad = torch.autograd.forward_ad._current_level >= 0  # tangents must flow through
+    if torch.compiler.is_compiling() or forward_ad or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in ts)):
         return bn_scale_shift(bn, conv_bias)
     key = (_fold_generation, bn.eps) + tuple(None if t is None else (t.data_ptr(), t._version, t.dtype)

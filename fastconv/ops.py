@@ -157,12 +157,10 @@ def _fused_setup(ctx, inputs, output):
     ctx.fused = (combine, relu, mode, eps)
 
 
-def _fused_backward(ops, ctx, grad):
-    # Recompute instead of saving: the forward keeps nothing but its inputs.
-    input, weight, bias, scale, shift, residual = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conv
-    combine, relu, mode, eps = ctx.fused
-    c = ops.conv2d_fwd(input, weight, None, stride, padding, dilation, groups)
+def _fused_parts(ops, input, weight, bias, scale, shift, residual, conv, combine, mode, eps):
+    """(c, z, u) of conv2d_fused: c = conv(input), z = c * scale + shift + bias, u = combine(residual, z)
+    (the output is relu(u) or u)."""
+    c = ops.conv2d_fwd(input, weight, None, *conv)
     z = c if scale is None else c * scale.view(1, -1, 1, 1)
     for t in (shift, bias):
         if t is not None:
@@ -173,6 +171,15 @@ def _fused_backward(ops, ctx, grad):
         u = ops.sort_fwd(residual, z, mode, eps)
     else:
         u = z
+    return c, z, u
+
+
+def _fused_backward(ops, ctx, grad):
+    # Recompute instead of saving: the forward keeps nothing but its inputs.
+    input, weight, bias, scale, shift, residual = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv
+    combine, relu, mode, eps = ctx.fused
+    c, z, u = _fused_parts(ops, input, weight, bias, scale, shift, residual, ctx.conv, combine, mode, eps)
     g = ops.relu_bwd(grad, u) if relu else grad
     g_res = None
     if combine == 1:
@@ -336,11 +343,20 @@ def _max_pool_bwd_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[1])
 
 
+def _gather_at(t, indices):
+    """t (N, C, H, W) at max_pool2d's flat indices; 0 at an index past the plane (a window with no
+    input tap, whose value is the constant -inf)."""
+    n, c, p, q = indices.shape
+    plane = t.shape[2] * t.shape[3]
+    flat = indices.reshape(n, c, -1)
+    inside = flat < plane
+    g = t.reshape(n, c, -1).gather(2, flat.clamp(max=max(plane - 1, 0)))
+    return torch.where(inside, g, torch.zeros((), dtype=g.dtype, device=g.device)).view(n, c, p, q)
+
+
 def _max_pool_bwd_backward(ops, ctx, ggx):
     (indices,) = ctx.saved_tensors  # the scatter's adjoint: gather at the saved positions
-    n, c, p, q = indices.shape
-    g = ggx.reshape(n, c, -1).gather(2, indices.reshape(n, c, -1)).view(n, c, p, q)
-    return g, None, None
+    return _gather_at(ggx, indices), None, None
 
 
 _AUTOGRAD["max_pool2d_bwd"] = (_max_pool_bwd_backward, _max_pool_bwd_setup)
@@ -400,6 +416,125 @@ def _sort_bwd_backward(ops, ctx, gga, ggb):
 
 
 _AUTOGRAD["sort_bwd"] = (_sort_bwd_backward, _sort_bwd_setup)
+
+
+# ---------------------------------------------------------------- forward mode
+# The tangent of each operator's output from its inputs' tangents (None: no tangent), in operators of
+# the same namespace, for torch.func.jvp and torch.autograd.forward_ad. Each takes
+# (ops, primal args, their tangents, primal output). The public functions route tangents here
+# (fastconv.functional._call); the gradient operators have none (forward-over-reverse raises).
+_JVP = {}
+
+
+def _jvp(name):
+    def deco(fn):
+        _JVP[name] = fn
+        return fn
+    return deco
+
+
+def _sum(*ts):
+    ts = [t for t in ts if t is not None]
+    return None if not ts else functools.reduce(lambda a, b: a + b, ts)
+
+
+def _channel(t):
+    return None if t is None else t.view(1, -1, 1, 1)
+
+
+def _full(t, out):
+    return t if t is None or t.shape == out.shape else t.expand(out.shape).contiguous()
+
+
+def _conv_nobias(ops):
+    return lambda x, w, *conv: ops.conv2d_fwd(x, w, None, *conv)
+
+
+def _conv_tangent(ops, fn, a, b, da, db, conv):
+    """Tangent of the bilinear fn(a, b, ...): fn(da, b) + fn(a, db)."""
+    return _sum(None if da is None else fn(da, b, *conv), None if db is None else fn(a, db, *conv))
+
+
+@_jvp("conv2d_fwd")
+def _(ops, args, tangents, out):
+    x, w, _, *conv = args
+    dx, dw, db = tangents[:3]
+    return _sum(_conv_tangent(ops, _conv_nobias(ops), x, w, dx, dw, conv), _channel(db))
+
+
+@_jvp("conv2d_fused_fwd")
+def _(ops, args, tangents, out):
+    x, w, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu, mode, eps = args
+    dx, dw, dbias, _, _, _, _, dscale, dshift, dres = tangents[:10]
+    conv = (stride, padding, dilation, groups)
+    c, z, u = _fused_parts(ops, x, w, bias, scale, shift, residual, conv, combine, mode, eps)
+    dc = _conv_tangent(ops, _conv_nobias(ops), x, w, dx, dw, conv)
+    dz = _sum(dc if dc is None or scale is None else dc * _channel(scale),
+              None if dscale is None else c * _channel(dscale), _channel(dshift), _channel(dbias))
+    if combine == 2:
+        ga = None if dres is None else ops.sort_bwd(dres, residual, z, mode, eps)[0]
+        gb = None if dz is None else ops.sort_bwd(_full(dz, out), residual, z, mode, eps)[1]
+        du = _sum(ga, gb)
+    else:
+        du = _sum(dz, dres if combine == 1 else None)
+    if du is None:
+        return None
+    return ops.relu_bwd(_full(du, out), u) if relu else du
+
+
+@_jvp("max_pool2d_fwd")
+def _(ops, args, tangents, out):
+    return _gather_at(tangents[0], out[1]), None
+
+
+@_jvp("max_pool2d_values")
+def _(ops, args, tangents, out):
+    return _gather_at(tangents[0], ops.max_pool2d_fwd(*args)[1])
+
+
+@_jvp("avg_pool2d_fwd")
+def _(ops, args, tangents, out):
+    return ops.avg_pool2d_fwd(tangents[0], *args[1:])
+
+
+@_jvp("adaptive_avg_pool2d_fwd")
+def _(ops, args, tangents, out):
+    return ops.adaptive_avg_pool2d_fwd(tangents[0], *args[1:])
+
+
+@_jvp("relu_fwd")
+def _(ops, args, tangents, out):
+    return ops.relu_bwd(tangents[0], out)
+
+
+@_jvp("sort_fwd")
+def _(ops, args, tangents, out):
+    a, b, mode, eps = args
+    da, db = tangents[:2]
+    return _sum(None if da is None else ops.sort_bwd(da, a, b, mode, eps)[0],
+                None if db is None else ops.sort_bwd(db, a, b, mode, eps)[1])
+
+
+def forward_ad(call, ops, name, args):
+    """The result of operator `name` on `args` with forward-mode tangents, or None when no argument
+    carries a tangent (the caller then runs the operator as usual). `call(name, *primals)` runs the
+    operator on the primals."""
+    import torch.autograd.forward_ad as fwAD
+    primals, tangents = [], []
+    for a in args:
+        p, t = fwAD.unpack_dual(a) if isinstance(a, torch.Tensor) else (a, None)
+        primals.append(p)
+        tangents.append(t)
+    if all(t is None for t in tangents):
+        return None
+    if name not in _JVP:
+        raise NotImplementedError(f"fastconv: operator {name} has no forward-mode derivative "
+                                  "(torch.func.jvp / torch.autograd.forward_ad); use reverse mode")
+    out = call(name, *primals)
+    tangent = _JVP[name](ops, primals, tangents, out)
+    if isinstance(out, tuple):
+        return tuple(o if t is None else fwAD.make_dual(o, _full(t, o)) for o, t in zip(out, tangent))
+    return out if tangent is None else fwAD.make_dual(out, _full(tangent, out))
 
 
 class _KernelOps:

@@ -106,7 +106,8 @@ def conv2d_bwd_bias(grad_out):
 
 # ---------------------------------------------------------------- eltwise
 def relu_fwd(x):
-    return np.maximum(_f64(x), 0.0)  # np.maximum keeps NaN, as torch.relu does
+    x = _f64(x)
+    return np.where(x < 0, 0.0, x)  # NaN and -0 stay, as in torch.relu
 
 
 def relu_bwd(grad_out, result):

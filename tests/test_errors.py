@@ -1,8 +1,11 @@
-"""Bad arguments raise ValueError / TypeError / RuntimeError whose message names the argument."""
+"""Bad arguments raise ValueError / TypeError / RuntimeError whose message names the argument; what
+torch accepts is accepted, with torch's result, on every backend."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastconv
+from conftest import BACKENDS, skip_unless_backend
 
 x4 = torch.randn(2, 4, 8, 8)
 w4 = torch.randn(6, 4, 3, 3)
@@ -83,7 +86,9 @@ POOL_ERRORS = [
     ("avg", dict(input=torch.randn(1, 2, 2, 2), kernel_size=4, stride=1, padding=0), ValueError, "output size"),
     ("avg", dict(input=torch.ones(1, 2, 8, 8, dtype=torch.uint8)), TypeError, "input"),
     ("adaptive", dict(input=torch.randn(8)), ValueError, "input"),
-    ("adaptive", dict(output_size=0), ValueError, "output_size"),
+    ("adaptive", dict(output_size=None), TypeError, "output_size"),
+    ("max", dict(kernel_size=torch.tensor(2.0)), TypeError, "kernel_size"),
+    ("max", dict(kernel_size=torch.tensor([2, 2])), TypeError, "kernel_size"),
     ("adaptive", dict(output_size=(2, -1)), ValueError, "output_size"),
     ("adaptive", dict(output_size="big"), TypeError, "output_size"),
     ("adaptive", dict(output_size=(2,)), ValueError, "output_size"),
@@ -172,3 +177,72 @@ def test_adaptive_no_channels():
     assert x.grad.shape == x.shape
     with pytest.raises(ValueError, match="spatial"):
         fastconv.adaptive_avg_pool2d(torch.randn(2, 3, 4, 0), 2)
+
+
+def _grads(fn, *ts):
+    ts = [t.detach().clone().requires_grad_() for t in ts]
+    y = fn(*ts)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(0), dtype=y.dtype)
+    return [y] + list(torch.autograd.grad(y, ts, g, allow_unused=True))
+
+
+ACCEPTED = {
+    "negative divisor_override": (lambda f, x: f.avg_pool2d(x, 3, 2, 1, divisor_override=-4), (2, 3, 7, 6)),
+    "0-d tensor kernel_size": (lambda f, x: f.max_pool2d(x, torch.tensor(3), torch.tensor(2)), (2, 3, 7, 6)),
+    "0-d tensors in pairs": (lambda f, x: f.avg_pool2d(x, (torch.tensor(2), 3), padding=torch.tensor(1,
+                                                                                                  dtype=torch.int8)),
+                             (2, 3, 7, 6)),
+    "adaptive output height 0": (lambda f, x: f.adaptive_avg_pool2d(x, (0, 3)), (2, 3, 7, 6)),
+    "adaptive output 0": (lambda f, x: f.adaptive_avg_pool2d(x, 0), (2, 3, 7, 6)),
+    "conv without input channels": (lambda f, x: f.conv2d(x, x.new_ones(4, 0, 3, 3), x.new_ones(4), 2, 1),
+                                    (2, 0, 7, 6)),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(ACCEPTED))
+def test_accepted_as_torch(case, backend):
+    skip_unless_backend(backend, "cpu")
+    fn, shape = ACCEPTED[case]
+    x = torch.randn(shape, dtype=torch.float64)
+    with fastconv.use_backend(backend):
+        got = _grads(lambda x: fn(fastconv, x), x)
+    try:
+        want = _grads(lambda x: fn(F, x), x)
+    except RuntimeError:  # torch has no backward for an empty adaptive pooling: the gradient is 0
+        want = [fn(F, x), torch.zeros_like(x)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+
+
+def test_conv_without_input_channels_gradients():
+    """torch's conv of an input without channels: an empty result, zero weight and bias gradients."""
+    x = torch.randn(2, 0, 5, 5, requires_grad=True)
+    w = torch.randn(4, 0, 3, 3, requires_grad=True)
+    b = torch.randn(4, requires_grad=True)
+    y = fastconv.conv2d(x, w, b)
+    assert y.shape == F.conv2d(x, w, b).shape == (2, 0, 3, 3)
+    y.sum().backward()
+    assert x.grad.shape == x.shape and (w.grad == 0).all() and w.grad.shape == w.shape and (b.grad == 0).all()
+    with pytest.raises(ValueError, match="input channel"):
+        fastconv.conv2d_fused(x, w, b, relu=True)
+    import fastconv.numba as fnb
+    assert fnb.conv2d(x.detach().numpy(), w.detach().numpy()).shape == (2, 0, 3, 3)
+    assert fnb.adaptive_avg_pool2d(torch.randn(2, 3, 4, 4).numpy(), (2, 0)).shape == (2, 3, 2, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_relu_keeps_negative_zero(backend, dtype):
+    skip_unless_backend(backend, "cpu")
+    if backend != "native" and dtype not in (torch.float32, torch.float64):
+        pytest.skip("the Python backends take float32 and float64")
+    x = torch.tensor([-0.0, 0.0, -1.0, 2.0, float("nan"), float("-inf")] * 11, dtype=dtype)
+    with fastconv.use_backend(backend):
+        got = fastconv.relu(x)
+        want = torch.relu(x)
+        torch.testing.assert_close(got, want, equal_nan=True)
+        num = ~want.isnan()  # the sign of a NaN means nothing
+        assert torch.equal(got.signbit()[num], want.signbit()[num])
+        fastconv.relu(x, inplace=True)
+        assert torch.equal(x.signbit()[num], want.signbit()[num])

@@ -1,10 +1,13 @@
 """The public functions skip the autograd layer when no gradient can flow (grad mode off, or no input
-requiring grad): same values, outputs that do not require grad, and gradients as usual otherwise."""
+requiring grad): same values, outputs that do not require grad, and gradients as usual otherwise.
+Forward mode (torch.func.jvp, torch.autograd.forward_ad) gets true tangents, never a silent zero."""
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 import fastconv
+from conftest import BACKENDS, skip_unless_backend
 
 
 def _cases():
@@ -26,7 +29,23 @@ def _cases():
         "relu": ((x,), fastconv.relu, F.relu),
         "sort": ((x, x.flip(0)), fastconv.sort,
                  lambda a, b: a + b + torch.sqrt(F.relu(a) * F.relu(b) + 0.01)),
+        "conv2d_fused_sort": ((x, w, b, r, b.flip(0).abs() + 0.5, b.flip(0)),
+                              lambda x, w, b, r, s, t: fastconv.conv2d_fused(
+                                  x, w, b, padding=1, scale=s, shift=t, residual=r, combine="sort", mode="product",
+                                  relu=True),
+                              lambda x, w, b, r, s, t: F.relu(_sort_product(r, (F.conv2d(x, w, None, 1, 1) * _c(s)
+                                                                                 + _c(t) + _c(b))))),
+        "max_pool2d_indices": ((x,), lambda x: fastconv.max_pool2d(x, 3, 2, 1, return_indices=True)[0],
+                               lambda x: F.max_pool2d(x, 3, 2, 1, return_indices=True)[0]),
     }
+
+
+def _c(t):
+    return t.view(1, -1, 1, 1)
+
+
+def _sort_product(a, b):
+    return a + b + F.relu(a) * F.relu(b)
 
 
 @pytest.mark.parametrize("name", list(_cases()))
@@ -56,3 +75,45 @@ def test_grad_flows_when_one_input_requires_it(name):
         (ga,) = torch.autograd.grad(y, a[k], g)
         (gr,) = torch.autograd.grad(want, r[k], g)
         torch.testing.assert_close(ga, gr, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(_cases()))
+def test_forward_mode_matches_torch(name, backend):
+    skip_unless_backend(backend, "cpu")
+    args, ours, ref = _cases()[name]
+    args = [a.double() for a in args]
+    g = torch.Generator().manual_seed(1)
+    tangents = [torch.randn(a.shape, generator=g, dtype=a.dtype) for a in args]
+    with fastconv.use_backend(backend):
+        for k in range(len(args)):  # a tangent on one argument, then on all
+            t = [tangents[i] if i == k else torch.zeros_like(a) for i, a in enumerate(args)]
+            want = torch.func.jvp(ref, tuple(args), tuple(t))
+            got = torch.func.jvp(ours, tuple(args), tuple(t))
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+        want = torch.func.jvp(ref, tuple(args), tuple(tangents))
+        with fwAD.dual_level():
+            y = ours(*[fwAD.make_dual(a, t) for a, t in zip(args, tangents)])
+            got = fwAD.unpack_dual(y)
+            torch.testing.assert_close((got.primal, got.tangent), want, rtol=1e-9, atol=1e-9)
+
+
+def test_forward_mode_window_without_input():
+    """max_pool2d windows with no input tap have the constant value -inf: tangent 0."""
+    x = torch.randn(2, 3, 1, 5, dtype=torch.float64)
+    y, t = torch.func.jvp(lambda x: fastconv.max_pool2d(x, 2, 1, 1, dilation=2), (x,), (torch.ones_like(x),))
+    want = F.max_pool2d(x, 2, 1, 1, dilation=2)
+    assert (want == float("-inf")).any()
+    torch.testing.assert_close(y, want)
+    assert t.shape == y.shape and (t[y == float("-inf")] == 0).all() and (t[y > float("-inf")] == 1).all()
+
+
+def test_forward_over_reverse_raises():
+    """Tangents of gradients (forward-over-reverse) have no formula: a clear error, never a zero."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 8, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    with fwAD.dual_level():
+        loss = fastconv.conv2d(x, fwAD.make_dual(w, torch.ones_like(w)), None, 1, 1).relu().square().sum()
+        with pytest.raises(NotImplementedError, match="jvp"):
+            torch.autograd.grad(loss, w, create_graph=True)

@@ -107,7 +107,7 @@ template <typename T>
 void relu_fwd(const T* x, T* y, int64_t n) {
   using A = acc_t<T>;
   parallel_ranges(n, n, [&](int64_t lo, int64_t hi) {
-    map1(x, y, lo, hi, streams<T>(n), [](A v) { return v <= 0 ? A(0) : v; });  // NaN <= 0 is false: NaN stays NaN
+    map1(x, y, lo, hi, streams<T>(n), [](A v) { return v < 0 ? A(0) : v; });  // NaN stays NaN, -0 stays -0 (torch)
   });
 }
 

@@ -29,8 +29,8 @@ template <typename T> __device__ __forceinline__ T ld(const T* p) { return __ldg
 template <> __device__ __forceinline__ __half ld<__half>(const __half* p) { return *p; }
 template <> __device__ __forceinline__ __nv_bfloat16 ld<__nv_bfloat16>(const __nv_bfloat16* p) { return *p; }
 
-// relu that lets NaN through (torch: relu(NaN) = NaN).
-template <typename A> __device__ __forceinline__ A relu_nan(A v) { return v <= A(0) ? A(0) : v; }
+// relu as torch's: NaN stays NaN and -0 stays -0.
+template <typename A> __device__ __forceinline__ A relu_nan(A v) { return v < A(0) ? A(0) : v; }
 
 template <typename A> __device__ __forceinline__ A sort_val(A a, A b, int mode, A eps) {
   const A p = relu_nan(a) * relu_nan(b);

@@ -45,7 +45,7 @@ std::vector<int64_t> pooled_shape(const at::Tensor& x, at::IntArrayRef k, at::In
 // kernel_size, stride, padding, dilation, and for average pooling divisor_override.
 void check_window(at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::IntArrayRef d,
                   std::optional<int64_t> divisor_override = std::nullopt) {
-  TORCH_CHECK_VALUE(!divisor_override || *divisor_override > 0, "fastconv: 'divisor_override' must be positive, got ",
+  TORCH_CHECK_VALUE(!divisor_override || *divisor_override != 0, "fastconv: 'divisor_override' must not be 0, got ",
                     divisor_override ? *divisor_override : 0);
   check_pair(k, "kernel_size", 1);
   check_pair(s, "stride", 1);

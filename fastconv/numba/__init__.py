@@ -51,6 +51,14 @@ def _validate(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def _empty_like(input, shape):
+    """An empty result of the input's kind (torch's result where an op has no output elements)."""
+    if K.on_gpu(input):
+        from fastconv.numba import gpu
+        return gpu._empty(input, tuple(shape), np.dtype(input.dtype))
+    return np.empty(tuple(shape), input.dtype)
+
+
 def _batched(x):
     return x.reshape((1,) + tuple(x.shape)) if len(x.shape) == 3 else x
 
@@ -62,6 +70,8 @@ def _unbatch(y, unbatched):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution, as torch.nn.functional.conv2d."""
     mx, mw, mb = _meta([("input", input), ("weight", weight), ("bias", bias)])
+    if mx.shape[-3] == 0:  # no input channels: torch's empty result
+        return _empty_like(input, _validate(F.conv2d, mx, mw, mb, stride, padding, dilation, groups).shape)
     _, unbatched, stride, pads, dilation, groups = F._conv_args(mx, mw, mb, stride, padding, dilation, groups)
     return _unbatch(K.conv2d_fwd(_batched(input), weight, bias, stride, pads, dilation, groups), unbatched)
 
@@ -96,7 +106,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     (mx,) = _meta([("input", input)])
     mx, unbatched, k, s, p, d = F._pool_args(mx, kernel_size, stride, padding, 1)
     if divisor_override is not None:
-        divisor_override = A.positive_int(divisor_override, "divisor_override")
+        divisor_override = A.nonzero_int(divisor_override, "divisor_override")
     F._check_pool_out(mx, k, s, p, d, bool(ceil_mode))
     y = K.avg_pool2d_fwd(_batched(input), k, s, p, bool(ceil_mode), bool(count_include_pad), divisor_override)
     return _unbatch(y, unbatched)
@@ -107,6 +117,8 @@ def adaptive_avg_pool2d(input, output_size):
     (mx,) = _meta([("input", input)])
     want = _validate(F.adaptive_avg_pool2d, mx, output_size)
     size = list(want.shape[-2:])
+    if 0 in size:
+        return _empty_like(input, want.shape)
     unbatched = len(input.shape) == 3
     return _unbatch(K.adaptive_avg_pool2d_fwd(_batched(input), size), unbatched)
 

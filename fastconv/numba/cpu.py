@@ -639,7 +639,7 @@ def _sum_span(x3, y3, p, oh, lo, hi, r0, nh, J, SW, off, div):
 
 @nb.njit(**_FAST)
 def avg_pool2d_fwd(x3, y3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, zero):
-    """divisor > 0 is divisor_override; windows and divisors as torch's avg_pool2d (an empty
+    """divisor != 0 is divisor_override; windows and divisors as torch's avg_pool2d (an empty
     window gives 0)."""
     H, W = x3.shape[1], x3.shape[2]
     OH, OW = y3.shape[1], y3.shape[2]
@@ -656,13 +656,13 @@ def avg_pool2d_fwd(x3, y3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor, z
                 if nh == 0 or nw == 0:
                     y3[p, oh, ow] = zero
                     continue
-                div = fixed if divisor > 0 else x3.dtype.type(fh * fw)
+                div = fixed if divisor != 0 else x3.dtype.type(fh * fw)
                 _sum_span(x3, y3, p, oh, ow, ow + 1, r0, nh, nw, 0, c0, div)
             if nh == 0:
                 for ow in range(lo, hi):
                     y3[p, oh, ow] = zero
                 continue
-            div = fixed if divisor > 0 else x3.dtype.type(fh * kw)
+            div = fixed if divisor != 0 else x3.dtype.type(fh * kw)
             if sid == 1 and nh == 3:
                 _sum_span(x3, y3, p, oh, lo, hi, r0, 3, 3, 2, -pw, div)
             elif sid == 2 and nh == 2:
@@ -701,9 +701,9 @@ def avg_pool2d_bwd(dy3, dx3, kh, kw, sh, sw, ph, pw, count_include_pad, divisor)
                     continue
                 c0, nw, fw = _avg_count(ow, sw, pw, kw, W, count_include_pad)
                 if nw > 0:
-                    div = fixed if divisor > 0 else dy3.dtype.type(fh * fw)
+                    div = fixed if divisor != 0 else dy3.dtype.type(fh * fw)
                     _spread_span(dy3, dx3, p, oh, ow, ow + 1, r0, nh, nw, 0, c0, div)
-            div = fixed if divisor > 0 else dy3.dtype.type(fh * kw)
+            div = fixed if divisor != 0 else dy3.dtype.type(fh * kw)
             _spread_span(dy3, dx3, p, oh, lo, hi, r0, nh, kw, sw, -pw, div)
 
 

@@ -399,7 +399,7 @@ def _avg_kernel(nbtype):
             else:
                 h0, h1, eh = _avg_window(oh, sh, ph, kh, H)
                 w0, w1, ew = _avg_window(ow, sw, pw, kw, W)
-                if divisor > 0:
+                if divisor != 0:
                     cnt = divisor
                 elif count_include_pad:
                     cnt = eh * ew
