@@ -313,17 +313,51 @@ def test_winograd_weight_grad_in_tile_chunks():
     torch.testing.assert_close(got_x.double(), want_x, rtol=1e-4, atol=1e-4)
 
 
-def test_winograd_nan_spreads_to_its_tile_only():
-    """Documented difference: a NaN input makes its whole 4x4 output tile NaN (the direct path, like
-    torch, only the 3x3 outputs whose window holds it); every other output stays finite."""
-    x, wt, pad = _conv_pair((1, 16, 20, 20, 16, 3, 3, 1, 1, 1, 1), "nchw")
-    x[0, 3, 9, 9] = float("nan")
+def _special(case, x, wt, g):
+    """Plant the special values of `case` into copies of input, weight and grad_out."""
+    x, wt, g = x.clone(), wt.clone(), g.clone()
+    if case == "huge":  # finite outputs near FLT_MAX: Winograd's intermediates would overflow
+        x *= 3e37 / F.conv2d(x, wt, None, 1, 1).abs().max()
+        g *= 1e-2  # the weight gradient (a sum over 256 pixels) well below FLT_MAX
+    elif case == "inf_weight":
+        wt[2, 5, 1, 1] = float("inf")
+        wt[7, 0, 0, 2] = float("-inf")
+    elif case == "nan_weight_on_padding":  # a tap that reads only padding at the top row
+        wt[4, 3, 0, 1] = float("nan")
+    elif case == "nan_input_on_tile_edge":
+        x[0, 3, 7, 8] = float("nan")
+    elif case == "inf_grad_out":
+        g[0, 5, 3, 11] = float("inf")
+        g[0, 6, 12, 0] = float("-inf")
+    return x, wt, g
+
+
+@pytest.mark.parametrize("case", ["huge", "inf_weight", "nan_weight_on_padding", "nan_input_on_tile_edge",
+                                  "inf_grad_out"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_winograd_special_values_match_torch(case, layout, isa):
+    """Where Winograd would give NaN for torch's finite or infinite values (overflowing intermediates,
+    infinities mixed by the transforms, a NaN spread over its tile), the layer is recomputed on the
+    direct path: values, gradients and the places of NaN and infinities are torch's."""
+    x, wt, pad = _conv_pair((1, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1), layout)
+    g = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(4))
+    x, wt, g = _special(case, x, wt, g)
+    want = _grads(F.conv2d, x, wt, g, pad)
     with winograd(True):
-        y = fastconv.conv2d(x, wt, None, 1, pad)
-    nan = y.isnan()
-    assert nan[:, :, 8:12, 8:12].all() and nan.sum().item() == 16 * 16
-    with winograd(False):
-        assert fastconv.conv2d(x, wt, None, 1, pad).isnan().sum().item() == 9 * 16
+        got = _grads(fastconv.conv2d, x, wt, g, pad)
+        if case == "huge":  # the fused epilogue too
+            y = fastconv.conv2d_fused(x, wt, None, 1, pad, relu=True)
+            torch.testing.assert_close(y, want[0].relu(), rtol=1e-4, atol=1e-4 * y.abs().max().item())
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+        fin = b.isfinite()
+        torch.testing.assert_close(a[fin], b[fin], rtol=1e-4, atol=1e-4 * b[fin].abs().max().item())
+
+
+def _grads(conv, x, wt, g, pad):
+    xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
+    y = conv(xr, wr, None, 1, pad)
+    return (y.detach(),) + torch.autograd.grad(y, (xr, wr), g)
 
 
 def test_winograd_error_against_float64():

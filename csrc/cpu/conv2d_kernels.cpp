@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -774,7 +775,21 @@ void wino_pack(const Conv2dParams& p, const float* w, float* u, const MicroKerne
   }
 }
 
-void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* y, const Epilogue<float>& ep,
+// True if the n floats at v are all finite.
+inline bool all_finite(const float* v, int64_t n) {
+  int bad = 0;
+#pragma omp simd reduction(| : bad)
+  for (int64_t i = 0; i < n; ++i) bad |= !(std::fabs(v[i]) <= std::numeric_limits<float>::max());
+  return !bad;
+}
+
+// Special values. Winograd's transforms mix a tile's values before multiplying (a NaN or infinity in
+// the input or the weights spreads over whole tiles and output channels, inf - inf turns into NaN)
+// and grow intermediate sums by up to ~1e4 (finite results near FLT_MAX overflow). Every such case
+// leaves a non-finite value in the raw (pre-epilogue) results, which the output transforms check
+// while they are in L1: both Winograd drivers return false then, and the caller recomputes the layer
+// on the direct path, whose results are torch's. Finite data never pays more than that check.
+bool winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* y, const Epilogue<float>& ep,
                   const MicroKernel<float>& mk) {
   const Tensor4 &X = p.x, &Y = p.y;
   const int64_t C = X.c, K = Y.c, P = Y.h, Q = Y.w;
@@ -804,7 +819,8 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
       for (int64_t tw = 0; tw < TW; ++tw)
         in.transform(f, tr / TH, tr % TH, tw, v + ((tr - blk * rpb) * TW + tw) * C, tb * C, stage);
   };
-#pragma omp parallel
+  int bad = 0;
+#pragma omp parallel reduction(| : bad)
   {
     Buffer<float> vloc(shared ? 0 : vsize), mbuf(kWinoPoints * tb * kv), rows4(4 * Q4 * kv),
         rowt(Y.sc != 1 ? Q * kv : 0), stage(in.stage_size());
@@ -836,14 +852,17 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
           const int64_t n = (tr0 + r) / TH, th = (tr0 + r) % TH;
           for (int64_t tw = 0; tw < TW; ++tw)
             f.output(m + (r * TW + tw) * kv, tb * kv, rows4.get() + 4 * tw * kv, Q4 * kv, kv);
-          for (int64_t i = 0; i < std::min<int64_t>(4, P - 4 * th); ++i)
+          for (int64_t i = 0; i < std::min<int64_t>(4, P - 4 * th); ++i) {
+            bad |= !all_finite(rows4.get() + i * Q4 * kv, Q * kv);
             finish_row(rows4.get() + i * Q4 * kv, rowt.get(), Q, kv, kvalid, k0, tab, store, ep_out, mk, y, Y,
                        n * Y.sn + k0 * Y.sc + (4 * th + i) * Y.sh);
+          }
         }
       }
     }
     if (ep_out.stream) stream_fence();
   }
+  return !bad;
 }
 
 // The weight gradient of a Winograd layer, F(3x3, 4x4) (the transposed algorithm): over 4x4 tiles of
@@ -853,7 +872,7 @@ void winograd_fwd(const Conv2dParams& p, const float* x, const float* u, float* 
 // then one 6x6 -> 3x3 transform per (k, c). Tiles are processed in chunks whose transforms stay
 // within about 16 MB, M accumulating across chunks; tasks own disjoint (xi, channel panel, output
 // rows) blocks of M, so nothing is reduced across threads.
-void winograd_bwd_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw,
+bool winograd_bwd_weight(const Conv2dParams& p, const float* dy, const float* x, float* dw,
                          const MicroKernel<float>& mk) {
   const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
   const int64_t C = X.c, K = Y.c, P = Y.h, Q = Y.w;
@@ -892,17 +911,20 @@ void winograd_bwd_weight(const Conv2dParams& p, const float* dy, const float* x,
                               Cp, Cp});
     }
   }
-#pragma omp parallel
+  int bad = 0;
+#pragma omp parallel reduction(| : bad)
   {
     alignas(64) float out[9 * 32];  // [r][s][kv], kv <= 32
 #pragma omp for collapse(2) schedule(static)
     for (int64_t k = 0; k < K; ++k)
       for (int64_t cb = 0; cb < CB; ++cb) {
         f.wgrad_output(m + k * Cp + cb * kv, K * Cp, out);
+        bad |= !all_finite(out, 9 * kv);
         for (int64_t v0 = 0; v0 < std::min<int64_t>(kv, C - cb * kv); ++v0)
           for (int rs = 0; rs < 9; ++rs) dw[k * W.sn + (cb * kv + v0) * W.sc + (rs / 3) * W.sh + (rs % 3) * W.sw] = out[rs * kv + v0];
       }
   }
+  return !bad;
 }
 
 // ---------------------------------------------------------------------------------------- depthwise
@@ -1225,7 +1247,13 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
     packed = wstore.get();
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (wino) return winograd_fwd(p, x, packed, y, ep, mk);
+    if (wino) {
+      if (winograd_fwd(p, x, packed, y, ep, mk)) return;
+      // A non-finite value (see winograd_fwd): the whole layer again on the direct path.
+      wstore.alloc(direct_packed_size(p, mk.kv));
+      pack_for(p, w, wstore.get(), mk, false);
+      packed = wstore.get();
+    }
   }
   if (is_pointwise(p) && (p.stride_h > 1 || p.stride_w > 1) && p.y.sc == 1 && p.x.sc == 1) {
     // Strided 1x1 into channels_last: gather the pixels it reads into a dense channels_last copy
@@ -1251,6 +1279,18 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   conv_with(p, x, packed, y, ep, mk);
 }
 
+// True if every weight is finite (the K x C x R x S tensor W at w, any strides).
+template <typename T>
+bool weights_finite(const Tensor4& W, const T* w) {
+  int bad = 0;
+  for (int64_t k = 0; k < W.n; ++k)
+    for (int64_t c = 0; c < W.c; ++c)
+      for (int64_t r = 0; r < W.h; ++r)
+        for (int64_t s = 0; s < W.w; ++s)
+          bad |= !(std::abs(w[k * W.sn + c * W.sc + r * W.sh + s * W.sw]) <= std::numeric_limits<T>::max());
+  return !bad;
+}
+
 template <typename T>
 void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
   const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
@@ -1267,7 +1307,9 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     q.w = Tensor4{C, K, 1, 1, W.sc, W.sn, 1, 1};
     return conv2d_fwd_cpu(q, dy, w, dx, Epilogue<T>{});
   }
-  if (p.stride_h == 1 && p.stride_w == 1) {
+  // Stride 1 as a convolution of dy padded with zeros; not with a non-finite weight, which would turn
+  // those zeros into NaN where torch sums over dy's own pixels only (the scatter below does too).
+  if (p.stride_h == 1 && p.stride_w == 1 && weights_finite(W, w)) {
     // dx = conv(dy, w flipped in r, s with k <-> c), leading padding dil*(R-1) - pad.
     Conv2dParams q = p;
     q.x = Y;
@@ -1286,7 +1328,7 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
     conv_with(q, dy, static_cast<const T*>(wpack.get()), dx, Epilogue<T>{}, mk);
     return;
   }
-  // Strided: per output row, cols[q][(r, s, c)] = sum_k dy[q][k] * w[k][c][r][s], scatter-added into a
+  // Strided (or non-finite weights): per output row, cols[q][(r, s, c)] = sum_k dy[q][k] * w[k][c][r][s], scatter-added into a
   // channels-last accumulator of dx. A task owns (image, group, block of input channels), so scatters
   // never race; the channels are split only when there are too few images and groups to fill the
   // threads (batch 1).
@@ -1410,7 +1452,8 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
   if (is_depthwise(p)) return dw_bwd_weight(p, dy, x, dw);
   const MicroKernel<T> mk = micro_kernel<T>();
   if constexpr (std::is_same_v<T, float>) {
-    if (winograd_path<T>(p)) return winograd_bwd_weight(p, dy, x, dw, mk);
+    // A non-finite value (see winograd_fwd): the direct path below recomputes dw.
+    if (winograd_path<T>(p) && winograd_bwd_weight(p, dy, x, dw, mk)) return;
   }
   if (is_pointwise(p) && p.stride_h == 1 && p.stride_w == 1 && X.sw == 1 && X.sh == X.w && Y.sw == 1 &&
       Y.sh == Y.w && X.c >= 16)
