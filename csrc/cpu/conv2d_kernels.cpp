@@ -783,6 +783,18 @@ inline bool all_finite(const float* v, int64_t n) {
   return !bad;
 }
 
+// True if every weight is finite (the K x C x R x S tensor W at w, any strides).
+template <typename T>
+bool weights_finite(const Tensor4& W, const T* w) {
+  int bad = 0;
+  for (int64_t k = 0; k < W.n; ++k)
+    for (int64_t c = 0; c < W.c; ++c)
+      for (int64_t r = 0; r < W.h; ++r)
+        for (int64_t s = 0; s < W.w; ++s)
+          bad |= !(std::abs(w[k * W.sn + c * W.sc + r * W.sh + s * W.sw]) <= std::numeric_limits<T>::max());
+  return !bad;
+}
+
 // Special values. Winograd's transforms mix a tile's values before multiplying (a NaN or infinity in
 // the input or the weights spreads over whole tiles and output channels, inf - inf turns into NaN)
 // and grow intermediate sums by up to ~1e4 (finite results near FLT_MAX overflow). Every such case
@@ -1236,7 +1248,9 @@ void conv2d_fwd_pack(const Conv2dParams& p, const T* w, T* out) {
 template <typename T>
 void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const Epilogue<T>& ep, const T* packed) {
   if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0) return;
-  if (is_depthwise(p)) return dw_fwd(p, x, w, y, ep);
+  // Non-finite weights: the depthwise loops skip taps on padding, where the general path (like the
+  // zero-padded definition) multiplies them, giving NaN.
+  if (is_depthwise(p) && weights_finite(p.w, w)) return dw_fwd(p, x, w, y, ep);
   const MicroKernel<T> mk = micro_kernel<T>();
   if (pointwise_nchw_path(p)) return pointwise_nchw(p, x, w, y, ep, mk);
   const bool wino = winograd_path<T>(p);
@@ -1279,23 +1293,14 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   conv_with(p, x, packed, y, ep, mk);
 }
 
-// True if every weight is finite (the K x C x R x S tensor W at w, any strides).
-template <typename T>
-bool weights_finite(const Tensor4& W, const T* w) {
-  int bad = 0;
-  for (int64_t k = 0; k < W.n; ++k)
-    for (int64_t c = 0; c < W.c; ++c)
-      for (int64_t r = 0; r < W.h; ++r)
-        for (int64_t s = 0; s < W.w; ++s)
-          bad |= !(std::abs(w[k * W.sn + c * W.sc + r * W.sh + s * W.sw]) <= std::numeric_limits<T>::max());
-  return !bad;
-}
-
 template <typename T>
 void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx) {
   const Tensor4 &X = p.x, &W = p.w, &Y = p.y;
   if (X.n == 0 || X.c == 0 || X.h == 0 || X.w == 0) return;
-  if (is_depthwise(p)) return dw_bwd_input(p, dy, w, dx);
+  const bool finite_w = weights_finite(W, w);
+  // Non-finite weights: the paths below that sum over dy's own pixels only (the depthwise loops read
+  // dy zero-padded).
+  if (is_depthwise(p) && finite_w) return dw_bwd_input(p, dy, w, dx);
   const MicroKernel<T> mk = micro_kernel<T>();
   const int64_t G = p.groups, K = W.n, Kg = K / G, Cg = W.c, C = X.c, R = W.h, S = W.w;
   const int kv = mk.kv, mp = mk.mp;
@@ -1309,7 +1314,7 @@ void conv2d_bwd_input_cpu(const Conv2dParams& p, const T* dy, const T* w, T* dx)
   }
   // Stride 1 as a convolution of dy padded with zeros; not with a non-finite weight, which would turn
   // those zeros into NaN where torch sums over dy's own pixels only (the scatter below does too).
-  if (p.stride_h == 1 && p.stride_w == 1 && weights_finite(W, w)) {
+  if (p.stride_h == 1 && p.stride_w == 1 && finite_w) {
     // dx = conv(dy, w flipped in r, s with k <-> c), leading padding dil*(R-1) - pad.
     Conv2dParams q = p;
     q.x = Y;
@@ -1449,7 +1454,12 @@ void conv2d_bwd_weight_cpu(const Conv2dParams& p, const T* dy, const T* x, T* dw
           for (int64_t s = 0; s < S; ++s) dw[k * W.sn + c * W.sc + r * W.sh + s * W.sw] = T(0);
     return;
   }
-  if (is_depthwise(p)) return dw_bwd_weight(p, dy, x, dw);
+  if (is_depthwise(p)) {
+    dw_bwd_weight(p, dy, x, dw);
+    // A NaN or infinity in dy: the depthwise loops skip the input's padding, where the general path
+    // below (like the zero-padded definition) multiplies it; it recomputes dw then.
+    if (weights_finite(W, dw)) return;
+  }
   const MicroKernel<T> mk = micro_kernel<T>();
   if constexpr (std::is_same_v<T, float>) {
     // A non-finite value (see winograd_fwd): the direct path below recomputes dw.
