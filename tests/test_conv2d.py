@@ -1,4 +1,6 @@
 """fastconv.conv2d forward and backward against torch.nn.functional.conv2d and the NumPy reference."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -160,6 +162,43 @@ def test_nan_inf_propagate(device):
     assert torch.equal(torch.isinf(y), torch.isinf(e)), "Inf positions differ from torch"
     finite = torch.isfinite(e)
     assert_close(y[finite], e[finite], torch.float32, 18)
+
+
+SPECIAL_GEOMS = {  # n, c, h, w, k, r, s, stride, padding, dilation, groups
+    "winograd": (1, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1), "strided": (2, 8, 9, 7, 6, 3, 3, 2, 1, 1, 1),
+    "depthwise": (1, 8, 9, 9, 8, 3, 3, 1, 1, 1, 8), "depthwise_strided": (1, 8, 9, 9, 8, 3, 3, 2, 1, 1, 8),
+    "pointwise": (1, 5, 7, 7, 6, 1, 1, 1, 0, 1, 1), "dilated": (1, 6, 11, 10, 4, 3, 3, 1, 2, 2, 1),
+    "grouped_5x5": (1, 4, 8, 8, 6, 5, 5, 1, 2, 1, 2), "stem_7x7": (1, 3, 12, 12, 8, 7, 7, 2, 3, 1, 1),
+}
+
+
+@pytest.mark.parametrize("geom", list(SPECIAL_GEOMS))
+def test_special_values_match_reference(geom, isa):
+    """NaN and infinities in the input, the weight or grad_out (one at a corner, next to the padding):
+    the places of NaN and infinities in the output and both gradients are the float64 reference's,
+    in both layouts and dtypes (padding is part of the zero-padded input: 0 * inf = NaN in the
+    forward and weight gradient; the input gradient sums over existing outputs only)."""
+    n, c, h, w, k, r, s, stride, pad, dil, groups = SPECIAL_GEOMS[geom]
+    g = torch.Generator().manual_seed(5)
+    for where, val, fmt, dtype in itertools.product("xwg", [float("nan"), float("inf"), -float("inf")],
+                                                    [torch.contiguous_format, torch.channels_last],
+                                                    [torch.float32, torch.float64]):
+        x = torch.randn(n, c, h, w, generator=g, dtype=dtype).contiguous(memory_format=fmt)
+        wt = torch.randn(k, c // groups, r, s, generator=g, dtype=dtype).contiguous(memory_format=fmt)
+        gy = torch.randn(F.conv2d(x, wt, None, stride, pad, dil, groups).shape, generator=g, dtype=dtype)
+        t = {"x": x, "w": wt, "g": gy}[where]
+        t[tuple(int(torch.randint(0, d, (), generator=g)) for d in t.shape)] = val
+        t[0, 0, 0, 0] = val
+        got, want = [], []
+        for backend, out in (("native", got), ("reference", want)):
+            xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
+            with fastconv.use_backend(backend):
+                y = fastconv.conv2d(xr, wr, None, stride, pad, dil, groups)
+                out += [y.detach()] + list(torch.autograd.grad(y, (xr, wr), gy))
+        for name, a, b in zip(("output", "input gradient", "weight gradient"), got, want):
+            case = f"{name}, {val} in {where}, {fmt}, {dtype}"
+            assert torch.equal(a.isnan(), b.isnan()), f"NaN places differ: {case}"
+            assert torch.equal(a.isinf(), b.isinf()) and torch.equal(a[a.isinf()], b[b.isinf()]), case
 
 
 @pytest.mark.parametrize("case", [(1, 2, 5, 6, 3, 3, 2, 1, 1, 1, 1, True), (1, 4, 6, 5, 2, 2, 3, 2, (1, 0), (1, 2), 2, True),

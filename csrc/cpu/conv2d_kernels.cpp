@@ -775,17 +775,22 @@ void wino_pack(const Conv2dParams& p, const float* w, float* u, const MicroKerne
   }
 }
 
-// True if the n floats at v are all finite.
-inline bool all_finite(const float* v, int64_t n) {
+// True if the n values at v are all finite.
+template <typename T>
+bool all_finite(const T* v, int64_t n) {
   int bad = 0;
 #pragma omp simd reduction(| : bad)
-  for (int64_t i = 0; i < n; ++i) bad |= !(std::fabs(v[i]) <= std::numeric_limits<float>::max());
+  for (int64_t i = 0; i < n; ++i) bad |= !(std::abs(v[i]) <= std::numeric_limits<T>::max());
   return !bad;
 }
 
 // True if every weight is finite (the K x C x R x S tensor W at w, any strides).
 template <typename T>
 bool weights_finite(const Tensor4& W, const T* w) {
+  const int64_t n = W.n * W.c * W.h * W.w;
+  if (W.sn > 0 && W.sc > 0 && W.sh > 0 && W.sw > 0 &&
+      (W.n - 1) * W.sn + (W.c - 1) * W.sc + (W.h - 1) * W.sh + (W.w - 1) * W.sw + 1 == n)
+    return all_finite(w, n);  // dense in some order: one vector pass
   int bad = 0;
   for (int64_t k = 0; k < W.n; ++k)
     for (int64_t c = 0; c < W.c; ++c)
