@@ -61,11 +61,29 @@ class SORT(torch.nn.Module):
 
 # ---------------------------------------------------------------- inference fusion
 # A fused call replaces modules by what they are known to compute, so every fused path first checks
-# the exact types of the modules it stands for (a subclass may override forward) and otherwise runs
-# them one by one. The checks are made on every call, so a plan follows the children a user assigns.
+# the exact types of the modules it stands for (a subclass may override forward) and that they have no
+# hooks (which only a module call runs), and otherwise runs them one by one. The checks are made on
+# every call, so a plan follows the children and hooks a user adds.
 def is_relu(act):
     """True if the activation `act` (a module or a function) computes exactly relu."""
     return type(act) in (torch.nn.ReLU, ReLU) or act in (F.relu, torch.relu, torch.nn.functional.relu)
+
+
+_MODULE = torch.nn.modules.module
+
+
+def _no_hooks(*modules):
+    """True if calling each of these modules (None and functions aside) would run its forward alone:
+    no forward or backward hooks of its own or global ones (pruning, spectral_norm, activation
+    capture) that a fused call standing for it would skip."""
+    if (_MODULE._global_forward_hooks or _MODULE._global_forward_pre_hooks or _MODULE._global_backward_hooks
+            or _MODULE._global_backward_pre_hooks):
+        return False
+    for m in modules:
+        if isinstance(m, torch.nn.Module) and (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+                                               or m._backward_pre_hooks):
+            return False
+    return True
 
 
 def foldable(bn):
@@ -122,14 +140,16 @@ def conv_bn_act(conv, bn, x, *, act=None, residual=None, combine=None, mode="sqr
     """act?(combine(residual, bn?(conv(x)))) - one fastconv.conv2d_fused call when `fuse`, `conv` is a
     fastconv Conv2d, the BN (if any) can be folded and `act` (a module or function, or None) is a relu;
     else the modules one after the other (training, BN on batch statistics, other activations or
-    subclasses). `conv` may be a SORTConv2d (whose second branch takes the fused path)."""
+    subclasses, modules with hooks). `conv` may be a SORTConv2d (whose second branch takes the fused
+    path)."""
+    fuse = fuse and _no_hooks(conv, bn, act)
     if type(conv) is SORTConv2d:
         if combine is not None:
             raise ValueError("fastconv: a SORTConv2d cannot take a residual")
-        a = conv.branch_a(x)
-        return conv_bn_act(conv.branch_b, bn, x, act=act, residual=a, combine="sort", mode=conv.mode,
-                           eps=conv.eps, fuse=fuse)
-    if fuse and type(conv) is Conv2d and (bn is None or foldable(bn)) and (act is None or is_relu(act)):
+        if fuse and bn is None:  # act(sort(a, b)): the epilogue of branch b (a BN would follow the sort)
+            return conv_bn_act(conv.branch_b, None, x, act=act, residual=conv.branch_a(x), combine="sort",
+                               mode=conv.mode, eps=conv.eps)
+    elif fuse and type(conv) is Conv2d and (bn is None or foldable(bn)) and (act is None or is_relu(act)):
         scale = shift = None
         bias = conv.bias
         if bn is not None:
@@ -187,7 +207,8 @@ class Sequential(Fusable, torch.nn.Sequential):
         while i < len(mods):
             n, bn, relu = 1, None, False
             if type(mods[i]) in (Conv2d, SORTConv2d):
-                if i + n < len(mods) and foldable(mods[i + n]) and mods[i + n].num_features == mods[i].out_channels:
+                if type(mods[i]) is Conv2d and i + n < len(mods) and foldable(mods[i + n]) \
+                        and mods[i + n].num_features == mods[i].out_channels:  # not after a sort
                     bn, n = i + n, n + 1
                 if i + n < len(mods) and is_relu(mods[i + n]):
                     relu, n = True, n + 1

@@ -6,6 +6,7 @@ must agree. Also: convert fuses only the activations a block really computes, an
 backward refuses tensors changed in place after the forward."""
 import pytest
 import torch
+import torch.nn.utils.prune
 import torchvision
 
 import fastconv
@@ -115,6 +116,16 @@ def _requires_grad_toggle(m):
     m.requires_grad_(True)
 
 
+def _hooks(m):
+    """Hooks that a fused call would skip: pruning (a forward pre-hook recomputing the weight), a
+    forward hook changing a BatchNorm's output, a backward hook on a convolution."""
+    torch.nn.utils.prune.l1_unstructured(m.layer1[0].conv1, "weight", amount=0.5)
+    m.layer2[0].bn1.register_forward_hook(lambda mod, inp, out: out * 0.5)
+    m.layer3[0].conv2.register_full_backward_hook(lambda mod, gin, gout: None)
+    with torch.no_grad():
+        m.layer1[0].conv1.weight_orig.mul_(-1)  # the pre-hook recomputes the weight from it
+
+
 CHANGES = {
     "data_writes": _data_writes,
     "no_grad_edits": _no_grad_edits,
@@ -125,6 +136,7 @@ CHANGES = {
     "requires_grad_toggle": _requires_grad_toggle,
     "to_float64": lambda m: m.to(torch.float64),
     "to_channels_last": lambda m: m.to(memory_format=torch.channels_last),
+    "hooks": _hooks,
 }
 
 
@@ -234,3 +246,40 @@ def test_fused_backward_refuses_inplace_changes(name):
         t[name].mul_(2)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         torch.autograd.grad(y.sum(), list(leaves.values()))
+
+
+
+def test_global_hooks_and_backward_hooks_run():
+    ref, fast = _pair()
+    x = torch.randn(2, 3, 24, 24)
+    _agree(ref, fast, x)
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda mod, inp, out: seen.append(type(mod)))
+    try:
+        with torch.no_grad():
+            ref(x)
+            n_ref = len(seen)
+            seen.clear()
+            fast(x)
+    finally:
+        handle.remove()
+    assert len(seen) == n_ref  # every module's hook ran, as in torch
+    calls = []
+    fast.layer1[0].bn2.register_full_backward_hook(lambda mod, gin, gout: calls.append(1))
+    xf = x.clone().requires_grad_()
+    fast(xf).sum().backward()
+    assert calls == [1]
+
+
+def test_sort_conv_then_batchnorm_is_not_folded_into_a_branch():
+    """bn(sort(a, b)) cannot be an epilogue of branch b: the Sequential plan leaves that BN alone."""
+    torch.manual_seed(8)
+    seq = randomize_bn(nn.Sequential(nn.SORTConv2d(3, 5, 3, padding=1), torch.nn.BatchNorm2d(5), nn.ReLU(),
+                                     nn.SORTConv2d(5, 4, 3), nn.ReLU())).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = seq(x)
+        assert seq.fuse() == 1 and seq._plan == ((0, 1, None, False), (1, 1, None, False), (2, 1, None, False),
+                                                 (3, 2, None, True))
+        close(seq(x), ref)
+        close(nn.conv_bn_act(seq[0], seq[1], x, act=seq[2]), seq[2](seq[1](seq[0](x))))
