@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import reference as R
 from conftest import (DEVICES, DTYPES, ISAS, assert_close, check_op, conv_pads, isa_path, layout_args, make, rand,
-                      same_format)
+                      same_format, skip_unless_backend)
 
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups, bias)
 CASES = {
@@ -178,6 +178,16 @@ def test_special_values_match_reference(geom, isa):
     the places of NaN and infinities in the output and both gradients are the float64 reference's,
     in both layouts and dtypes (padding is part of the zero-padded input: 0 * inf = NaN in the
     forward and weight gradient; the input gradient sums over existing outputs only)."""
+    _special_values_match_reference(geom, "native")
+
+
+@pytest.mark.parametrize("geom", list(SPECIAL_GEOMS))
+def test_special_values_match_reference_numba(geom):
+    skip_unless_backend("numba", "cpu")
+    _special_values_match_reference(geom, "numba")
+
+
+def _special_values_match_reference(geom, backend):
     n, c, h, w, k, r, s, stride, pad, dil, groups = SPECIAL_GEOMS[geom]
     g = torch.Generator().manual_seed(5)
     for where, val, fmt, dtype in itertools.product("xwg", [float("nan"), float("inf"), -float("inf")],
@@ -190,9 +200,9 @@ def test_special_values_match_reference(geom, isa):
         t[tuple(int(torch.randint(0, d, (), generator=g)) for d in t.shape)] = val
         t[0, 0, 0, 0] = val
         got, want = [], []
-        for backend, out in (("native", got), ("reference", want)):
+        for name, out in ((backend, got), ("reference", want)):
             xr, wr = x.clone().requires_grad_(), wt.clone().requires_grad_()
-            with fastconv.use_backend(backend):
+            with fastconv.use_backend(name):
                 y = fastconv.conv2d(xr, wr, None, stride, pad, dil, groups)
                 out += [y.detach()] + list(torch.autograd.grad(y, (xr, wr), gy))
         for name, a, b in zip(("output", "input gradient", "weight gradient"), got, want):

@@ -304,6 +304,23 @@ def winograd(x, w, stride, padding, dilation, groups, P, Q):
     return 9 * x.shape[0] * P * Q - 36 * tiles >= WINO_MIN_SAVED
 
 
+def _finite_within(bound, *arrays):
+    """True if every value of the arrays is finite and max |a| * max |b| * ... * bound stays below
+    float32's maximum (NaN propagates through max and min)."""
+    prod = float(bound)
+    for a in arrays:
+        prod *= max(float(a.max()), -float(a.min())) if a.size else 0.0
+    return prod < float(np.finfo(np.float32).max)
+
+
+def _winograd_safe(a, w):
+    """Winograd's transforms spread a NaN or infinity over a tile or an output channel and grow sums
+    by up to about 1e4 (input transform 100, weight transform 0.25, output transform 361, per input
+    channel): it runs only on finite operands too small for any intermediate to overflow, where its
+    results are the direct sum's up to rounding; other layers take the direct path."""
+    return _finite_within(1e4 * a.shape[1], a, w)
+
+
 def _epilogue_args(x, res, bias=None, scale=None, shift=None, combine=0, relu=False, mode=0, eps=0.0):
     """The epilogue arguments of the conv kernels, with the residual view `res` (a dummy without a
     combine); the defaults: none."""
@@ -330,12 +347,14 @@ def conv2d_fused_fwd(x, w, bias, stride, padding, dilation, groups, scale, shift
     res = _c(residual) if combine else np.zeros((1, 1, 1, 1), x.dtype)
     epi = dict(bias=bias, scale=scale, shift=shift, combine=combine, relu=relu, mode=mode, eps=eps)
     res3 = res.reshape(res.shape[0], res.shape[1], -1)  # the per-image paths' (N, K, P*Q) view
-    if groups > 1 and groups == x.shape[1]:  # depthwise: direct, no BLAS
+    # depthwise: direct, no BLAS (its loops skip the padding: non-finite weights take the im2col path,
+    # which multiplies it, as the zero-padded definition)
+    if groups > 1 and groups == x.shape[1] and _finite_within(1, w):
         _cpu().conv2d_fwd_depthwise(x, w, y, y.reshape(N, K, P * Q), *_dw_geometry(stride, padding, dilation),
                                     *_epilogue_args(x, res3, **epi))
         return y
     with _one_blas_thread():
-        if winograd(x, w, stride, padding, dilation, groups, P, Q):
+        if winograd(x, w, stride, padding, dilation, groups, P, Q) and _winograd_safe(x, w):
             _winograd_fwd(x, w, y, int(padding[0]), int(padding[2]), _epilogue_args(x, res3, **epi))
         else:
             geo = _conv_geometry(x, w, stride, padding, dilation, groups, P, Q)
@@ -357,7 +376,8 @@ def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
     # padding 2 - p, which Winograd takes where it pays (top and left pads at most 2).
     flipped_pads = tuple(2 - int(p) for p in padding)
     if tuple(w.shape[2:]) == (3, 3) and min(flipped_pads) >= 0 and \
-            winograd(dy, w.transpose(1, 0, 2, 3), stride, flipped_pads, dilation, groups, H, W):
+            winograd(dy, w.transpose(1, 0, 2, 3), stride, flipped_pads, dilation, groups, H, W) and \
+            _winograd_safe(dy, w):
         wf = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         dx = _empty(input_size, dy.dtype)
         with _one_blas_thread():
@@ -365,7 +385,7 @@ def conv2d_bwd_input(dy, w, input_size, stride, padding, dilation, groups):
                           _epilogue_args(dy, np.zeros((1, 1, 1), dy.dtype)))
         return dx
     dx = _zeros(input_size, dy.dtype)
-    if groups > 1 and groups == dx.shape[1]:  # depthwise: direct, no BLAS
+    if groups > 1 and groups == dx.shape[1] and _finite_within(1, w):  # depthwise: direct, no BLAS
         _cpu().conv2d_depthwise_bwd_input(dy, w, dx, *_dw_geometry(stride, padding, dilation))
         return dx
     G, K = groups, w.shape[0]
@@ -383,7 +403,9 @@ def conv2d_bwd_weight(dy, x, weight_size, stride, padding, dilation, groups):
     dw = np.zeros(tuple(weight_size), dy.dtype)
     if groups > 1 and groups == x.shape[1]:  # depthwise: direct, no BLAS
         _cpu().conv2d_depthwise_bwd_weight(dy, x, dw, *_dw_geometry(stride, padding, dilation), dy.dtype.type(0))
-        return dw
+        if _finite_within(1, dw):
+            return dw
+        dw[...] = 0  # a NaN or infinity in dy: the im2col path below multiplies the padding, as the definition
     G, K = groups, dw.shape[0]
     geo = _conv_geometry(x, dw, stride, padding, dilation, groups, dy.shape[2], dy.shape[3])
     cols = dw.shape[1] * dw.shape[2] * dw.shape[3]
