@@ -54,7 +54,7 @@ def _call(name, grad_inputs, *args):
     if torch.compiler.is_compiling():
         return getattr(ops, name)(*args)
     if _fwAD._current_level >= 0:  # forward-mode AD is on: tangents get the operator's own formula
-        out = _ops_module.forward_ad(lambda op, *primals: _call(op, [p for p in primals if isinstance(p, torch.Tensor)], *primals), ops, name, args)
+        out = _ops_module.forward_ad(_call_primals, ops, name, args)
         if out is not None:
             return out
     kernels = getattr(ops, "kernels", None)
@@ -68,6 +68,10 @@ def _call(name, grad_inputs, *args):
         return getattr(ops, name)(*args)
 
 
+def _call_primals(name, *args):
+    return _call(name, [a for a in args if isinstance(a, torch.Tensor)], *args)
+
+
 def _empty_result(shape, like, *inputs):
     """torch's result of an op with no output elements: an empty tensor, connected to the tensors of
     `inputs` that require grad (their gradients are zeros, as torch's)."""
@@ -75,6 +79,11 @@ def _empty_result(shape, like, *inputs):
     if not _no_grad(*inputs):
         y = y + sum(t.sum() * 0 for t in inputs if t is not None and t.requires_grad)
     return y
+
+
+def _out_hw(x, weight, stride, pads, dilation):
+    """The convolution's output height and width."""
+    return _ops_module.conv_out_shape(x, weight, stride, pads, dilation)[2:]
 
 
 def _conv_args(input, weight, bias, stride, padding, dilation, groups):
@@ -103,8 +112,7 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups):
             raise ValueError(f"fastconv: 'bias' must have {k} elements (one per output channel), "
                              f"got shape {tuple(bias.shape)}")
     pads = A.conv_padding(padding, (r, s), stride, dilation)
-    p = A.conv_out_size(x.shape[2], pads[0], pads[1], dilation[0], r, stride[0])
-    q = A.conv_out_size(x.shape[3], pads[2], pads[3], dilation[1], s, stride[1])
+    p, q = _out_hw(x, weight, stride, pads, dilation)
     if p <= 0 or q <= 0:
         raise ValueError(f"fastconv: conv2d output size would be {p}x{q} for input {x.shape[2]}x{x.shape[3]}, "
                          f"kernel {r}x{s}, padding {padding}, stride {stride}, dilation {dilation}: "
@@ -117,9 +125,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
                                                               dilation, groups)
     if x.shape[1] == 0:  # torch's result without input channels: no output channels either
-        p = A.conv_out_size(x.shape[2], pads[0], pads[1], dilation[0], weight.shape[2], stride[0])
-        q = A.conv_out_size(x.shape[3], pads[2], pads[3], dilation[1], weight.shape[3], stride[1])
-        y = _empty_result((x.shape[0], 0, p, q), x, x, weight, bias)
+        y = _empty_result((x.shape[0], 0, *_out_hw(x, weight, stride, pads, dilation)), x, x, weight, bias)
     else:
         y = _call("conv2d_fwd", (x, weight, bias), x, weight, bias, stride, pads, dilation, groups)
     return y.squeeze(0) if unbatched else y
@@ -163,9 +169,7 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
             raise ValueError("fastconv: 'residual' was given but combine is None; pass combine='add' or 'sort'")
         r, _ = A.batched(residual, "residual")
         A.check_same(x, "input", r, "residual")
-        p = A.conv_out_size(x.shape[2], pads[0], pads[1], dilation[0], weight.shape[2], stride[0])
-        q = A.conv_out_size(x.shape[3], pads[2], pads[3], dilation[1], weight.shape[3], stride[1])
-        want = (x.shape[0], k, p, q)
+        want = (x.shape[0], k, *_out_hw(x, weight, stride, pads, dilation))
         if tuple(r.shape) != want:
             raise ValueError(f"fastconv: 'residual' must have the output's shape {want}, got {tuple(r.shape)}")
         residual = r
@@ -228,7 +232,7 @@ def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d (None keeps a size)."""
     x, unbatched = A.batched(input, "input")
     if output_size is None:
-        raise TypeError("fastconv: 'output_size' must be an int or a pair of ints or None, got None")
+        raise TypeError("fastconv: 'output_size' must be an int or a pair (of ints or None), got None")
     if isinstance(output_size, (tuple, list, torch.Size)) and len(output_size) != 2:  # torch: no 1-sequences here
         raise ValueError(f"fastconv: 'output_size' must be an int or a pair, got {tuple(output_size)!r}")
     oh, ow = A.pair(output_size, "output_size", minimum=0, allow_none=True)

@@ -202,12 +202,13 @@ class Sequential(Fusable, torch.nn.Sequential):
 
     @staticmethod
     def plan(mods):
-        """(first index, length, BN index or None, ends in relu) of each run over `mods`."""
+        """(first index, length, BN index or None, ends in relu) of each run over `mods` (conv_bn_act
+        decides at each call whether a run's BN can be folded: eval mode, running statistics)."""
         plan, i = [], 0
         while i < len(mods):
             n, bn, relu = 1, None, False
             if type(mods[i]) in (Conv2d, SORTConv2d):
-                if type(mods[i]) is Conv2d and i + n < len(mods) and foldable(mods[i + n]) \
+                if type(mods[i]) is Conv2d and i + n < len(mods) and type(mods[i + n]) is torch.nn.BatchNorm2d \
                         and mods[i + n].num_features == mods[i].out_channels:  # not after a sort
                     bn, n = i + n, n + 1
                 if i + n < len(mods) and is_relu(mods[i + n]):

@@ -1,6 +1,7 @@
 """Fused models stay equal to torch under every way a user changes a model after converting it:
-assigning children, load_state_dict, .data writes (with clear_weight_cache), in-place edits under
-no_grad, to(dtype), to(memory_format), requires_grad_ toggles, train()/eval(). Each change is made
+assigning children, parameters or buffers, load_state_dict, .data writes (with clear_weight_cache),
+in-place edits under no_grad, to(dtype), to(memory_format), requires_grad_ toggles, train()/eval(),
+hooks. Each change is made
 to a torch model and its converted copy after both ran once (so every cache is warm); then both
 must agree. Also: convert fuses only the activations a block really computes, and conv2d_fused's
 backward refuses tensors changed in place after the forward."""
@@ -86,6 +87,13 @@ def _new_buffers(m):
         m.bn1.running_mean = torch.zeros_like(w)
 
 
+def _new_parameters(m):
+    g = torch.Generator().manual_seed(4)
+    conv, bn = m.layer2[0].conv2, m.layer2[0].bn2
+    conv.weight = torch.nn.Parameter(torch.randn(conv.weight.shape, generator=g) * 0.05)
+    bn.weight = torch.nn.Parameter(torch.rand(bn.num_features, generator=g) + 0.5)
+
+
 def _assign_children(m):
     torch.manual_seed(5)
     m.relu = torch.nn.LeakyReLU(0.3)
@@ -131,6 +139,7 @@ CHANGES = {
     "no_grad_edits": _no_grad_edits,
     "load_state_dict": _load_state_dict,
     "new_buffers": _new_buffers,
+    "new_parameters": _new_parameters,
     "assign_children": _assign_children,
     "train_step_then_eval": _train_step_then_eval,
     "requires_grad_toggle": _requires_grad_toggle,
