@@ -2,8 +2,8 @@
 assigning children, parameters or buffers, load_state_dict, .data writes (with clear_weight_cache),
 in-place edits under no_grad, to(dtype), to(memory_format), requires_grad_ toggles, train()/eval(),
 hooks. Each change is made to a torch model and its converted copy after both ran once (so every
-cache is warm); then both must agree. Also: convert fuses only the activations a block really computes, and conv2d_fused's
-backward refuses tensors changed in place after the forward."""
+cache is warm); then both must agree. Also: convert fuses only the activations a block really
+computes, and conv2d_fused's backward refuses tensors changed in place after the forward."""
 import pytest
 import torch
 import torch.nn.utils.prune
