@@ -12,6 +12,7 @@ raises a clear error when the backend cannot run on this machine.
 import contextlib
 import os
 import threading
+import warnings
 
 _LOADERS = {}
 _LOADED = {}
@@ -50,10 +51,24 @@ def _default():
     if env:
         load(env)  # an explicit request that cannot run here is an error, not a silent fallback
         return env
+    why = []
     for name in _DEFAULT_ORDER:
-        if name in _LOADERS and available(name):
-            return name
-    raise RuntimeError("fastconv: no backend can run here; build the native extension with `make build`")
+        if name not in _LOADERS:
+            continue
+        try:
+            load(name)
+        except (RuntimeError, ImportError) as exc:
+            why.append(f"{name}: {exc}")
+            continue
+        if why:  # a slower backend than the best one: say so once, with the reason and the remedy
+            warnings.warn(f"fastconv is running on its '{name}' backend, much slower than the native one, "
+                          f"which is unavailable ({'; '.join(why)}). Rebuild it: `make build` in a clone, or "
+                          "`pip install --no-build-isolation --force-reinstall .` (a torch upgrade needs a "
+                          "rebuild); fastconv.info() shows the error. Set FASTCONV_BACKEND to choose a "
+                          "backend without this warning.", RuntimeWarning, stacklevel=3)
+        return name
+    raise RuntimeError("fastconv: no backend can run here (" + "; ".join(why) + "); build the native "
+                       "extension with `make build`")
 
 
 def get_backend():

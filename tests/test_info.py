@@ -109,3 +109,26 @@ def test_gpu_bench_dry_run_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/gpu_bench.py", "--device", "cpu", "--smoke"],
                           capture_output=True, text=True, timeout=600, cwd=root, env=env)
     assert proc.returncode == 0 and "smoke: every op ran" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+FALLBACK = """
+import sys, warnings
+sys.modules["fastconv._C"] = None  # the native extension fails to load (as after a torch upgrade)
+import torch, fastconv
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    x = torch.randn(1, 2, 5, 5)
+    fastconv.relu(x)
+    fastconv.relu(x)
+slow = [str(w.message) for w in seen if "backend" in str(w.message)]
+print(len(slow), fastconv.get_backend(), "native_error" in fastconv.info())
+print(slow[0] if slow else "")
+"""
+
+
+def test_fallback_backend_warns_once_with_the_reason():
+    out = subprocess.run([sys.executable, "-c", FALLBACK], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    first, message = out.stdout.strip().splitlines()[:2]
+    assert first == "1 numba True", out.stdout
+    assert "native: " in message and "halted" in message and "make build" in message
