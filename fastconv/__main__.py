@@ -1,20 +1,25 @@
-"""python -m fastconv info | bench [--quick] [--json FILE] | demo [--quick] [...] | check [--device D] [...]"""
+"""fastconv (or python -m fastconv) info | bench [--quick] [--json FILE] | demo [--quick] [...] |
+check [--device D] [...]. Exit status: 0 on success, 1 when a check fails, 2 on a usage error."""
 import argparse
 import sys
 
+from fastconv import _cli
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m fastconv", description=__doc__)
+    from fastconv import __version__
+    parser = argparse.ArgumentParser(prog="fastconv", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fastconv {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="version, build flags, CPU features and code path, threads, CUDA build")
     bench = sub.add_parser("bench", help="time fastconv against torch on the layer suite")
     bench.add_argument("--quick", action="store_true", help="fewer shapes and repeats")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    bench.add_argument("--device", default="cpu", help="cpu or cuda")
+    bench.add_argument("--device", default="cpu", type=_cli.device, help="cpu or cuda[:N]")
     bench.add_argument("--ops", default=None,
                        help="comma-separated groups out of conv, conv_bwd, memory, block (SORT bottleneck), "
                             "models (ResNet-18/50 at batch 1 and --batch); default: all but models")
-    bench.add_argument("--batch", type=int, default=None, help="batch size (default 8 on CPU, 128 on CUDA)")
+    bench.add_argument("--batch", type=_cli.positive_int, default=None, help="batch size (default 8 on CPU, 128 on CUDA)")
     from fastconv import demo as demo_mod
     demo_mod.add_arguments(sub.add_parser("demo", help="train on digits, benchmark nets, write a report",
                                           description=demo_mod.__doc__,

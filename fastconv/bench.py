@@ -3,6 +3,7 @@ memory-bound ops, timed in the same run, interleaved. Prints: op, shape, fastcon
 ratio (torch time / fastconv time; > 1 means fastconv is faster) and GFLOP/s or GB/s."""
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -250,8 +251,9 @@ def main(args):
     ops = set(args.ops.split(",")) if args.ops else set(GROUPS) - {"models"}
     unknown = ops - set(GROUPS)
     if unknown:
-        raise SystemExit(f"fastconv bench: unknown --ops {', '.join(sorted(unknown))}; "
-                         f"choose from {', '.join(GROUPS)}")
+        print(f"fastconv bench: unknown --ops {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}",
+              file=sys.stderr)
+        return 2
     if device == "cpu":
         torch.set_num_threads(torch.get_num_threads())
     info = fastconv.info()

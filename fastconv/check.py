@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
+from fastconv import _cli
 
 # Error allowed relative to the reference's largest magnitude (+1), per computation dtype; gradients
 # (longer reductions) get GRAD_FACTOR times that. float32 covers Winograd's rounding (~1e-5).
@@ -273,9 +274,11 @@ def main(argv=None):
 
 
 def add_arguments(parser):
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--backend", default=None, help="native, numba or reference (default: the active one)")
-    parser.add_argument("--cases", type=int, default=30, help="random cases per operator and dtype (default 30)")
+    parser.add_argument("--device", default="cpu", type=_cli.device, help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--backend", default=None, type=_cli.backend,
+                        help="native, numba or reference (default: the active one)")
+    parser.add_argument("--cases", type=_cli.positive_int, default=30,
+                        help="random cases per operator and dtype (default 30)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ops", default=None, help=f"comma-separated subset of {', '.join(OPS)}")
 

@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from fastconv import _cli
+
 BENCH_MODELS = ("resnet18", "resnet50", "alexnet")
 BACKENDS = ("fastconv", "torch eager", "torch.compile")
 
@@ -27,19 +29,20 @@ def add_arguments(p):
                    help="where to train and benchmark (auto: cuda if available, else cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="benchmark dtype (training is always float32; default float32)")
-    p.add_argument("--batch", type=int, default=None, help="benchmark batch size (default 8 on CPU, 32 on CUDA)")
-    p.add_argument("--image-size", type=int, default=None,
+    p.add_argument("--batch", type=_cli.positive_int, default=None, help="benchmark batch size (default 8 on CPU, 32 on CUDA)")
+    p.add_argument("--image-size", type=_cli.positive_int, default=None,
                    help="benchmark image side (default 128 on CPU, 224 on CUDA; AlexNet needs >= 63)")
-    p.add_argument("--repeats", type=int, default=None, help="timed forward passes per model and backend "
+    p.add_argument("--repeats", type=_cli.positive_int, default=None, help="timed forward passes per model and backend "
                    "(default 5 on CPU, 30 on CUDA), interleaved across backends")
     p.add_argument("--models", default=",".join(BENCH_MODELS),
                    help=f"comma-separated benchmark nets out of {', '.join(BENCH_MODELS)}")
     p.add_argument("--backends", default=None,
                    help=f"comma-separated out of {', '.join(BACKENDS)} (default all; --quick: no torch.compile)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs per net (default 5; --quick 1)")
-    p.add_argument("--train-size", type=int, default=32,
+    p.add_argument("--epochs", type=_cli.positive_int, default=None,
+                   help="training epochs per net (default 5; --quick 1)")
+    p.add_argument("--train-size", type=_cli.positive_int, default=32,
                    help="side the 8x8 digits are upsampled to (default 32, the CIFAR size the nets are built for)")
-    p.add_argument("--train-batch", type=int, default=64, help="training batch size (default 64)")
+    p.add_argument("--train-batch", type=_cli.positive_int, default=64, help="training batch size (default 64)")
     p.add_argument("--skip-train", action="store_true", help="benchmark only")
     p.add_argument("--skip-bench", action="store_true", help="train only")
     p.add_argument("--out", default="fastconv-report", help="output directory (default fastconv-report)")

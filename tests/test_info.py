@@ -132,3 +132,24 @@ def test_fallback_backend_warns_once_with_the_reason():
     first, message = out.stdout.strip().splitlines()[:2]
     assert first == "1 numba True", out.stdout
     assert "native: " in message and "halted" in message and "make build" in message
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["bench", "--device", "cdua"], "--device"), (["bench", "--batch", "0"], "--batch"),
+    (["check", "--cases", "-3"], "--cases"), (["check", "--backend", "nope"], "--backend"),
+    (["demo", "--epochs", "0"], "--epochs"),
+] + ([(["check", "--device", "cuda"], "--device")] if not __import__("torch").cuda.is_available() else []))
+def test_cli_rejects_bad_arguments(argv, option, capsys):
+    from fastconv.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and f"argument {option}" in capsys.readouterr().err
+
+
+def test_cli_version_and_exit_codes(capsys):
+    from fastconv.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fastconv {fastconv.__version__}"
+    assert main(["bench", "--ops", "nope"]) == 2 and main(["check", "--ops", "nope"]) == 2
+    assert main(["info"]) == 0
