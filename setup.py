@@ -1,37 +1,91 @@
-"""Build fastconv._C: C++ CPU kernels always; CUDA kernels when torch is a CUDA build and nvcc exists.
+"""Build fastconv._C: C++ CPU kernels always; CUDA kernels when torch is a CUDA build and a CUDA
+toolkit of the same major version is found (even with no GPU). One line says which, and why.
+
+  pip install --no-build-isolation .      build against the installed torch (recommended)
+  pip install .                           build in an isolated environment (pip fetches torch there)
+  python setup.py build_ext --inplace     development build (what `make build` runs)
 
 Environment:
-  FASTCONV_CUDA=0/1        force the CUDA sources off / on (default: on when possible, even with no GPU)
+  FASTCONV_CUDA=0/1        force the CUDA sources off / on (default: on when a toolkit is found)
+  CUDA_HOME                the toolkit to use (else nvcc on PATH, /usr/local/cuda, /usr/local/cuda-*)
   TORCH_CUDA_ARCH_LIST     defaults to 9.0a (H100 / H200 with Hopper's wgmma); with 9.0a in the list
                            and no plain 9.0, the tensor-core kernels use wgmma on those GPUs
+  MAX_JOBS                 parallel compile jobs (ninja)
   FASTCONV_DEBUG=1         -O0 -g
 """
 import glob
 import os
 import re
 import shutil
+import subprocess
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 import torch
 from torch.utils import cpp_extension
 
-VERSION = "0.1.0"
 ROOT = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(ROOT, "fastconv", "_version.py")) as f:
+    VERSION = re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+
+def _toolkit_candidates():
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            yield os.environ[var]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        yield os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    yield "/usr/local/cuda"
+    yield from sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+
+
+def _nvcc_release(home):
+    try:
+        out = subprocess.run([os.path.join(home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def find_cuda():
+    """(toolkit directory or None, the reason for the choice)."""
+    if torch.version.cuda is None:
+        return None, "torch is a CPU-only build"
+    want = int(torch.version.cuda.split(".")[0])
+    tried = []
+    for home in dict.fromkeys(_toolkit_candidates()):
+        if not os.path.isfile(os.path.join(home, "include", "crt", "host_defines.h")):
+            tried.append(f"{home}: no CUDA headers")
+            continue
+        release = _nvcc_release(home)
+        if release is None:
+            tried.append(f"{home}: no working bin/nvcc")
+        elif release[0] != want:
+            tried.append(f"{home}: nvcc {release[0]}.{release[1]}, torch needs CUDA {want}.x")
+        else:
+            return home, f"nvcc {release[0]}.{release[1]} in {home}, torch CUDA {torch.version.cuda}"
+    return None, "no usable CUDA toolkit (" + ("; ".join(tried) or "none found") + "); set CUDA_HOME"
 
 
 def want_cuda():
     env = os.environ.get("FASTCONV_CUDA", "").strip()
-    possible = torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     if env == "0":
+        print("fastconv: building CPU-only (FASTCONV_CUDA=0)", flush=True)
         return False
-    if env == "1":
-        if not possible:
-            sys.exit("FASTCONV_CUDA=1 but torch is not a CUDA build or nvcc was not found "
-                     "(set CUDA_HOME)")
-        return True
-    return possible
+    home, why = find_cuda()
+    if home is None:
+        if env == "1":
+            sys.exit(f"fastconv: FASTCONV_CUDA=1 but {why}")
+        print(f"fastconv: building CPU-only: {why} (FASTCONV_CUDA=1 makes this an error)", flush=True)
+        return False
+    os.environ["CUDA_HOME"] = home
+    cpp_extension.CUDA_HOME = home  # what torch's build helpers use, instead of their own guess
+    print(f"fastconv: building the CPU and CUDA kernels ({why}; FASTCONV_CUDA=0 skips CUDA)", flush=True)
+    return True
 
 
 def with_wgmma():
@@ -85,15 +139,13 @@ if with_cuda:
     flags_summary += " tc=" + ("wgmma+wmma" if with_wgmma() else "wmma")
 compile_args["cxx"] = compile_args["cxx"] + [f'-DFASTCONV_BUILD_FLAGS="{flags_summary}"']
 
+# The extension links against this torch's C++ ABI: require the same release at run time.
+TORCH_RELEASE = torch.__version__.split("+")[0]
+
 setup(
-    name="fastconv",
-    version=VERSION,
-    description="Hand-written C++/CUDA kernels for 2-D convolution, pooling, ReLU and SORT as torch ops",
-    packages=find_packages(include=["fastconv", "fastconv.*"]),
     ext_modules=[Extension("fastconv._C", sources, include_dirs=include_dirs,
                            extra_compile_args=compile_args, **ext_kwargs)],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
-    python_requires=">=3.10",
-    install_requires=["torch", "numpy"],
+    install_requires=[f"torch=={TORCH_RELEASE}", "numpy"],
     zip_safe=False,
 )

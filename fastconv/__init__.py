@@ -4,8 +4,7 @@ from fastconv.backends import get_backend, set_backend, use_backend
 from fastconv.functional import (adaptive_avg_pool2d, avg_pool2d, conv2d, conv2d_fused, max_pool2d, relu,
                                  sort)
 from fastconv.convert import clear_weight_cache, convert, empty_cache, fuse, patch
-
-__version__ = "0.1.0"
+from fastconv._version import __version__
 
 
 def info():

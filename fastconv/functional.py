@@ -16,6 +16,13 @@ def _ops():
     return backends.current_ops()
 
 
+# torch's __torch_function__ protocol, as torch.nn.functional follows it: arguments that override
+# torch functions (torch.fx proxies, so that symbolic_trace and create_feature_extractor record
+# fastconv calls; tensor subclasses; active TorchFunctionModes) get the call first.
+_overridden = torch.overrides.has_torch_function_variadic
+_override = torch.overrides.handle_torch_function
+
+
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 
 
@@ -122,6 +129,8 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups):
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution, as torch.nn.functional.conv2d (padding: int, pair, 'same' or 'valid')."""
+    if _overridden(input, weight, bias):  # FX proxies, tensor subclasses, function modes
+        return _override(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation, groups)
     x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
                                                               dilation, groups)
     if x.shape[1] == 0:  # torch's result without input channels: no output channels either
@@ -146,6 +155,10 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
                  shift=None, residual=None, combine=None, relu=False, mode="sqrt", eps=0.01):
     """conv2d with its epilogue fused: z = conv(input) * scale + shift + bias (per output channel);
     then combine z with `residual`: None, 'add' (z + r) or 'sort' (sort(r, z)); then ReLU if asked."""
+    if _overridden(input, weight, bias, scale, shift, residual):
+        return _override(conv2d_fused, (input, weight, bias, scale, shift, residual), input, weight, bias, stride,
+                         padding, dilation, groups, scale=scale, shift=shift, residual=residual, combine=combine,
+                         relu=relu, mode=mode, eps=eps)
     x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
                                                               dilation, groups)
     k = weight.shape[0]
@@ -205,6 +218,8 @@ def _check_pool_out(x, k, s, p, d, ceil_mode):
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
     """2-D max pooling, as torch.nn.functional.max_pool2d (indices are flat within each H*W plane)."""
+    if _overridden(input):
+        return _override(max_pool2d, (input,), input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, dilation)
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))
     # Inference without indices: the native values-only op (no indices computed or written).
@@ -220,6 +235,9 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None):
     """2-D average pooling, as torch.nn.functional.avg_pool2d."""
+    if _overridden(input):
+        return _override(avg_pool2d, (input,), input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override)
     x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, 1)
     if divisor_override is not None:
         divisor_override = A.nonzero_int(divisor_override, "divisor_override")
@@ -230,6 +248,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 def adaptive_avg_pool2d(input, output_size):
     """2-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool2d (None keeps a size)."""
+    if _overridden(input):
+        return _override(adaptive_avg_pool2d, (input,), input, output_size)
     x, unbatched = A.batched(input, "input")
     if output_size is None:
         raise TypeError("fastconv: 'output_size' must be an int or a pair (of ints or None), got None")
@@ -249,6 +269,8 @@ def adaptive_avg_pool2d(input, output_size):
 
 def relu(input, inplace=False):
     """ReLU, as torch.nn.functional.relu (inplace writes the result back into `input`)."""
+    if _overridden(input):
+        return _override(relu, (input,), input, inplace)
     A.check_tensor(input, "input")
     y = _call("relu_fwd", (input,), input)
     return input.copy_(y) if inplace else y
@@ -265,6 +287,8 @@ def _eps(eps):
 def sort(a, b, mode="sqrt", eps=0.01):
     """Second-order response transform of two branches (SORT, Wang et al., ICCV 2017):
     mode='sqrt': a + b + sqrt(relu(a) * relu(b) + eps); mode='product': a + b + relu(a) * relu(b)."""
+    if _overridden(a, b):
+        return _override(sort, (a, b), a, b, mode, eps)
     A.check_tensor(a, "a")
     A.check_tensor(b, "b")
     A.check_same(a, "a", b, "b")

@@ -12,7 +12,15 @@ def _padded(conv, x):
     return torch.nn.functional.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode), 0
 
 
-class Conv2d(torch.nn.Conv2d):
+class Named:
+    """Mixin of fastconv's modules: print(model) names them fastconv.<class>, "(fused)" where the
+    fused inference path is on (a converted model shows which layers are fastconv's)."""
+
+    def _get_name(self):
+        return f"fastconv.{type(self).__name__}" + (" (fused)" if getattr(self, "fused", False) else "")
+
+
+class Conv2d(Named, torch.nn.Conv2d):
     """torch.nn.Conv2d running fastconv.conv2d (any padding_mode: 'reflect', 'replicate' and 'circular'
     pad the input first, as torch does)."""
 
@@ -21,29 +29,29 @@ class Conv2d(torch.nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
-class MaxPool2d(torch.nn.MaxPool2d):
+class MaxPool2d(Named, torch.nn.MaxPool2d):
     def forward(self, input):
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
-class AvgPool2d(torch.nn.AvgPool2d):
+class AvgPool2d(Named, torch.nn.AvgPool2d):
     def forward(self, input):
         return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, self.divisor_override)
 
 
-class AdaptiveAvgPool2d(torch.nn.AdaptiveAvgPool2d):
+class AdaptiveAvgPool2d(Named, torch.nn.AdaptiveAvgPool2d):
     def forward(self, input):
         return F.adaptive_avg_pool2d(input, self.output_size)
 
 
-class ReLU(torch.nn.ReLU):
+class ReLU(Named, torch.nn.ReLU):
     def forward(self, input):
         return F.relu(input, inplace=self.inplace)
 
 
-class SORT(torch.nn.Module):
+class SORT(Named, torch.nn.Module):
     """Second-order response transform of two branches: forward(a, b) = fastconv.sort(a, b, mode, eps)."""
 
     def __init__(self, mode="sqrt", eps=0.01):
@@ -119,11 +127,12 @@ def _folded(bn, conv_bias):
     """bn_scale_shift, cached on `bn` for inference. The cache holds the tensors it was computed from
     and is used while the same tensors hold the same storage, version counter and dtype (an optimizer
     step, load_state_dict, in-place ops, .to() and assigning a new buffer all recompute it) and until
-    clear_folded_cache(). Not cached where autograd (reverse or forward mode) must see the computation
-    or under torch.compile (which folds it itself)."""
+    clear_folded_cache(). Not cached where autograd (reverse or forward mode) or torch.fx must see the
+    computation, or under torch.compile (which folds it itself)."""
     ts = (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv_bias)
     forward_ad = torch.autograd.forward_ad._current_level >= 0  # tangents must flow through
-    if torch.compiler.is_compiling() or forward_ad or (torch.is_grad_enabled() and any(
+    traced = any(t is not None and not isinstance(t, torch.Tensor) for t in ts)  # torch.fx proxies
+    if torch.compiler.is_compiling() or forward_ad or traced or (torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in ts)):
         return bn_scale_shift(bn, conv_bias)
     key = (_fold_generation, bn.eps) + tuple(None if t is None else (t.data_ptr(), t._version, t.dtype)
@@ -169,7 +178,7 @@ def conv_bn_act(conv, bn, x, *, act=None, residual=None, combine=None, mode="sqr
     return y if act is None else act(y)
 
 
-class Fusable:
+class Fusable(Named):
     """Mixin of modules with a fused inference path: it is taken while `fused` is set and the module
     is in eval mode (BN folding uses running statistics, so training always runs unfused)."""
     fused = False
@@ -178,7 +187,7 @@ class Fusable:
         return self.fused and not self.training
 
 
-class SORTConv2d(torch.nn.Module):
+class SORTConv2d(Named, torch.nn.Module):
     """Two parallel convolutions of the same input fused by SORT: sort(branch_a(x), branch_b(x)).
     Drop-in for a Conv2d in chain-style nets (AlexNet-SORT); a following ReLU fuses into branch_b."""
 

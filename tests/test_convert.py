@@ -175,3 +175,26 @@ def test_convert_padding_modes_fused(mode):
         assert conv.fused and conv.fastconv_summary.fused["BatchNorm2d (folded)"] == 1
         close(conv(x), ref)
         close(conv(x.contiguous(memory_format=torch.channels_last)), ref)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_fx_trace_and_feature_extraction(train):
+    """torch.fx.symbolic_trace and torchvision's create_feature_extractor see fastconv's calls as graph
+    nodes (the public functions follow __torch_function__), fused or not; print(model) names them."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    net = tv_net("resnet18", num_classes=5).train(train).double()
+    conv = fastconv.convert(net)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    gm = torch.fx.symbolic_trace(conv)
+    called = {n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"
+              and getattr(n.target, "__module__", "").startswith("fastconv")}
+    assert called >= ({"conv2d", "max_pool2d", "relu"} if train else {"conv2d_fused", "max_pool2d"})
+    nodes = {"layer1": "l1", "layer3": "l3", "fc": "logits"}  # a fused BN is no node: it was folded
+    fast_fe, ref_fe = create_feature_extractor(conv, nodes), create_feature_extractor(net, nodes)
+    with torch.no_grad():
+        close(gm(x), net(x), 1e-9)
+        got, want = fast_fe(x), ref_fe(x)
+    for k in nodes.values():
+        close(got[k], want[k], 1e-9)
+    text = str(conv)
+    assert "fastconv.Conv2d(" in text and ("fastconv.BasicBlock (fused)" in text) != train

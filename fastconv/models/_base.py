@@ -1,7 +1,9 @@
 import torch
 
+from fastconv.nn import Named
 
-class FusableNet(torch.nn.Module):
+
+class FusableNet(Named, torch.nn.Module):
     def fuse(self):
         """Turn on the fused inference path of every block (in place; taken in eval mode only)."""
         from fastconv.convert import fuse
