@@ -114,7 +114,8 @@ debug = os.environ.get("FASTCONV_DEBUG") == "1"
 opt = ["-O0", "-g"] if debug else ["-O3"]
 cxx_flags = opt + ["-fopenmp", "-Wall", "-Wno-unknown-pragmas", "-fno-math-errno",
                    f'-DFASTCONV_VERSION="{VERSION}"']
-sources = rel([os.path.join(ROOT, "csrc", "ops.cpp")] + glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
+sources = rel([os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "autocast.cpp")] +
+              glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.cpp")))
 include_dirs = [os.path.join(ROOT, "csrc", "include")]
 ext_kwargs = dict(extra_link_args=["-fopenmp"])
 

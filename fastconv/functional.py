@@ -75,6 +75,19 @@ def _call(name, grad_inputs, *args):
         return getattr(ops, name)(*args)
 
 
+def _autocast(*tensors):
+    """The convolutions' tensors in the autocast dtype where torch.autocast is on for the input's
+    device, as F.conv2d's (float64 stays), on every backend; the native operators' own autocast
+    kernels (csrc/autocast.cpp) serve calls that bypass this layer."""
+    x = tensors[0]
+    if not isinstance(x, torch.Tensor) or x.device.type not in ("cpu", "cuda") \
+            or not torch.is_autocast_enabled(x.device.type):
+        return tensors
+    dt = torch.get_autocast_dtype(x.device.type)
+    return tuple(t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 else t for t in tensors)
+
+
 def _call_primals(name, *args):
     return _call(name, [a for a in args if isinstance(a, torch.Tensor)], *args)
 
@@ -131,6 +144,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution, as torch.nn.functional.conv2d (padding: int, pair, 'same' or 'valid')."""
     if _overridden(input, weight, bias):  # FX proxies, tensor subclasses, function modes
         return _override(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation, groups)
+    input, weight, bias = _autocast(input, weight, bias)
     x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
                                                               dilation, groups)
     if x.shape[1] == 0:  # torch's result without input channels: no output channels either
@@ -159,6 +173,7 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
         return _override(conv2d_fused, (input, weight, bias, scale, shift, residual), input, weight, bias, stride,
                          padding, dilation, groups, scale=scale, shift=shift, residual=residual, combine=combine,
                          relu=relu, mode=mode, eps=eps)
+    input, weight, bias, scale, shift, residual = _autocast(input, weight, bias, scale, shift, residual)
     x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
                                                               dilation, groups)
     k = weight.shape[0]

@@ -117,3 +117,32 @@ def test_forward_over_reverse_raises():
         loss = fastconv.conv2d(x, fwAD.make_dual(w, torch.ones_like(w)), None, 1, 1).relu().square().sum()
         with pytest.raises(NotImplementedError, match="jvp"):
             torch.autograd.grad(loss, w, create_graph=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_autocast_cpu_as_torch(backend):
+    """Under torch.autocast("cpu") the convolutions run in its dtype, as F.conv2d; other ops keep their
+    input's dtype; gradients reach float32 leaves; a converted Linear -> Conv2d model runs as torch's."""
+    skip_unless_backend(backend, "cpu")
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 8, 10, 10, generator=g).requires_grad_()
+    w = (torch.randn(12, 8, 3, 3, generator=g) * 0.1).requires_grad_()
+    with fastconv.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16):
+        y = fastconv.conv2d(x, w, None, 1, 1)
+        ref = F.conv2d(x, w, None, 1, 1)
+        z = fastconv.conv2d_fused(x, w, padding=1, relu=True)
+        p = fastconv.max_pool2d(y, 2)
+        raw = torch.ops.fastconv.conv2d_fwd(x.detach(), w.detach(), None, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+        assert fastconv.conv2d(x.double(), w.double()).dtype == torch.float64
+    assert y.dtype == ref.dtype == z.dtype == p.dtype == raw.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
+    y.float().sum().backward()
+    assert x.grad.dtype == w.grad.dtype == torch.float32
+    net = torch.nn.Sequential(torch.nn.Flatten(0), torch.nn.Linear(160, 160), torch.nn.Unflatten(0, (1, 10, 4, 4)),
+                              torch.nn.Conv2d(10, 6, 3), torch.nn.ReLU()).eval()
+    fast = fastconv.convert(net)
+    inp = torch.randn(1, 10, 4, 4, generator=g)
+    with fastconv.use_backend(backend), torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
+        got, want = fast(inp), net(inp)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2)
