@@ -341,10 +341,28 @@ def write_report(results, out, plots):
         f.write("\n".join(lines))
 
 
+def _missing(modules):
+    """The names among `modules` that cannot be imported."""
+    import importlib
+    missing = []
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            missing.append(m)
+    return missing
+
+
 def main(args):
     t_start = time.perf_counter()
     argv = getattr(args, "argv", None) or sys.argv[2:]
     args = _settle(args)
+    needed = [] if args.skip_train else ["sklearn", "tqdm"]  # the digits data set, progress bars
+    missing = _missing(needed)
+    if missing:
+        print(f"fastconv demo: training needs {', '.join(missing)}: pip install scikit-learn tqdm "
+              "(or fastconv[demo]), or pass --skip-train", file=sys.stderr)
+        return 2
     os.makedirs(args.out, exist_ok=True)
     results = {"argv": argv, "machine": machine_info(args.device)}
     print(f"fastconv demo on {args.device} ({results['machine']['cpu']}, {torch.get_num_threads()} threads); "
@@ -375,9 +393,14 @@ def main(args):
                       f"agree={r['agree']}", flush=True)
     print("[3/3] writing the report", flush=True)
     results["total_seconds"] = time.perf_counter() - t_start
-    plots = plot(results, args.out)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
+    with open(os.path.join(args.out, "results.json"), "w") as f:  # the results first: plotting may fail
         json.dump(results, f, indent=1, default=str)
+    plots = []
+    if _missing(["matplotlib"]):
+        print("fastconv demo: no plots (matplotlib is not installed: pip install matplotlib, or "
+              "fastconv[demo]); the report has the tables", file=sys.stderr)
+    else:
+        plots = plot(results, args.out)
     write_report(results, args.out, plots)
     print(f"done in {results['total_seconds']:.0f} s: {args.out}/report.md", flush=True)
     bad = [r for r in results.get("benchmark", []) if not r["agree"]]

@@ -44,3 +44,28 @@ def test_sort_resnet20_trains_on_digits_32x32():
     print(f"SORT cifar_resnet20 on digits 32x32: {r['test_accuracy']:.4f} in {r['train_seconds']:.0f} s")
     assert r["test_accuracy"] >= 0.90
     assert r["test_accuracy_fused"] >= 0.90
+
+
+WITHOUT = """
+import sys
+for m in {hidden!r}:
+    sys.modules[m] = None  # not installed
+from fastconv.__main__ import main
+sys.exit(main({argv!r}))
+"""
+
+
+def test_demo_without_optional_packages(tmp_path):
+    """Without matplotlib the results and the report are still written (one line says why there are
+    no plots); without scikit-learn, training stops before any work with one line saying what to install."""
+    out = tmp_path / "report"
+    argv = ["demo", "--quick", "--skip-train", "--device", "cpu", "--models", "alexnet", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-c", WITHOUT.format(hidden=["matplotlib"], argv=argv)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no plots" in proc.stderr and "pip install matplotlib" in proc.stderr
+    assert (out / "results.json").stat().st_size > 0 and (out / "report.md").stat().st_size > 0
+    argv = ["demo", "--quick", "--skip-bench", "--out", str(out)]
+    proc = subprocess.run([sys.executable, "-c", WITHOUT.format(hidden=["sklearn"], argv=argv)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "pip install scikit-learn" in proc.stderr, proc.stderr[-3000:]
