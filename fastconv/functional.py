@@ -68,6 +68,8 @@ def _call(name, grad_inputs, *args):
     direct = kernels is not None and _plain(args)
     if not _no_grad(*grad_inputs):
         fn = direct and _ops_module.direct_autograd(ops, name)
+        if not fn and any(isinstance(a, torch.Tensor) and _wrapped(a) for a in args):  # torch.func transforms
+            fn = _ops_module.function_autograd(ops, name)
         return fn.apply(*args) if fn else getattr(ops, name)(*args)
     if direct:
         return kernels[name](*args)

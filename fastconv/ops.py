@@ -581,6 +581,48 @@ def direct_autograd(opset, name):
     return _DIRECT[key]
 
 
+class _FunctionOps:
+    """An operator set whose differentiable operators run through function_autograd's Functions: the
+    backward formulas then record their own gradients under torch.func transforms too."""
+
+    def __init__(self, ops):
+        self.ops = ops
+
+    def __getattr__(self, name):
+        fn = function_autograd(self.ops, name)
+        return fn.apply if fn else getattr(self.ops, name)
+
+
+_FUNCTIONS = {}  # (namespace, op name) -> autograd.Function
+
+
+def function_autograd(ops, name):
+    """An autograd.Function running operator `name` of `ops` (through the dispatcher, below autograd)
+    with the formulas above and a setup_context, as torch.func transforms (grad, jacrev, ...) require
+    of every Function, and the Functions torch generates for register_autograd lack. None when the
+    operator has no formula here."""
+    key = (getattr(ops, "namespace", None) or getattr(ops, "name", None), name)
+    if key not in _FUNCTIONS:
+        if name not in _AUTOGRAD:
+            return None
+        backward, setup = _AUTOGRAD[name]
+        op, fops = getattr(ops, name), _FunctionOps(ops)
+
+        def forward(*args):
+            return op(*args)  # grad mode is off in a Function's forward: the operator's kernel
+
+        def setup_context(ctx, inputs, output):
+            setup(ctx, inputs, output)
+
+        def backward_(ctx, *grads):
+            return backward(fops, ctx, *grads)
+
+        _FUNCTIONS[key] = type(f"{key[0]}_{name}_function", (torch.autograd.Function,),
+                               {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+                                "backward": staticmethod(backward_)})
+    return _FUNCTIONS[key]
+
+
 def register(namespace):
     """Register the fakes and autograd formulas above for the operators `namespace` defines."""
     ops = getattr(torch.ops, namespace)

@@ -146,3 +146,29 @@ def test_autocast_cpu_as_torch(backend):
         got, want = fast(inp), net(inp)
     assert got.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want.float(), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_func_grad_and_vjp(backend):
+    """torch.func.grad (also of a grad) and vjp through every public function match torch's."""
+    skip_unless_backend(backend, "cpu")
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 8, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64)
+
+    def net(conv, pool, relu, sort):
+        return lambda x, w: pool(sort(relu(conv(x, w, None, 1, 1)), conv(x, w, None, 1, 1)), 2).square().sum()
+
+    ours = net(fastconv.conv2d, fastconv.max_pool2d, fastconv.relu, fastconv.sort)
+    ref = net(F.conv2d, F.max_pool2d, F.relu, lambda a, b: a + b + torch.sqrt(F.relu(a) * F.relu(b) + 0.01))
+    with fastconv.use_backend(backend):
+        got = torch.func.grad(ours, argnums=(0, 1))(x, w)
+        gg = torch.func.grad(lambda w: torch.func.grad(ours)(x, w).square().sum())(w)
+        y, vjp = torch.func.vjp(lambda x: fastconv.avg_pool2d(fastconv.adaptive_avg_pool2d(x, 3), 2, 1), x)
+        (gv,) = vjp(torch.ones_like(y))
+    want = torch.func.grad(ref, argnums=(0, 1))(x, w)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(gg, torch.func.grad(lambda w: torch.func.grad(ref)(x, w).square().sum())(w),
+                               rtol=1e-9, atol=1e-9)
+    yr, vjp_r = torch.func.vjp(lambda x: F.avg_pool2d(F.adaptive_avg_pool2d(x, 3), 2, 1), x)
+    torch.testing.assert_close(gv, vjp_r(torch.ones_like(yr))[0], rtol=1e-9, atol=1e-9)
