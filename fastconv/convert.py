@@ -3,6 +3,7 @@
   convert(model)      swap torch.nn layers for fastconv.nn ones (same parameters and state_dict keys);
                       in eval mode also fold BatchNorm and fuse conv->bn->(add)->relu runs
   fuse(model)         turn on the fused inference path of a converted / fastconv model, in place
+  unconvert(model)    the torch / torchvision model it computes (for torch.onnx.export and such)
   with patch(): ...   route torch.nn.functional conv2d/pooling/relu calls to fastconv
 """
 import collections
@@ -126,6 +127,34 @@ def convert(model, *, fuse=None, inplace=False, verbose=False, channels_last=Fal
         _cache_weights(model)
     if verbose:
         print(f"fastconv.convert({type(model).__name__}):\n{summary}")
+    return model
+
+
+def unconvert(model, *, inplace=False):
+    """The torch model a converted (or fastconv) model computes, for tools that know only torch's
+    operators (torch.onnx.export, other compilers): fastconv.nn layers become their torch.nn classes
+    and fastconv blocks and ResNets their torchvision classes, with the same parameters, buffers,
+    state_dict keys and hooks, and no fused path. SORT has no torch twin: a model holding SORT modules
+    raises ValueError naming them. Returns a deep copy unless inplace=True."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"fastconv.unconvert: 'model' must be a torch.nn.Module, got {type(model).__name__}")
+    twins = {v: k for k, v in _LEAVES.items()}
+    twins[nn.Sequential] = torch.nn.Sequential
+    blocks = {cls: tv for tv, (cls, _) in _blocks().items()}
+    sort = [name or type(model).__name__ for name, m in model.named_modules()
+            if isinstance(m, (nn.SORT, nn.SORTConv2d)) or getattr(m, "combine", "add") == "sort"
+            or (type(m).__module__.startswith("fastconv.") and type(m) not in twins and type(m) not in blocks)]
+    if sort:
+        raise ValueError("fastconv.unconvert: these modules have no torch twin (SORT, or fastconv-only "
+                         f"models): {', '.join(sort[:8])}{' ...' if len(sort) > 8 else ''}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    for m in model.modules():
+        cls = twins.get(type(m)) or blocks.get(type(m))
+        if cls is not None:
+            m.__class__ = cls
+        for attr in ("fused", "_plan", "_fastconv_folded", "fastconv_summary"):
+            m.__dict__.pop(attr, None)
     return model
 
 

@@ -198,3 +198,26 @@ def test_fx_trace_and_feature_extraction(train):
         close(got[k], want[k], 1e-9)
     text = str(conv)
     assert "fastconv.Conv2d(" in text and ("fastconv.BasicBlock (fused)" in text) != train
+
+
+def test_unconvert_gives_the_torch_model_back():
+    """unconvert: the torch / torchvision classes again (same state_dict, same outputs), for tools that
+    know only torch's operators; exportable to ONNX where the exporter is installed."""
+    net = tv_net("resnet18", num_classes=5).eval()
+    fast = fastconv.convert(net)
+    back = fastconv.unconvert(fast)
+    assert back is not fast and type(back) is torchvision.models.ResNet
+    assert {type(m).__module__.split(".")[0] for m in back.modules()} == {"torch", "torchvision"}
+    assert list(back.state_dict()) == list(net.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        close(back(x), net(x))
+    with pytest.raises(ValueError, match="no torch twin"):
+        fastconv.unconvert(fastconv.models.cifar_resnet20(sort=True))
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return
+    f = io.BytesIO()
+    torch.onnx.export(back, (x,), f, dynamo=False)
+    assert f.getbuffer().nbytes > 0

@@ -291,3 +291,18 @@ def test_sort_conv_then_batchnorm_is_not_folded_into_a_branch():
                                                  (3, 2, None, True))
         close(seq(x), ref)
         close(nn.conv_bn_act(seq[0], seq[1], x, act=seq[2]), seq[2](seq[1](seq[0](x))))
+
+
+def test_hooks_registered_before_convert_fire():
+    ref = _tiny_resnet()
+    seen = []
+    for name in ("conv1", "layer1.0.conv1", "layer1.0.bn1", "layer1.0.relu", "layer2.0.downsample.1"):
+        ref.get_submodule(name).register_forward_hook(lambda mod, inp, out, name=name: seen.append(name))
+    fast = fastconv.convert(ref)
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        want = ref(x)
+        n_ref = list(seen)
+        seen.clear()
+        close(fast(x), want)
+    assert seen == n_ref and len(seen) >= 5
