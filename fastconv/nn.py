@@ -30,23 +30,31 @@ class Conv2d(Named, torch.nn.Conv2d):
 
 
 class MaxPool2d(Named, torch.nn.MaxPool2d):
+    """torch.nn.MaxPool2d running fastconv.max_pool2d."""
+
     def forward(self, input):
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
 class AvgPool2d(Named, torch.nn.AvgPool2d):
+    """torch.nn.AvgPool2d running fastconv.avg_pool2d."""
+
     def forward(self, input):
         return F.avg_pool2d(input, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad, self.divisor_override)
 
 
 class AdaptiveAvgPool2d(Named, torch.nn.AdaptiveAvgPool2d):
+    """torch.nn.AdaptiveAvgPool2d running fastconv.adaptive_avg_pool2d."""
+
     def forward(self, input):
         return F.adaptive_avg_pool2d(input, self.output_size)
 
 
 class ReLU(Named, torch.nn.ReLU):
+    """torch.nn.ReLU running fastconv.relu."""
+
     def forward(self, input):
         return F.relu(input, inplace=self.inplace)
 

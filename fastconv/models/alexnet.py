@@ -7,6 +7,8 @@ from fastconv.models._base import FusableNet
 
 
 class AlexNet(FusableNet):
+    """AlexNet (torchvision's layout and state_dict); sort=True: conv2..conv5 as SORTConv2d."""
+
     def __init__(self, num_classes=1000, dropout=0.5, sort=False, mode="sqrt", eps=0.01):
         super().__init__()
 
@@ -33,4 +35,5 @@ class AlexNet(FusableNet):
 
 
 def alexnet(sort=False, num_classes=1000, **kw):
+    """AlexNet, or AlexNet-SORT with sort=True (kw: dropout, mode, eps)."""
     return AlexNet(num_classes=num_classes, sort=sort, **kw)

@@ -9,6 +9,8 @@ from fastconv.models._base import FusableNet, init_resnet
 
 
 class CifarResNet(nn.Fusable, FusableNet):
+    """CIFAR-style ResNet of depth 6n + 2; sort=True fuses each residual by SORT."""
+
     def __init__(self, depth=20, num_classes=10, in_channels=3, sort=False, mode="sqrt", eps=0.01):
         super().__init__()
         if (depth - 2) % 6:
@@ -42,12 +44,15 @@ class CifarResNet(nn.Fusable, FusableNet):
 
 
 def cifar_resnet20(sort=False, num_classes=10, **kw):
+    """CIFAR ResNet-20 (kw: in_channels, mode, eps); sort=True: SORT-ResNet-20."""
     return CifarResNet(20, num_classes, sort=sort, **kw)
 
 
 def cifar_resnet32(sort=False, num_classes=10, **kw):
+    """CIFAR ResNet-32 (kw: in_channels, mode, eps); sort=True: SORT-ResNet-32."""
     return CifarResNet(32, num_classes, sort=sort, **kw)
 
 
 def cifar_resnet56(sort=False, num_classes=10, **kw):
+    """CIFAR ResNet-56 (kw: in_channels, mode, eps); sort=True: SORT-ResNet-56."""
     return CifarResNet(56, num_classes, sort=sort, **kw)

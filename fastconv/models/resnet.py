@@ -6,6 +6,9 @@ from fastconv.models._base import FusableNet, init_resnet
 
 
 class ResNet(nn.Fusable, FusableNet):
+    """torchvision's ResNet (same children and state_dict) built from fastconv modules; combine='sort'
+    fuses each residual by SORT."""
+
     def __init__(self, block, layers, num_classes=1000, zero_init_residual=False, combine="add",
                  mode="sqrt", eps=0.01):
         super().__init__()
@@ -50,12 +53,15 @@ def _resnet(block, layers, sort, num_classes, mode, eps, **kw):
 
 
 def resnet18(sort=False, num_classes=1000, mode="sqrt", eps=0.01, **kw):
+    """ResNet-18 (torchvision's state_dict); sort=True: SORT-ResNet-18."""
     return _resnet(nn.BasicBlock, [2, 2, 2, 2], sort, num_classes, mode, eps, **kw)
 
 
 def resnet34(sort=False, num_classes=1000, mode="sqrt", eps=0.01, **kw):
+    """ResNet-34 (torchvision's state_dict); sort=True: SORT-ResNet-34."""
     return _resnet(nn.BasicBlock, [3, 4, 6, 3], sort, num_classes, mode, eps, **kw)
 
 
 def resnet50(sort=False, num_classes=1000, mode="sqrt", eps=0.01, **kw):
+    """ResNet-50 (torchvision's state_dict, v1.5); sort=True: SORT-ResNet-50."""
     return _resnet(nn.Bottleneck, [3, 4, 6, 3], sort, num_classes, mode, eps, **kw)
