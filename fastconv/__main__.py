@@ -20,6 +20,8 @@ def main(argv=None):
                        help="comma-separated groups out of conv, conv_bwd, memory, block (SORT bottleneck), "
                             "models (ResNet-18/50 at batch 1 and --batch); default: all but models")
     bench.add_argument("--batch", type=_cli.positive_int, default=None, help="batch size (default 8 on CPU, 128 on CUDA)")
+    bench.add_argument("--no-compile", action="store_true",
+                       help="time the memory-bound ops against torch eager only, not also against torch.compile")
     from fastconv import demo as demo_mod
     demo_mod.add_arguments(sub.add_parser("demo", help="train on digits, benchmark nets, write a report",
                                           description=demo_mod.__doc__,

@@ -94,7 +94,20 @@ def conv_rows(device, dtype, batch, layers, layout, repeats, backward=False):
     return rows
 
 
-def memory_rows(device, dtype, quick, repeats):
+def _compiled(fn):
+    """torch.compile(fn), compiled by a first call; None (with one line saying why) where it cannot run."""
+    try:
+        c = torch.compile(fn)
+        c()
+        return c
+    except Exception as exc:  # noqa: BLE001 - a missing compiler toolchain, an unsupported device
+        print(f"  (no torch.compile peer: {type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
+        return None
+
+
+def memory_rows(device, dtype, quick, repeats, compile_peer=True):
+    """Memory-bound ops against torch eager and, with compile_peer, against torch.compile of the same
+    expression (the fair peer for elementwise chains such as SORT, which eager runs op by op)."""
     n = 8 if device == "cpu" else 128
     esize = torch.empty((), dtype=dtype).element_size()
     rows = []
@@ -104,27 +117,33 @@ def memory_rows(device, dtype, quick, repeats):
         t = torch.randn(*shape, generator=g).to(device, dtype)
         return t.contiguous(memory_format=torch.channels_last) if cl and t.dim() == 4 else t
 
+    def add(op, shape, ours, peer, nbytes):
+        t_o, t_p = time_pair(ours, peer, device, repeats, scrub=True)
+        row = _row(op, shape, t_o, t_p, nbytes, "GB/s")
+        compiled = _compiled(peer) if compile_peer else None
+        if compiled is not None:
+            t_o2, t_c = time_pair(ours, compiled, device, repeats, scrub=True)
+            row.update(compile_ms=t_c * 1e3, ratio_compile=t_c / t_o2)
+        rows.append(row)
+
     x = rnd(n, 64, 112, 112)
     out = x.shape[0] * 64 * 56 * 56
-    t_o, t_p = time_pair(lambda: fastconv.max_pool2d(x, 3, 2, 1), lambda: TF.max_pool2d(x, 3, 2, 1), device, repeats, scrub=True)
-    rows.append(_row("max_pool2d(3,2,1)[nhwc]", tuple(x.shape), t_o, t_p, (x.numel() + out) * esize, "GB/s"))
+    add("max_pool2d(3,2,1)[nhwc]", tuple(x.shape), lambda: fastconv.max_pool2d(x, 3, 2, 1),
+        lambda: TF.max_pool2d(x, 3, 2, 1), (x.numel() + out) * esize)
     xn = x.contiguous()
-    t_o, t_p = time_pair(lambda: fastconv.max_pool2d(xn, 3, 2, 1), lambda: TF.max_pool2d(xn, 3, 2, 1), device, repeats, scrub=True)
-    rows.append(_row("max_pool2d(3,2,1)[nchw]", tuple(x.shape), t_o, t_p, (x.numel() + out) * esize, "GB/s"))
+    add("max_pool2d(3,2,1)[nchw]", tuple(x.shape), lambda: fastconv.max_pool2d(xn, 3, 2, 1),
+        lambda: TF.max_pool2d(xn, 3, 2, 1), (x.numel() + out) * esize)
     a, b = rnd(n, 256, 56, 56), rnd(n, 256, 56, 56)
-    t_o, t_p = time_pair(lambda: fastconv.relu(a), lambda: TF.relu(a), device, repeats, scrub=True)
-    rows.append(_row("relu", tuple(a.shape), t_o, t_p, 2 * a.numel() * esize, "GB/s"))
-    t_o, t_p = time_pair(lambda: fastconv.sort(a, b), lambda: a + b + torch.sqrt(TF.relu(a) * TF.relu(b) + 0.01),
-                         device, repeats, scrub=True)
-    rows.append(_row("sort(sqrt)", tuple(a.shape), t_o, t_p, 3 * a.numel() * esize, "GB/s"))
+    add("relu", tuple(a.shape), lambda: fastconv.relu(a), lambda: TF.relu(a), 2 * a.numel() * esize)
+    add("sort(sqrt)", tuple(a.shape), lambda: fastconv.sort(a, b),
+        lambda: a + b + torch.sqrt(TF.relu(a) * TF.relu(b) + 0.01), 3 * a.numel() * esize)
     if not quick:
         y = rnd(n, 256, 28, 28)
-        t_o, t_p = time_pair(lambda: fastconv.avg_pool2d(y, 3, 1, 1), lambda: TF.avg_pool2d(y, 3, 1, 1), device, repeats, scrub=True)
-        rows.append(_row("avg_pool2d(3,1,1)[nhwc]", tuple(y.shape), t_o, t_p, 2 * y.numel() * esize, "GB/s"))
+        add("avg_pool2d(3,1,1)[nhwc]", tuple(y.shape), lambda: fastconv.avg_pool2d(y, 3, 1, 1),
+            lambda: TF.avg_pool2d(y, 3, 1, 1), 2 * y.numel() * esize)
         z = rnd(n, 2048, 7, 7)
-        t_o, t_p = time_pair(lambda: fastconv.adaptive_avg_pool2d(z, 1), lambda: TF.adaptive_avg_pool2d(z, 1),
-                             device, repeats, scrub=True)
-        rows.append(_row("adaptive_avg_pool2d(1)[nhwc]", tuple(z.shape), t_o, t_p, z.numel() * esize, "GB/s"))
+        add("adaptive_avg_pool2d(1)[nhwc]", tuple(z.shape), lambda: fastconv.adaptive_avg_pool2d(z, 1),
+            lambda: TF.adaptive_avg_pool2d(z, 1), z.numel() * esize)
     return rows
 
 
@@ -225,12 +244,16 @@ def model_rows(device, dtype, batches, repeats):
 
 
 def format_table(rows):
+    """ratio = torch eager time / fastconv time (> 1: fastconv faster); "vs compile" the same against
+    torch.compile of the eager expression, where measured."""
     width = max([28] + [len(r["op"]) for r in rows])
-    lines = [f"{'op':{width}s} {'shape':22s} {'fastconv ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'rate':>14s}"]
+    lines = [f"{'op':{width}s} {'shape':22s} {'fastconv ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'rate':>14s} "
+             f"{'compile ms':>10s} {'vs compile':>10s}"]
     for r in rows:
         shape = r["shape"] if isinstance(r["shape"], str) else "x".join(map(str, r["shape"]))
+        comp = f" {r['compile_ms']:10.3f} {r['ratio_compile']:10.2f}" if "compile_ms" in r else ""
         lines.append(f"{r['op']:{width}s} {shape:22s} {r['fastconv_ms']:11.3f} {r['torch_ms']:9.3f} "
-                     f"{r['ratio']:6.2f} {r['rate']:8.1f} {r['unit']}")
+                     f"{r['ratio']:6.2f} {r['rate']:8.1f} {r['unit']:5s}{comp}")
     return "\n".join(lines)
 
 
@@ -266,7 +289,8 @@ def main(args):
     if "conv_bwd" in ops and not quick:
         rows += conv_rows(device, dtype, batch, layers, "nchw", max(3, repeats // 2), backward=True)
     if "memory" in ops:
-        rows += memory_rows(device, dtype, quick, 3 * repeats)  # ms-scale ops: more samples for a steady median
+        # ms-scale ops: more samples for a steady median
+        rows += memory_rows(device, dtype, quick, 3 * repeats, compile_peer=not args.no_compile)
     if "block" in ops:
         rows += block_rows(device, dtype, batch, repeats)
     if "models" in ops:

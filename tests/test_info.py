@@ -52,8 +52,9 @@ def test_bench_runs_and_checks_its_groups(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--quick", "--ops", "memory,block", "--batch", "1",
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    ops = {r["op"] for r in json.loads(out.read_text())["rows"]}
-    assert {"relu", "sort(sqrt)", "sort_bottleneck[fused]", "conv1x1+bn+sort+relu"} <= ops
+    rows = {r["op"]: r for r in json.loads(out.read_text())["rows"]}
+    assert {"relu", "sort(sqrt)", "sort_bottleneck[fused]", "conv1x1+bn+sort+relu"} <= set(rows)
+    assert rows["sort(sqrt)"]["compile_ms"] > 0  # the memory-bound ops meet torch.compile too
     bad = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--ops", "nope"], capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown --ops" in bad.stderr
 
