@@ -638,3 +638,5 @@ def register(namespace):
 
 if _ext.native_available():
     register("fastconv")
+    from fastconv import onnx as _onnx
+    _onnx.register()
