@@ -11,13 +11,20 @@ from fastconv import _ext
 
 _FAKES = {}
 _AUTOGRAD = {}
+_JVP = {}  # forward-mode tangents, below
 
 
-def _fake(name):
-    def deco(fn):
-        _FAKES[name] = fn
-        return fn
-    return deco
+def _registrar(table):
+    """A decorator factory: @deco(name) files the function under `name` in `table`."""
+    def named(name):
+        def deco(fn):
+            table[name] = fn
+            return fn
+        return deco
+    return named
+
+
+_fake = _registrar(_FAKES)
 
 
 def _empty(like, shape, *fmt_from, dtype=None):
@@ -423,14 +430,7 @@ _AUTOGRAD["sort_bwd"] = (_sort_bwd_backward, _sort_bwd_setup)
 # the same namespace, for torch.func.jvp and torch.autograd.forward_ad. Each takes
 # (ops, primal args, their tangents, primal output). The public functions route tangents here
 # (fastconv.functional._call); the gradient operators have none (forward-over-reverse raises).
-_JVP = {}
-
-
-def _jvp(name):
-    def deco(fn):
-        _JVP[name] = fn
-        return fn
-    return deco
+_jvp = _registrar(_JVP)
 
 
 def _sum(*ts):
@@ -550,6 +550,22 @@ class _KernelOps:
         return lambda *args: op(*args) if torch.is_grad_enabled() else kernel(*args)
 
 
+def _function(class_name, forward, name, ops):
+    """An autograd.Function computing forward(*args), with operator `name`'s saved state and backward
+    formula run on the operator set `ops`, and a setup_context (as torch.func transforms require)."""
+    backward, setup = _AUTOGRAD[name]
+
+    def setup_context(ctx, inputs, output):
+        setup(ctx, inputs, output)
+
+    def backward_(ctx, *grads):
+        return backward(ops, ctx, *grads)
+
+    return type(class_name, (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
+                 "backward": staticmethod(backward_)})
+
+
 _DIRECT = {}  # (namespace, op name) -> autograd.Function
 
 
@@ -562,22 +578,8 @@ def direct_autograd(opset, name):
     if key not in _DIRECT:
         if name not in _AUTOGRAD:
             return None
-        backward, setup = _AUTOGRAD[name]
-        kernel, ops = opset.kernels[name], _KernelOps(opset)
-
-        def forward(*args):
-            return kernel(*args)
-
-        def setup_context(ctx, inputs, output):
-            setup(ctx, inputs, output)
-
-        def backward_(ctx, *grads):
-            return backward(ops, ctx, *grads)
-
         # named for the operator (the grad_fn shows as <namespace>_<op>Backward)
-        _DIRECT[key] = type(f"{opset.namespace}_{name}", (torch.autograd.Function,),
-                            {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-                             "backward": staticmethod(backward_)})
+        _DIRECT[key] = _function(f"{opset.namespace}_{name}", opset.kernels[name], name, _KernelOps(opset))
     return _DIRECT[key]
 
 
@@ -597,29 +599,15 @@ _FUNCTIONS = {}  # (namespace, op name) -> autograd.Function
 
 
 def function_autograd(ops, name):
-    """An autograd.Function running operator `name` of `ops` (through the dispatcher, below autograd)
-    with the formulas above and a setup_context, as torch.func transforms (grad, jacrev, ...) require
-    of every Function, and the Functions torch generates for register_autograd lack. None when the
-    operator has no formula here."""
+    """An autograd.Function running operator `name` of `ops` through the dispatcher (grad mode is off
+    in a Function's forward: the operator's kernel) with the formulas above, for torch.func
+    transforms, which the Functions torch generates for register_autograd do not support. None when
+    the operator has no formula here."""
     key = (getattr(ops, "namespace", None) or getattr(ops, "name", None), name)
     if key not in _FUNCTIONS:
         if name not in _AUTOGRAD:
             return None
-        backward, setup = _AUTOGRAD[name]
-        op, fops = getattr(ops, name), _FunctionOps(ops)
-
-        def forward(*args):
-            return op(*args)  # grad mode is off in a Function's forward: the operator's kernel
-
-        def setup_context(ctx, inputs, output):
-            setup(ctx, inputs, output)
-
-        def backward_(ctx, *grads):
-            return backward(fops, ctx, *grads)
-
-        _FUNCTIONS[key] = type(f"{key[0]}_{name}_function", (torch.autograd.Function,),
-                               {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-                                "backward": staticmethod(backward_)})
+        _FUNCTIONS[key] = _function(f"{key[0]}_{name}_function", getattr(ops, name), name, _FunctionOps(ops))
     return _FUNCTIONS[key]
 
 

@@ -11,18 +11,10 @@ import torchvision
 
 import fastconv
 from fastconv import nn
+from random_convnets import StdConv2d
 from test_sort_modules import close, randomize_bn
 
 RN = torchvision.models.resnet
-
-
-class StdConv2d(torch.nn.Conv2d):
-    """Weight-standardized convolution (timm's StdConv2d): a Conv2d subclass whose forward differs."""
-
-    def forward(self, x):
-        w = self.weight
-        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
-        return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class ScaledBN(torch.nn.BatchNorm2d):
