@@ -45,9 +45,22 @@ def _scrub(device):
     _SCRUB[device].fill_(1.0)
 
 
+class Timed(float):
+    """A median time in seconds that keeps its samples (for the spread the JSON records)."""
+
+    def __new__(cls, samples):
+        t = super().__new__(cls, statistics.median(samples))
+        t.samples = sorted(samples)
+        return t
+
+    def quartiles_ms(self):
+        q = statistics.quantiles(self.samples, n=4) if len(self.samples) > 1 else self.samples * 3
+        return [q[0] * 1e3, q[-1] * 1e3]
+
+
 def time_pair(f_ours, f_peer, device, repeats, warmup=2, min_time=0.0, scrub=False):
-    """Median seconds of each, interleaved so drift and neighbours hit both alike (scrub: the
-    caches are reset between calls, for memory-bound ops)."""
+    """Median seconds of each (as Timed, with the samples), interleaved so drift and neighbours hit
+    both alike (scrub: the caches are reset between calls, for memory-bound ops)."""
     for _ in range(warmup):
         f_ours(), f_peer()
     _sync(device)
@@ -61,12 +74,46 @@ def time_pair(f_ours, f_peer, device, repeats, warmup=2, min_time=0.0, scrub=Fal
             f()
             _sync(device)
             acc.append(time.perf_counter() - t0)
-    return statistics.median(ours), statistics.median(peer)
+    return Timed(ours), Timed(peer)
 
 
 def _row(op, shape, t_ours, t_peer, work, unit):
-    return {"op": op, "shape": shape, "fastconv_ms": t_ours * 1e3, "torch_ms": t_peer * 1e3,
-            "ratio": t_peer / t_ours, "rate": work / t_ours / 1e9, "unit": unit}
+    row = {"op": op, "shape": shape, "fastconv_ms": t_ours * 1e3, "torch_ms": t_peer * 1e3,
+           "ratio": t_peer / t_ours, "rate": work / t_ours / 1e9, "unit": unit}
+    for key, t in (("fastconv_ms_quartiles", t_ours), ("torch_ms_quartiles", t_peer)):
+        if isinstance(t, Timed):
+            row[key] = t.quartiles_ms()
+    return row
+
+
+def machine_info(device):
+    """The machine, versions and fastconv build a result was measured on."""
+    import os
+    import platform
+    device = torch.device(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "logical cores": os.cpu_count(), "torch threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    try:
+        import torchvision
+        info["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    try:
+        fi = fastconv.info()
+        info.update({"fastconv": fi.get("version"), "fastconv isa": fi.get("isa"),
+                     "fastconv omp threads": fi.get("omp_threads"), "fastconv cuda built": fi.get("cuda_built")})
+    except RuntimeError as exc:
+        info["fastconv"] = f"unavailable: {exc}"
+    return info
 
 
 def conv_rows(device, dtype, batch, layers, layout, repeats, backward=False):
@@ -283,17 +330,26 @@ def main(args):
     print(f"fastconv {info.get('version')} isa={info.get('isa')} threads={info.get('omp_threads')} "
           f"torch {torch.__version__} device={device} dtype={str(dtype).replace('torch.', '')} batch={batch}")
     rows = []
+
+    def progress(group, what):
+        print(f"[{group}] {what} ...", file=sys.stderr, flush=True)
+
     if "conv" in ops:
+        progress("conv", f"{len(layers)} layers x 2 layouts, forward")
         for layout in ("nchw", "nhwc"):
             rows += conv_rows(device, dtype, batch, layers, layout, repeats)
     if "conv_bwd" in ops and not quick:
+        progress("conv_bwd", f"{len(layers)} layers, forward + backward")
         rows += conv_rows(device, dtype, batch, layers, "nchw", max(3, repeats // 2), backward=True)
     if "memory" in ops:
+        progress("memory", "pooling, relu, sort against eager and torch.compile")
         # ms-scale ops: more samples for a steady median
         rows += memory_rows(device, dtype, quick, 3 * repeats, compile_peer=not args.no_compile)
     if "block" in ops:
+        progress("block", "the fused SORT bottleneck")
         rows += block_rows(device, dtype, batch, repeats)
     if "models" in ops:
+        progress("models", "ResNet-18/50 end to end")
         rows += model_rows(device, dtype, sorted({1, batch}), max(3, repeats // 2))
     print(format_table(rows))
     for prefix in ("conv2d_fwd[nchw]", "conv2d_fwd[nhwc]", "conv2d_fwd+bwd[nchw]"):
@@ -302,5 +358,7 @@ def main(args):
             print(f"geomean ratio {prefix}: {geomean(sel):.2f}x over {len(sel)} layers (min {min(sel):.2f}x)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "torch": torch.__version__, "device": device, "rows": rows}, f, indent=1)
+            json.dump({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+                       "machine": machine_info(device), "info": info, "torch": torch.__version__, "device": device,
+                       "rows": rows}, f, indent=1)
     return 0

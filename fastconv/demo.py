@@ -11,7 +11,6 @@
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -19,6 +18,7 @@ import time
 import torch
 
 from fastconv import _cli
+from fastconv.bench import machine_info
 
 BENCH_MODELS = ("resnet18", "resnet50", "alexnet")
 BACKENDS = ("fastconv", "torch eager", "torch.compile")
@@ -217,33 +217,6 @@ def bench_model(name, args, dtype):
 
 
 # ---------------------------------------------------------------- 3. report
-def machine_info(device):
-    import fastconv
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "logical cores": os.cpu_count(), "torch threads": torch.get_num_threads(),
-            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "device": str(device)}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    try:
-        import torchvision
-        info["torchvision"] = torchvision.__version__
-    except ImportError:
-        pass
-    try:
-        fi = fastconv.info()
-        info.update({"fastconv": fi.get("version"), "fastconv isa": fi.get("isa"),
-                     "fastconv omp threads": fi.get("omp_threads"), "fastconv cuda built": fi.get("cuda_built")})
-    except RuntimeError as exc:
-        info["fastconv"] = f"unavailable: {exc}"
-    return info
-
-
 def _table(rows, cols):
     head = "| " + " | ".join(c for c, _ in cols) + " |"
     sep = "|" + "|".join("---" for _ in cols) + "|"

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import fastconv
 from conftest import isa_path
@@ -52,7 +53,11 @@ def test_bench_runs_and_checks_its_groups(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--quick", "--ops", "memory,block", "--batch", "1",
                            "--json", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    rows = {r["op"]: r for r in json.loads(out.read_text())["rows"]}
+    data = json.loads(out.read_text())
+    assert data["machine"]["cpu"] and data["machine"]["torch"] == torch.__version__ and data["time"]
+    rows = {r["op"]: r for r in data["rows"]}
+    q1, q3 = rows["relu"]["fastconv_ms_quartiles"]
+    assert q1 <= rows["relu"]["fastconv_ms"] <= q3  # the spread, not only the median
     assert {"relu", "sort(sqrt)", "sort_bottleneck[fused]", "conv1x1+bn+sort+relu"} <= set(rows)
     assert rows["sort(sqrt)"]["compile_ms"] > 0  # the memory-bound ops meet torch.compile too
     bad = subprocess.run([sys.executable, "-m", "fastconv", "bench", "--ops", "nope"], capture_output=True, text=True)
