@@ -123,16 +123,12 @@ def _load_numba():
 
 
 def _load_reference():
-    try:
-        from fastconv import reference
-    except ImportError as exc:
-        raise RuntimeError(f"fastconv: backend 'reference' needs fastconv/reference.py, which failed to import "
-                           f"({exc})") from exc
     import functools
     import types
 
     import torch
 
+    from fastconv import reference
     from fastconv.numba import kernels, torch_ops
     impl = {name: getattr(reference, name, None) for name in torch_ops.SCHEMAS}
     impl["conv2d_fused_fwd"] = impl["conv2d_fused_fwd"] or getattr(reference, "conv2d_fused", None)

@@ -240,7 +240,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     x, unbatched, k, s, p, d = _pool_args(input, kernel_size, stride, padding, dilation)
     _check_pool_out(x, k, s, p, d, bool(ceil_mode))
     # Inference without indices: the native values-only op (no indices computed or written).
-    if not return_indices and _no_grad(x) and hasattr(_ops(), "max_pool2d_values"):
+    if not return_indices and _no_grad(x):
         y = _call("max_pool2d_values", (x,), x, k, s, p, d, bool(ceil_mode))
         return y.squeeze(0) if unbatched else y
     y, idx = _call("max_pool2d_fwd", (x,), x, k, s, p, d, bool(ceil_mode))

@@ -246,3 +246,32 @@ def test_relu_keeps_negative_zero(backend, dtype):
         assert torch.equal(got.signbit()[num], want.signbit()[num])
         fastconv.relu(x, inplace=True)
         assert torch.equal(x.signbit()[num], want.signbit()[num])
+
+
+def test_pool_arguments_accepted_alike_by_every_backend_and_torch():
+    """The raw pooling operators of every backend accept and refuse the same arguments, as torch does
+    (padding at most half the undilated kernel, also with dilation; output sizes positive)."""
+    from fastconv import backends
+    import itertools
+    ops = {b: backends.load(b) for b in BACKENDS if backends.available(b)}
+    x = torch.randn(1, 2, 7, 6)
+    disagree = []
+    for k, s, p, d, ceil in itertools.product((1, 2, 3), (1, 2), (0, 1, 2), (1, 2, 3), (False, True)):
+        verdicts = {}
+        for b, o in ops.items():
+            for name, args in (("max_pool2d_values", ([k, k], [s, s], [p, p], [d, d], ceil)),
+                               ("avg_pool2d_fwd", ([k, k], [s, s], [p, p], ceil, True, None))):
+                try:
+                    getattr(o, name)(x, *args)
+                    verdicts[(b, name)] = True
+                except (RuntimeError, ValueError):
+                    verdicts[(b, name)] = False
+        try:
+            F.max_pool2d(x, k, s, p, d, ceil)
+            verdicts["torch"] = True
+        except RuntimeError:
+            verdicts["torch"] = False
+        if len({v for key, v in verdicts.items() if key == "torch" or key[1] == "max_pool2d_values"}) > 1 or \
+                len({v for key, v in verdicts.items() if key != "torch" and key[1] == "avg_pool2d_fwd"}) > 1:
+            disagree.append(((k, s, p, d, ceil), verdicts))
+    assert not disagree, disagree[:3]

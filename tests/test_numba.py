@@ -464,6 +464,9 @@ def test_schemas_match_native():
     if not backends.available("native"):
         pytest.skip("native extension not built")
     from fastconv.numba.torch_ops import SCHEMAS
+    native_ops = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastconv::")}
+    assert native_ops == set(SCHEMAS), "csrc/ops.cpp and fastconv/numba/torch_ops.py define different operators: " \
+        f"{sorted(native_ops ^ set(SCHEMAS))}"  # both directions: an operator added to one table alone
     for name in SCHEMAS:
         native = getattr(torch.ops.fastconv, name).default._schema
         ours = getattr(torch.ops.fastconv_numba, name).default._schema

@@ -66,8 +66,8 @@ def _check_pool(op, shape, kernel_size, stride, padding, dilation):
     _need(all(len(v) == 2 for v in (kernel_size, stride, padding, dilation)), op,
           f"kernel_size {kernel_size}, stride {stride}, padding {padding} and dilation {dilation} must be pairs")
     _need(min(kernel_size) >= 1 and min(stride) >= 1 and min(dilation) >= 1, op, "sizes must be positive")
-    _need(all(0 <= padding[i] <= ((kernel_size[i] - 1) * dilation[i] + 1) // 2 for i in range(2)), op,
-          f"padding {padding} must be in [0, half the effective kernel size]")
+    _need(all(0 <= padding[i] <= kernel_size[i] // 2 for i in range(2)), op,  # torch's rule, dilation or not
+          f"padding {padding} must be in [0, half the kernel size {kernel_size}]")
 
 
 def check_args(name, args, where="fastconv.numba"):
