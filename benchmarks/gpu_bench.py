@@ -6,7 +6,7 @@ Run on a CUDA machine after building the extension (benchmarks/gpu_check.sh does
   python3 benchmarks/gpu_bench.py --device cpu    # dry run of every code path at tiny sizes (CI, no GPU)
 Environment:
   FASTCONV_BENCH_PARTS   comma list of verify,fwd,bwd,fused,mem (default all)
-  FASTCONV_BENCH_LAYERS  comma list of layer names (default the BASELINES.md suite)
+  FASTCONV_BENCH_LAYERS  comma list of layer names (default the benchmarks/BASELINES.md suite)
   FASTCONV_BENCH_DTYPES  comma list of fp16,bf16,fp32,tf32 (default fp16,bf16,fp32)
   FASTCONV_BENCH_BATCH   batch size (default 128; --device cpu 2)
   FASTCONV_BENCH_OUT     folder for bench.json (default $OUT or .)
@@ -38,10 +38,10 @@ SKIPPED = []  # what the budget cut, named in the table
 DEADLINE = math.inf  # time.time() past which the remaining work is skipped (FASTCONV_BENCH_BUDGET)
 WGMMA = False  # the build has the wgmma tensor-core forward (sm_90a) and the GPU runs it; set in main()
 DEV = "cuda"  # --device, bound in main()
-PEAK_TFLOPS = 778.0  # dense bf16/fp16 matmul measured on the H100 of BASELINES.md
-COPY_GBS = 2930.0    # device-to-device copy (read + write) of BASELINES.md
+PEAK_TFLOPS = 778.0  # dense bf16/fp16 matmul measured on the H100 of benchmarks/BASELINES.md
+COPY_GBS = 2930.0    # device-to-device copy (read + write) of benchmarks/BASELINES.md
 
-# name: (C, H, K, R, stride, pad) as in BASELINES.md (square images and kernels)
+# name: (C, H, K, R, stride, pad) as in benchmarks/BASELINES.md (square images and kernels)
 LAYERS = {
     "r50_conv1": (3, 224, 64, 7, 2, 3),
     "r50_l1_3x3": (64, 56, 64, 3, 1, 1),
@@ -527,7 +527,7 @@ def bench_mem(batch, results, chk):
         ("max_pool 3/2/1", lambda: ops.max_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], [1, 1], False),
          lambda: F.max_pool2d(x, 3, 2, 1, return_indices=True), x.numel() * eb + mp_out * (eb + 8)),
         # inference: fastconv.max_pool2d without indices runs the values-only op; torch's F.max_pool2d
-        # computes its indices anyway (the 0.466 ms of BASELINES.md, against a 0.088 ms floor)
+        # computes its indices anyway (the 0.466 ms of benchmarks/BASELINES.md, against a 0.088 ms floor)
         ("max_pool values", lambda: ops.max_pool2d_values(x, [3, 3], [2, 2], [1, 1], [1, 1], False),
          lambda: F.max_pool2d(x, 3, 2, 1), x.numel() * eb + mp_out * eb),
         ("avg_pool 3/2/1", lambda: ops.avg_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], False, True, None),

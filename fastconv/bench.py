@@ -11,7 +11,7 @@ import torch.nn.functional as TF
 
 import fastconv
 
-# (name, N, C, H, K, R, stride, pad): ../shared/BASELINES.md layer suite; N is set per device.
+# (name, N, C, H, K, R, stride, pad): the layer suite of benchmarks/BASELINES.md; N is set per device.
 LAYERS = [
     ("r50_conv1_7x7s2", 3, 224, 64, 7, 2, 3),
     ("r50_l1_3x3", 64, 56, 64, 3, 1, 1),

@@ -170,7 +170,7 @@ def bench_model(name, args, dtype):
     ref = ref.to(args.device, dtype)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
     cuda = args.device.type == "cuda"
-    if cuda:  # on the GPU every backend runs channels_last (tensor-core layout; BASELINES.md's setting)
+    if cuda:  # on the GPU every backend runs channels_last (tensor-core layout; benchmarks/BASELINES.md's setting)
         ref = ref.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     fns, compile_s = {}, {}

@@ -94,8 +94,9 @@ def avg_pool2d_fwd(g, input, kernel_size, stride, padding, ceil_mode, count_incl
     h = _helpers()
     if not h._is_none(divisor_override):
         raise RuntimeError("fastconv.onnx: avg_pool2d with divisor_override has no ONNX AveragePool equivalent")
-    return g.op("AveragePool", input, count_include_pad_i=int(h._get_const(count_include_pad, "b", "count_include_pad")),
-                **_pool_attrs(h, kernel_size, stride, padding, ceil_mode))
+    include = int(h._get_const(count_include_pad, "b", "count_include_pad"))
+    return g.op("AveragePool", input, count_include_pad_i=include, **_pool_attrs(h, kernel_size, stride, padding,
+                                                                                ceil_mode))
 
 
 def adaptive_avg_pool2d_fwd(g, input, output_size):
