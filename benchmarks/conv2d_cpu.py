@@ -16,25 +16,11 @@ import torch.nn.functional as F
 
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 import fastconv._C
+from fastconv.bench import LAYER_SUITE
 
 ops = torch.ops.fastconv
 
-# name: (N, C, H, K, R, stride, pad[, groups])
-LAYERS = {
-    "r50_conv1": (8, 3, 224, 64, 7, 2, 3),
-    "r50_l1_3x3": (8, 64, 56, 64, 3, 1, 1),
-    "r50_l1_1x1": (8, 64, 56, 256, 1, 1, 0),
-    "r50_l2_3x3": (8, 128, 28, 128, 3, 1, 1),
-    "r50_l3_3x3": (8, 256, 14, 256, 3, 1, 1),
-    "r50_l4_3x3": (8, 512, 7, 512, 3, 1, 1),
-    "r50_l3_1x1": (8, 1024, 14, 256, 1, 1, 0),
-    "alex_conv1": (8, 3, 224, 64, 11, 4, 2),
-    "alex_conv2": (8, 64, 27, 192, 5, 1, 2),
-    "alex_conv3": (8, 192, 13, 384, 3, 1, 1),
-    "mb2_dw_112": (8, 32, 112, 32, 3, 1, 1, 32),  # MobileNetV2 depthwise layers
-    "mb2_dw_56s2": (8, 144, 56, 144, 3, 2, 1, 144),
-    "mb2_dw_7": (8, 960, 7, 960, 3, 1, 1, 960),
-}
+LAYERS = LAYER_SUITE  # name: (C, H, K, R, stride, pad, groups); N is --batch
 
 
 def timed(fn):
@@ -68,8 +54,7 @@ def main():
     print(f"{'layer':<12} {'pass':<8} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")
     ratios = {}
     for name in names:
-        _, c, h, k, r, st, pad, *grp = LAYERS[name]
-        gr = grp[0] if grp else 1
+        c, h, k, r, st, pad, gr = LAYERS[name]
         n = args.batch
         x0 = torch.randn(n, c, h, h)
         w0 = torch.randn(k, c // gr, r, r) / math.sqrt(c // gr * r * r)

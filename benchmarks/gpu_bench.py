@@ -32,6 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from fastconv import _args as A  # noqa: E402
+from fastconv.bench import LAYER_SUITE  # noqa: E402
 
 ops = None  # torch.ops.fastconv, bound in main()
 SKIPPED = []  # what the budget cut, named in the table
@@ -41,19 +42,8 @@ DEV = "cuda"  # --device, bound in main()
 PEAK_TFLOPS = 778.0  # dense bf16/fp16 matmul measured on the H100 of benchmarks/BASELINES.md
 COPY_GBS = 2930.0    # device-to-device copy (read + write) of benchmarks/BASELINES.md
 
-# name: (C, H, K, R, stride, pad) as in benchmarks/BASELINES.md (square images and kernels)
-LAYERS = {
-    "r50_conv1": (3, 224, 64, 7, 2, 3),
-    "r50_l1_3x3": (64, 56, 64, 3, 1, 1),
-    "r50_l1_1x1": (64, 56, 256, 1, 1, 0),
-    "r50_l2_3x3": (128, 28, 128, 3, 1, 1),
-    "r50_l3_3x3": (256, 14, 256, 3, 1, 1),
-    "r50_l4_3x3": (512, 7, 512, 3, 1, 1),
-    "r50_l3_1x1": (1024, 14, 256, 1, 1, 0),
-    "alex_conv1": (3, 224, 64, 11, 4, 2),
-    "alex_conv2": (64, 27, 192, 5, 1, 2),
-    "alex_conv3": (192, 13, 384, 3, 1, 1),
-}
+# name: (C, H, K, R, stride, pad): the dense layers of the one layer suite (fastconv.bench.LAYER_SUITE)
+LAYERS = {name: v[:6] for name, v in LAYER_SUITE.items() if v[6] == 1}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32, "tf32": torch.float32}
 CPU_LAYERS = ["r50_l4_3x3", "alex_conv1"]  # --device cpu: a 3x3 and a strided large-kernel first layer
 

@@ -29,17 +29,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import fastconv  # noqa: E402
 from fastconv import backends  # noqa: E402
+from fastconv.bench import LAYER_SUITE  # noqa: E402
 
-CONVS = [  # name, C, H, K, R, stride, pad[, groups]
-    ("r50_l1_3x3", 64, 56, 64, 3, 1, 1),
-    ("r50_l1_1x1", 64, 56, 256, 1, 1, 0),
-    ("r50_l3_3x3", 256, 14, 256, 3, 1, 1),
-    ("r50_conv1_7x7s2", 3, 224, 64, 7, 2, 3),
-    ("alex_conv2_5x5", 64, 27, 192, 5, 1, 2),
-    ("mb2_dw_112", 32, 112, 32, 3, 1, 1, 32),  # MobileNetV2 depthwise layers
-    ("mb2_dw_56s2", 144, 56, 144, 3, 2, 1, 144),
-    ("mb2_dw_7", 960, 7, 960, 3, 1, 1, 960),
-]
+# the layers of the one suite (fastconv.bench.LAYER_SUITE) this comparison runs
+CONVS = ["r50_l1_3x3", "r50_l1_1x1", "r50_l3_3x3", "r50_conv1", "alex_conv2", "mb2_dw_112", "mb2_dw_56s2",
+         "mb2_dw_7"]
 
 
 def _train(f, *inputs):
@@ -62,8 +56,8 @@ def cases(batch, quick, backward=True, device="cpu"):
 
     def randn(*shape):
         return torch.randn(*shape, generator=g).to(device)
-    for name, c, h, k, r, s, p, *groups in convs:
-        grp = groups[0] if groups else 1
+    for name in convs:
+        c, h, k, r, s, p, grp = LAYER_SUITE[name]
         x = randn(batch, c, h, h)
         w = randn(k, c // grp, r, r) / (c // grp * r * r) ** 0.5
         yield (f"conv2d {name}", lambda x=x, w=w, s=s, p=p, grp=grp: fastconv.conv2d(x, w, None, s, p, 1, grp),

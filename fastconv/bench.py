@@ -11,20 +11,28 @@ import torch.nn.functional as TF
 
 import fastconv
 
-# (name, N, C, H, K, R, stride, pad): the layer suite of benchmarks/BASELINES.md; N is set per device.
-LAYERS = [
-    ("r50_conv1_7x7s2", 3, 224, 64, 7, 2, 3),
-    ("r50_l1_3x3", 64, 56, 64, 3, 1, 1),
-    ("r50_l1_1x1", 64, 56, 256, 1, 1, 0),
-    ("r50_l2_3x3", 128, 28, 128, 3, 1, 1),
-    ("r50_l3_3x3", 256, 14, 256, 3, 1, 1),
-    ("r50_l4_3x3", 512, 7, 512, 3, 1, 1),
-    ("r50_l3_1x1", 1024, 14, 256, 1, 1, 0),
-    ("alex_conv1_11x11s4", 3, 224, 64, 11, 4, 2),
-    ("alex_conv2_5x5", 64, 27, 192, 5, 1, 2),
-    ("alex_conv3_3x3", 192, 13, 384, 3, 1, 1),
-]
-QUICK_LAYERS = ("r50_l1_3x3", "r50_l3_1x1", "alex_conv1_11x11s4")
+# The layer suite, defined once for every benchmark (fastconv bench, benchmarks/conv2d_cpu.py,
+# benchmarks/gpu_bench.py): name -> (C, H, K, R, stride, pad, groups), square images and kernels; the
+# ResNet-50 / AlexNet layers of benchmarks/BASELINES.md and MobileNetV2's depthwise layers. N is set
+# per device.
+LAYER_SUITE = {
+    "r50_conv1": (3, 224, 64, 7, 2, 3, 1),
+    "r50_l1_3x3": (64, 56, 64, 3, 1, 1, 1),
+    "r50_l1_1x1": (64, 56, 256, 1, 1, 0, 1),
+    "r50_l2_3x3": (128, 28, 128, 3, 1, 1, 1),
+    "r50_l3_3x3": (256, 14, 256, 3, 1, 1, 1),
+    "r50_l4_3x3": (512, 7, 512, 3, 1, 1, 1),
+    "r50_l3_1x1": (1024, 14, 256, 1, 1, 0, 1),
+    "alex_conv1": (3, 224, 64, 11, 4, 2, 1),
+    "alex_conv2": (64, 27, 192, 5, 1, 2, 1),
+    "alex_conv3": (192, 13, 384, 3, 1, 1, 1),
+    "mb2_dw_112": (32, 112, 32, 3, 1, 1, 32),
+    "mb2_dw_56s2": (144, 56, 144, 3, 2, 1, 144),
+    "mb2_dw_7": (960, 7, 960, 3, 1, 1, 960),
+}
+# (name, C, H, K, R, stride, pad) of the dense layers, which `fastconv bench` times
+LAYERS = [(name,) + v[:6] for name, v in LAYER_SUITE.items() if v[6] == 1]
+QUICK_LAYERS = ("r50_l1_3x3", "r50_l3_1x1", "alex_conv1")
 
 
 def _sync(device):
