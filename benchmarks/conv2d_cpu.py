@@ -8,8 +8,6 @@ peer are timed interleaved in the same run (the machine is shared), median of th
 """
 import argparse
 import math
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
@@ -17,26 +15,11 @@ import torch.nn.functional as F
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 import fastconv._C
 from fastconv.bench import LAYER_SUITE
+from fastconv.timing import interleaved
 
 ops = torch.ops.fastconv
 
 LAYERS = LAYER_SUITE  # name: (C, H, K, R, stride, pad, groups); N is --batch
-
-
-def timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
-def compare(ours, peer, repeats):
-    for _ in range(2):
-        ours(), peer()
-    to, tp = [], []
-    for _ in range(repeats):
-        to.append(timed(ours))
-        tp.append(timed(peer))
-    return statistics.median(to) * 1e3, statistics.median(tp) * 1e3
 
 
 def main():
@@ -86,7 +69,7 @@ def main():
                     torch.ops.aten.convolution_backward(g, x, w, None, [st, st], [pad, pad], [1, 1], False,
                                                         [0, 0], gr, [True, True, False])
                 f = 2 * flops
-            mo, mp = compare(ours, peer, args.repeats)
+            mo, mp = (t * 1e3 for t in interleaved([ours, peer], repeats=args.repeats))
             ratios.setdefault(pname, []).append(mp / mo)
             print(f"{name:<12} {pname:<8} {mo:9.2f} {mp:9.2f} {mp / mo:6.2f} {f / mo / 1e6:8.1f}", flush=True)
     for pname, rs in ratios.items():

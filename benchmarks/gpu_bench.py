@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from fastconv import _args as A  # noqa: E402
 from fastconv.bench import LAYER_SUITE  # noqa: E402
+from fastconv.timing import time_one  # noqa: E402
 
 ops = None  # torch.ops.fastconv, bound in main()
 SKIPPED = []  # what the budget cut, named in the table
@@ -89,39 +90,13 @@ def sync():
         torch.cuda.synchronize()
 
 
-def bench(fn, warmup=3, samples=15, inner=None, budget_s=1.5):
-    """Median milliseconds per call of fn (CUDA events around `inner` calls per sample)."""
-    if DEV != "cuda":  # dry run: wall clock around single calls, few samples (the numbers mean nothing)
-        for _ in range(min(warmup, 1)):
-            fn()
-        times = []
-        for _ in range(min(samples, 3)):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        times.sort()
-        return times[len(times) // 2], (times[-1] - times[0]) / max(times[len(times) // 2], 1e-9)
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    if inner is None:  # aim at >= ~1 ms per sample so event resolution and launch gaps do not matter
-        t0 = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        one = max(time.perf_counter() - t0, 1e-6)
-        inner = max(1, min(50, int(1e-3 / one)))
-        samples = max(3, min(samples, int(budget_s / (one * inner))))
-    times = []
-    for _ in range(samples):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(inner):
-            fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / inner)
-    times.sort()
-    return times[len(times) // 2], (times[-1] - times[0]) / max(times[len(times) // 2], 1e-9)
+def bench(fn, warmup=3, samples=15, budget_s=1.5):
+    """(median ms per call, (max - min) / median) of fn: fastconv.timing's loop, CUDA events around
+    enough calls for ~1 ms per sample, no new sample after budget_s."""
+    if DEV != "cuda":  # dry run: single calls, few samples (the numbers mean nothing)
+        warmup, samples = min(warmup, 1), min(samples, 3)
+    t = time_one(fn, DEV, repeats=samples, warmup=warmup, number="auto", deadline=time.time() + budget_s)
+    return t * 1e3, (t.samples[-1] - t.samples[0]) / max(float(t), 1e-12)
 
 
 def errors(out, ref):

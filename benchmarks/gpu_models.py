@@ -10,13 +10,11 @@
   python3 benchmarks/gpu_models.py [--parts models,sort_cost,sort_block] [--batch 256] [--quick]
   python3 benchmarks/gpu_models.py --device cpu --quick     # a smoke run of every code path
 
-Timing: interleaved, CUDA events after warm-up (torch.cuda.synchronize around each sample on the CPU
-clock when there is no GPU), median. The table is printed last; JSON goes to $OUT/models.json.
+Timing: fastconv.timing.interleaved (CUDA events after warm-up; the wall clock on the CPU), median. The table is printed last; JSON goes to $OUT/models.json.
 """
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -26,39 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from fastconv import demo  # noqa: E402
-
-
-def timer(device):
-    """fn -> seconds of one call (CUDA events on the GPU)."""
-    if device.type == "cuda":
-        def run(fn):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            return a.elapsed_time(b) / 1e3
-    else:
-        def run(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return run
-
-
-def interleaved(fns, device, repeats, warmup=2):
-    """Median seconds per callable, called round-robin."""
-    t = timer(device)
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            times[k].append(t(f))
-    return {k: statistics.median(v) for k, v in times.items()}
+from fastconv.timing import interleaved, time_one  # noqa: E402
 
 
 def models(args, rows):
@@ -119,7 +85,7 @@ def sort_cost(args, rows):
         if args.device.type == "cuda":
             torch.cuda.synchronize()
             peak[s] = torch.cuda.max_memory_allocated() - base
-        step_s[s] = statistics.median(timer(args.device)(step) for _ in range(max(3, args.repeats // 4)))
+        step_s[s] = time_one(step, args.device, repeats=max(3, args.repeats // 4), warmup=0)
         del net, opt
     row = dict(part="sort_cost", name="training step", batch=tb, resnet50_ms=step_s[False] * 1e3,
                sort_resnet50_ms=step_s[True] * 1e3, sort_over_plain=step_s[True] / step_s[False])

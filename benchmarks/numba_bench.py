@@ -5,18 +5,16 @@ cache), each measured in a fresh process.
   python benchmarks/numba_bench.py [--repeats 7] [--batch 1] [--threads N] [--quick] [--json out.json]
   python3 benchmarks/numba_bench.py --device cuda --batch 32   # numba.cuda against the native CUDA kernels
 
-On CUDA every call is timed to its completion (synchronize), so the numba launch cost counts; float32
+On CUDA every sample is timed to its completion (CUDA events), so the numba launch cost counts; float32
 convolutions run with TF32 off (the native exact-float32 path, issue 6's peer).
 
 On a shared machine use --threads 1: with more threads than free cores every parallel region waits
 for its threads to be scheduled and all three implementations time at the scheduler's quantum.
 """
 import argparse
-import itertools
 import json
 import os
 import pathlib
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 import fastconv  # noqa: E402
 from fastconv import backends  # noqa: E402
 from fastconv.bench import LAYER_SUITE  # noqa: E402
+from fastconv.timing import interleaved  # noqa: E402
 
 # the layers of the one suite (fastconv.bench.LAYER_SUITE) this comparison runs
 CONVS = ["r50_l1_3x3", "r50_l1_1x1", "r50_l3_3x3", "r50_conv1", "alex_conv2", "mb2_dw_112", "mb2_dw_56s2",
@@ -83,32 +82,6 @@ def cases(batch, quick, backward=True, device="cpu"):
         yield (f"fwd+bwd {name}", _train(lambda t, f=f: f(t, fastconv), x), _train(lambda t, f=f: f(t, TF), x))
     yield ("fwd+bwd sort sqrt", _train(fastconv.sort, x, y),
            _train(lambda a, b: a + b + torch.sqrt(a.relu() * b.relu() + 0.01), x, y))
-
-
-def time_interleaved(fns, repeats, warmup=2, cuda=False):
-    """(median, min) seconds of each callable (None: skipped), round-robin so load drift hits all
-    alike; on a shared machine the minimum is the better estimate of the uncontended time. cuda: each
-    call is timed to the end of its GPU work."""
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    for _ in range(warmup):
-        for f in fns:
-            if f is not None:
-                f()
-    sync()
-    times = [[] for _ in fns]
-    # Each round takes the next permutation of the order. The call after torch's composite (which
-    # evicts the caches with its temporaries) runs cold, so every callable must follow every other
-    # equally often; a rotation does not do that (with [a, b, c] rotated, a follows c in two rounds
-    # of three).
-    orders = list(itertools.permutations(range(len(fns))))
-    for rep in range(repeats):
-        for j in orders[rep % len(orders)]:
-            if fns[j] is not None:
-                t0 = time.perf_counter()
-                fns[j]()
-                sync()
-                times[j].append(time.perf_counter() - t0)
-    return [(statistics.median(t), min(t)) if t else None for t in times]
 
 
 def _under(backend, fn):
@@ -204,7 +177,8 @@ def main():
 
     for name, fn, ref in cases(args.batch, args.quick, not args.no_backward, args.device):
         native_fn = _under("native", fn) if _native_runs(fn) else None
-        t_nb, t_nat, t_ref = time_interleaved([_under("numba", fn), native_fn, ref], args.repeats, cuda=cuda)
+        timed = interleaved([_under("numba", fn), native_fn, ref], "cuda" if cuda else "cpu", args.repeats)
+        t_nb, t_nat, t_ref = ((float(t), t.min) if t is not None else None for t in timed)
         print(f"{name:24s} {ms(t_nb)} {ms(t_nat)} {ms(t_ref)} {ratio(t_nb, t_nat):>13s} {ratio(t_nb, t_ref):>13s}")
         rows.append({"op": name, "numba_s": t_nb, "native_s": t_nat, "torch_s": t_ref})
     if args.json:

@@ -6,7 +6,6 @@ Ours and torch are interleaved (alternating rounds) and the best (or median) tim
 noise from other processes on the machine hits both alike. GB/s counts the bytes an ideal kernel must move
 (inputs read once, outputs written once)."""
 import argparse
-import statistics
 import time
 
 import torch
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 from fastconv import _C
+from fastconv.timing import interleaved
 
 ops = torch.ops.fastconv
 CL = torch.channels_last
@@ -98,15 +98,6 @@ def x_fmt(x):
     return CL if (x.dim() == 4 and not x.is_contiguous()) else torch.contiguous_format
 
 
-def timeit(fn, x, reps, clock=time.perf_counter):
-    times = []
-    for _ in range(reps):
-        t0 = clock()
-        fn(x)
-        times.append(clock() - t0)
-    return times
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--threads", type=int, default=2)
@@ -138,12 +129,10 @@ def main():
         with torch.no_grad():
             y = ours(x)
             ref(x)
-            to, tt = [], []
-            for _ in range(args.rounds):  # interleave so drifting machine load hits both alike
-                to += timeit(ours, x, args.reps, clock)
-                tt += timeit(ref, x, args.reps, clock)
-        stat = min if args.stat == "min" else statistics.median
-        mo, mt = stat(to) * 1e3, stat(tt) * 1e3
+            # interleaved, so drifting machine load hits both alike
+            to, tt = interleaved([lambda: ours(x), lambda: ref(x)], repeats=args.rounds * args.reps, warmup=0,
+                                 clock=clock)
+        mo, mt = ((t.min if args.stat == "min" else float(t)) * 1e3 for t in (to, tt))
         gbs = nbytes(x, y) / (mo * 1e-3) / 1e9
         print(f"{name:28s} {'x'.join(map(str, shape)):18s} {fmt:6s} {mo:8.3f} {mt:9.3f} {mt / mo:5.2f}x {gbs:6.1f}")
 

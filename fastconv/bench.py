@@ -2,7 +2,6 @@
 memory-bound ops, timed in the same run, interleaved. Prints: op, shape, fastconv ms, torch ms,
 ratio (torch time / fastconv time; > 1 means fastconv is faster) and GFLOP/s or GB/s."""
 import json
-import statistics
 import sys
 import time
 
@@ -10,6 +9,7 @@ import torch
 import torch.nn.functional as TF
 
 import fastconv
+from fastconv.timing import Timed, interleaved
 
 # The layer suite, defined once for every benchmark (fastconv bench, benchmarks/conv2d_cpu.py,
 # benchmarks/gpu_bench.py): name -> (C, H, K, R, stride, pad, groups), square images and kernels; the
@@ -35,54 +35,10 @@ LAYERS = [(name,) + v[:6] for name, v in LAYER_SUITE.items() if v[6] == 1]
 QUICK_LAYERS = ("r50_l1_3x3", "r50_l3_1x1", "alex_conv1")
 
 
-def _sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-_SCRUB = {}
-
-
-def _scrub(device):
-    """Overwrite a buffer larger than the last-level cache (untimed), so every timed call starts
-    from the same cache state: without it each call inherits the previous one's dirty lines (an op
-    writing with non-temporal stores leaves the next one a clean cache, one writing through the
-    cache leaves it write-backs to pay)."""
-    if device not in _SCRUB:
-        _SCRUB[device] = torch.empty(16 << 20, device=device)  # 64 MB
-    _SCRUB[device].fill_(1.0)
-
-
-class Timed(float):
-    """A median time in seconds that keeps its samples (for the spread the JSON records)."""
-
-    def __new__(cls, samples):
-        t = super().__new__(cls, statistics.median(samples))
-        t.samples = sorted(samples)
-        return t
-
-    def quartiles_ms(self):
-        q = statistics.quantiles(self.samples, n=4) if len(self.samples) > 1 else self.samples * 3
-        return [q[0] * 1e3, q[-1] * 1e3]
-
-
-def time_pair(f_ours, f_peer, device, repeats, warmup=2, min_time=0.0, scrub=False):
-    """Median seconds of each (as Timed, with the samples), interleaved so drift and neighbours hit
-    both alike (scrub: the caches are reset between calls, for memory-bound ops)."""
-    for _ in range(warmup):
-        f_ours(), f_peer()
-    _sync(device)
-    ours, peer = [], []
-    for _ in range(repeats):
-        for f, acc in ((f_ours, ours), (f_peer, peer)):
-            if scrub:
-                _scrub(device)
-                _sync(device)
-            t0 = time.perf_counter()
-            f()
-            _sync(device)
-            acc.append(time.perf_counter() - t0)
-    return Timed(ours), Timed(peer)
+def time_pair(f_ours, f_peer, device, repeats, warmup=2, scrub=False):
+    """(ours, peer) as Timed, interleaved (fastconv.timing's loop; scrub: caches reset between calls,
+    for memory-bound ops)."""
+    return interleaved([f_ours, f_peer], device, repeats, warmup, scrub=scrub)
 
 
 def _row(op, shape, t_ours, t_peer, work, unit):

@@ -11,7 +11,6 @@
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -19,6 +18,7 @@ import torch
 
 from fastconv import _cli
 from fastconv.bench import machine_info
+from fastconv.timing import interleaved, sync
 
 BENCH_MODELS = ("resnet18", "resnet50", "alexnet")
 BACKENDS = ("fastconv", "torch eager", "torch.compile")
@@ -77,11 +77,6 @@ def _settle(args):
         if b not in BACKENDS:
             raise SystemExit(f"demo: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
     return args
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------- 1. training
@@ -183,29 +178,24 @@ def bench_model(name, args, dtype):
             fns[b] = fastconv.convert(ref, channels_last=True)
         else:
             fns[b] = torch.compile(ref)
-    out, times = {}, {b: [] for b in fns}
+    out = {}
     with torch.inference_mode():
         for b, f in fns.items():  # first call: warm-up, and compilation for torch.compile
             t0 = time.perf_counter()
             out[b] = f(x).float()
-            _sync(args.device)
+            sync(args.device)
             if b == "torch.compile":
                 compile_s[b] = time.perf_counter() - t0
-            f(x)
-        for _ in range(args.repeats):  # interleaved, so drifting machine load hits every backend alike
-            for b, f in fns.items():
-                _sync(args.device)
-                t0 = time.perf_counter()
-                f(x)
-                _sync(args.device)
-                times[b].append(time.perf_counter() - t0)
+        # interleaved, so drifting machine load hits every backend alike
+        times = interleaved({b: (lambda f=f: f(x)) for b, f in fns.items()}, args.device, args.repeats, warmup=1)
     base = out.get("torch eager", next(iter(out.values())))
     scale = base.abs().max().item()
     rows = []
     for b in fns:
-        med = statistics.median(times[b])
+        med = float(times[b])
         rows.append(dict(model=name, backend=b, batch=args.batch, image_size=args.image_size, dtype=str(dtype),
-                         ms_median=med * 1e3, ms_min=min(times[b]) * 1e3, images_per_s=args.batch / med,
+                         ms_median=med * 1e3, ms_min=times[b].min * 1e3, ms_quartiles=times[b].quartiles_ms(),
+                         images_per_s=args.batch / med,
                          max_abs_diff=(out[b] - base).abs().max().item(), logit_scale=scale,
                          agree=torch.allclose(out[b], base, rtol=2e-2 if dtype != torch.float32 else 1e-3,
                                               atol=(5e-2 if dtype != torch.float32 else 1e-3) * max(scale, 1)),

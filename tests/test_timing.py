@@ -1,0 +1,55 @@
+"""fastconv.timing: the one timer every benchmark uses (interleaving, warm-up, spread, Compare)."""
+import time
+
+import pytest
+import torch
+
+from fastconv.timing import Timed, interleaved, time_one
+
+
+def test_calls_warmup_then_rounds_in_every_order():
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    t = interleaved(fns, repeats=6, warmup=2)
+    assert set(t) == set("abc") and all(isinstance(v, Timed) and len(v.samples) == 6 for v in t.values())
+    assert calls[:6] == list("abcabc")  # warm-up, untimed
+    rounds = ["".join(calls[6 + 3 * i:9 + 3 * i]) for i in range(6)]
+    assert sorted(rounds) == sorted(["abc", "acb", "bac", "bca", "cab", "cba"])  # each follows each alike
+
+
+def test_list_form_skips_none():
+    out = interleaved([lambda: None, None], repeats=3, warmup=0)
+    assert isinstance(out, list) and out[1] is None and len(out[0].samples) == 3
+
+
+def test_timed_statistics_and_measurement():
+    t = Timed([0.004, 0.001, 0.002, 0.003, 0.005])
+    assert float(t) == 0.003 and t.min == 0.001 and t.samples == sorted(t.samples)
+    lo, hi = t.quartiles_ms()
+    assert lo < 3.0 < hi
+    assert t.spread() == pytest.approx((hi - lo) / 3.0)
+    m = t.measurement("conv2d", "r50_l1_3x3", "fastconv")
+    assert m.median == pytest.approx(0.003)
+    from torch.utils.benchmark import Compare
+    Compare([m, Timed([0.006]).measurement("conv2d", "r50_l1_3x3", "torch")]).print()
+
+
+def test_sleep_is_measured():
+    t = time_one(lambda: time.sleep(0.01), repeats=3, warmup=0)
+    assert 0.009 < float(t) < 0.5
+
+
+def test_deadline_stops_after_a_round():
+    t = time_one(lambda: None, repeats=1000, warmup=0, deadline=time.time() - 1)
+    assert len(t.samples) == 1
+
+
+def test_scrub_and_number():
+    x = torch.randn(1000)
+    t = interleaved({"relu": lambda: x.relu()}, repeats=2, warmup=1, number=3, scrub=True)
+    assert len(t["relu"].samples) == 2
+
+
+def test_rejects_no_repeats():
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved([lambda: None], repeats=0)
