@@ -8,6 +8,7 @@ peer are timed interleaved in the same run (the machine is shared), median of th
 """
 import argparse
 import math
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 import fastconv._C
 from fastconv.bench import LAYER_SUITE
-from fastconv.timing import interleaved
+from fastconv.timing import interleaved, table
 
 ops = torch.ops.fastconv
 
@@ -34,8 +35,7 @@ def main():
     torch.manual_seed(0)
     names = args.layers.split(",") if args.layers else list(LAYERS)
     print(f"threads={args.threads} batch={args.batch} isa={fastconv._C.get_isa()} torch={torch.__version__}")
-    print(f"{'layer':<12} {'pass':<8} {'ours ms':>9} {'torch ms':>9} {'ratio':>6} {'GFLOP/s':>8}")
-    ratios = {}
+    ratios, rows = {}, []
     for name in names:
         c, h, k, r, st, pad, gr = LAYERS[name]
         n = args.batch
@@ -71,7 +71,10 @@ def main():
                 f = 2 * flops
             mo, mp = (t * 1e3 for t in interleaved([ours, peer], repeats=args.repeats))
             ratios.setdefault(pname, []).append(mp / mo)
-            print(f"{name:<12} {pname:<8} {mo:9.2f} {mp:9.2f} {mp / mo:6.2f} {f / mo / 1e6:8.1f}", flush=True)
+            rows.append(dict(layer=name, pass_=pname, ours=mo, torch=mp, ratio=mp / mo, gflops=f / mo / 1e6))
+            print(f"  {name} {pname}: {mp / mo:.2f}x", file=sys.stderr, flush=True)
+    print(table(rows, [("layer", "layer", ""), ("pass", "pass_", ""), ("ours ms", "ours", ".2f"),
+                       ("torch ms", "torch", ".2f"), ("ratio", "ratio", ".2f"), ("GFLOP/s", "gflops", ".1f")]))
     for pname, rs in ratios.items():
         print(f"geomean ratio {pname}: {math.exp(sum(map(math.log, rs)) / len(rs)):.3f}")
 

@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from fastconv import _args as A  # noqa: E402
 from fastconv.bench import LAYER_SUITE  # noqa: E402
-from fastconv.timing import time_one  # noqa: E402
+from fastconv.timing import table, time_one  # noqa: E402
 
 ops = None  # torch.ops.fastconv, bound in main()
 SKIPPED = []  # what the budget cut, named in the table
@@ -562,7 +562,7 @@ def smoke():
     print("smoke: every op ran")
 
 
-def table(results, chk):
+def summary(results, chk):
     lines = []
     fails = [r for r in chk.rows if not r[3]]
     if SKIPPED:
@@ -571,18 +571,16 @@ def table(results, chk):
                  + (f"; FAILED: {', '.join(r[0] for r in fails[:12])}" + (" ..." if len(fails) > 12 else "") if fails else ""))
     conv = [r for r in results if r["part"] in ("fwd", "bwd")]
     if conv:
-        lines.append(f"{'part':4s} {'layer':11s} {'dtype':5s} {'ours ms':>8s} {'cuDNN ms':>8s} {'TFLOP/s':>8s} "
-                     f"{'cuDNN':>7s} {'ratio':>6s} {'%peak':>6s} {'rel err':>8s} ok {'wmma ms':>8s}")
-        for r in conv:
-            lines.append(f"{r['part']:4s} {r['layer']:11s} {r['dtype']:5s} {r['ms']:8.3f} {r['cudnn_ms']:8.3f} "
-                         f"{r['tflops']:8.1f} {r['cudnn_tflops']:7.1f} {r['ratio']:6.2f} {r['peak_pct']:6.1f} "
-                         f"{r.get('rel', float('nan')):8.1e} {'y' if r['ok'] else 'N':2s} {r.get('wmma_ms', float('nan')):8.3f}")
+        lines.append(table(conv, [("part", "part", ""), ("layer", "layer", ""), ("dtype", "dtype", ""),
+                                  ("ours ms", "ms", ".3f"), ("cuDNN ms", "cudnn_ms", ".3f"), ("TFLOP/s", "tflops", ".1f"),
+                                  ("cuDNN", "cudnn_tflops", ".1f"), ("ratio", "ratio", ".2f"),
+                                  ("%peak", "peak_pct", ".1f"), ("rel err", "rel", ".1e"),
+                                  ("ok", lambda r: "y" if r["ok"] else "N", ""), ("wmma ms", "wmma_ms", ".3f")]))
     mem = [r for r in results if r["part"] == "mem"]
     if mem:
-        lines.append(f"{'memory-bound (fp16 CL)':22s} {'ours ms':>8s} {'torch ms':>8s} {'GB/s':>7s} {'%copy':>6s} {'ratio':>6s}")
-        for r in mem:
-            lines.append(f"{r['layer']:22s} {r['ms']:8.3f} {r['cudnn_ms']:8.3f} {r['gbs']:7.0f} {r['copy_pct']:6.1f} "
-                         f"{r['ratio']:6.2f}")
+        lines.append(table(mem, [("memory-bound (fp16 CL)", "layer", ""), ("ours ms", "ms", ".3f"),
+                                 ("torch ms", "cudnn_ms", ".3f"), ("GB/s", "gbs", ".0f"), ("%copy", "copy_pct", ".1f"),
+                                 ("ratio", "ratio", ".2f")]))
     return "\n".join(lines)
 
 
@@ -661,7 +659,7 @@ def main():
     except OSError as exc:  # the table below still has the numbers
         print(f"bench.json not written: {exc}", flush=True)
     print(f"total {time.time() - t0:.1f} s\n")
-    print(table(results, chk))
+    print(summary(results, chk))
     return 1 if chk.failed else 0
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import fastconv  # noqa: E402
 from fastconv import backends  # noqa: E402
 from fastconv.bench import LAYER_SUITE  # noqa: E402
-from fastconv.timing import interleaved  # noqa: E402
+from fastconv.timing import interleaved, table  # noqa: E402
 
 # the layers of the one suite (fastconv.bench.LAYER_SUITE) this comparison runs
 CONVS = ["r50_l1_3x3", "r50_l1_1x1", "r50_l3_3x3", "r50_conv1", "alex_conv2", "mb2_dw_112", "mb2_dw_56s2",
@@ -167,20 +167,24 @@ def main():
             print(f"  {op:12s} {c[0]:8.2f} / {c[1] * 1e3:7.2f} ms   {w[0]:8.3f} / {w[1] * 1e3:7.2f} ms")
         rows.append({"first_call": fc})
     print("\nmedian (min) ms per call; ratios of the medians (of the minima)")
-    print(f"{'op':24s} {'numba':>17s} {'native':>17s} {'torch':>17s} {'numba/native':>13s} {'numba/torch':>13s}")
 
-    def ms(t):
-        return f"{t[0] * 1e3:8.2f} ({t[1] * 1e3:6.2f})" if t else f"{'n/a':>17s}"
+    def ms(key):
+        return lambda r: f"{r[key][0] * 1e3:.2f} ({r[key][1] * 1e3:.2f})" if r[key] else None
 
     def ratio(a, b):
-        return f"{a[0] / b[0]:5.2f} ({a[1] / b[1]:5.2f})" if a and b else f"{'n/a':>13s}"
+        return lambda r: f"{r[a][0] / r[b][0]:.2f} ({r[a][1] / r[b][1]:.2f})" if r[a] and r[b] else None
 
+    timed_rows = []
     for name, fn, ref in cases(args.batch, args.quick, not args.no_backward, args.device):
         native_fn = _under("native", fn) if _native_runs(fn) else None
         timed = interleaved([_under("numba", fn), native_fn, ref], "cuda" if cuda else "cpu", args.repeats)
         t_nb, t_nat, t_ref = ((float(t), t.min) if t is not None else None for t in timed)
-        print(f"{name:24s} {ms(t_nb)} {ms(t_nat)} {ms(t_ref)} {ratio(t_nb, t_nat):>13s} {ratio(t_nb, t_ref):>13s}")
-        rows.append({"op": name, "numba_s": t_nb, "native_s": t_nat, "torch_s": t_ref})
+        timed_rows.append({"op": name, "numba_s": t_nb, "native_s": t_nat, "torch_s": t_ref})
+        print(f"  {name}", file=sys.stderr, flush=True)
+    print(table(timed_rows, [("op", "op", ""), ("numba", ms("numba_s"), ""), ("native", ms("native_s"), ""),
+                             ("torch", ms("torch_s"), ""), ("numba/native", ratio("numba_s", "native_s"), ""),
+                             ("numba/torch", ratio("numba_s", "torch_s"), "")]))
+    rows += timed_rows
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
 

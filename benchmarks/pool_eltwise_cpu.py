@@ -6,6 +6,7 @@ Ours and torch are interleaved (alternating rounds) and the best (or median) tim
 noise from other processes on the machine hits both alike. GB/s counts the bytes an ideal kernel must move
 (inputs read once, outputs written once)."""
 import argparse
+import sys
 import time
 
 import torch
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 from fastconv import _C
-from fastconv.timing import interleaved
+from fastconv.timing import interleaved, table
 
 ops = torch.ops.fastconv
 CL = torch.channels_last
@@ -113,7 +114,7 @@ def main():
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, fastconv isa {_C.get_isa()}, "
           f"{args.stat} of {args.rounds}x{args.reps} {args.clock}-clock runs")
-    print(f"{'op':28s} {'shape':18s} {'layout':6s} {'ours ms':>8s} {'torch ms':>9s} {'ratio':>6s} {'GB/s':>6s}")
+    rows = []
     filt = args.ops.split(",") if args.ops else None
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     for case in cases():
@@ -133,8 +134,11 @@ def main():
             to, tt = interleaved([lambda: ours(x), lambda: ref(x)], repeats=args.rounds * args.reps, warmup=0,
                                  clock=clock)
         mo, mt = ((t.min if args.stat == "min" else float(t)) * 1e3 for t in (to, tt))
-        gbs = nbytes(x, y) / (mo * 1e-3) / 1e9
-        print(f"{name:28s} {'x'.join(map(str, shape)):18s} {fmt:6s} {mo:8.3f} {mt:9.3f} {mt / mo:5.2f}x {gbs:6.1f}")
+        rows.append(dict(op=name, shape="x".join(map(str, shape)), layout=fmt, ours=mo, torch=mt, ratio=mt / mo,
+                         gbs=nbytes(x, y) / (mo * 1e-3) / 1e9))
+        print(f"  {name} {fmt}: {mt / mo:.2f}x", file=sys.stderr, flush=True)
+    print(table(rows, [("op", "op", ""), ("shape", "shape", ""), ("layout", "layout", ""), ("ours ms", "ours", ".3f"),
+                       ("torch ms", "torch", ".3f"), ("ratio", "ratio", ".2f"), ("GB/s", "gbs", ".1f")]))
 
 
 if __name__ == "__main__":

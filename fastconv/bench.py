@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as TF
 
 import fastconv
-from fastconv.timing import Timed, interleaved
+from fastconv.timing import Timed, interleaved, table
 
 # The layer suite, defined once for every benchmark (fastconv bench, benchmarks/conv2d_cpu.py,
 # benchmarks/gpu_bench.py): name -> (C, H, K, R, stride, pad, groups), square images and kernels; the
@@ -257,15 +257,12 @@ def model_rows(device, dtype, batches, repeats):
 def format_table(rows):
     """ratio = torch eager time / fastconv time (> 1: fastconv faster); "vs compile" the same against
     torch.compile of the eager expression, where measured."""
-    width = max([28] + [len(r["op"]) for r in rows])
-    lines = [f"{'op':{width}s} {'shape':22s} {'fastconv ms':>11s} {'torch ms':>9s} {'ratio':>6s} {'rate':>14s} "
-             f"{'compile ms':>10s} {'vs compile':>10s}"]
-    for r in rows:
-        shape = r["shape"] if isinstance(r["shape"], str) else "x".join(map(str, r["shape"]))
-        comp = f" {r['compile_ms']:10.3f} {r['ratio_compile']:10.2f}" if "compile_ms" in r else ""
-        lines.append(f"{r['op']:{width}s} {shape:22s} {r['fastconv_ms']:11.3f} {r['torch_ms']:9.3f} "
-                     f"{r['ratio']:6.2f} {r['rate']:8.1f} {r['unit']:5s}{comp}")
-    return "\n".join(lines)
+    def shape(r):
+        return r["shape"] if isinstance(r["shape"], str) else "x".join(map(str, r["shape"]))
+    return table(rows, [("op", "op", ""), ("shape", shape, ""), ("fastconv ms", "fastconv_ms", ".3f"),
+                        ("torch ms", "torch_ms", ".3f"), ("ratio", "ratio", ".2f"), ("rate", "rate", ".1f"),
+                        ("unit", "unit", ""), ("compile ms", "compile_ms", ".3f"),
+                        ("vs compile", "ratio_compile", ".2f")])
 
 
 def geomean(xs):

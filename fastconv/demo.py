@@ -18,7 +18,7 @@ import torch
 
 from fastconv import _cli
 from fastconv.bench import machine_info
-from fastconv.timing import interleaved, sync
+from fastconv.timing import interleaved, sync, table
 
 BENCH_MODELS = ("resnet18", "resnet50", "alexnet")
 BACKENDS = ("fastconv", "torch eager", "torch.compile")
@@ -208,10 +208,7 @@ def bench_model(name, args, dtype):
 
 # ---------------------------------------------------------------- 3. report
 def _table(rows, cols):
-    head = "| " + " | ".join(c for c, _ in cols) + " |"
-    sep = "|" + "|".join("---" for _ in cols) + "|"
-    body = ["| " + " | ".join(fmt(r) for _, fmt in cols) + " |" for r in rows]
-    return "\n".join([head, sep] + body)
+    return table(rows, [(head, fmt, "") for head, fmt in cols], markdown=True)
 
 
 def plot(results, out):

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-__all__ = ["Timed", "interleaved", "time_one", "sync"]
+__all__ = ["Timed", "interleaved", "time_one", "sync", "table"]
 
 
 def sync(device):
@@ -142,3 +142,30 @@ def interleaved(fns, device="cpu", repeats=10, warmup=2, number=1, scrub=False, 
 def time_one(fn, device="cpu", repeats=10, warmup=2, number=1, deadline=None):
     """Timed of a single function (the loop of interleaved, for runs with no peer to pair with)."""
     return interleaved([fn], device, repeats, warmup, number, deadline=deadline)[0]
+
+
+def table(rows, columns, markdown=False):
+    """The benchmarks' one table printer. rows: dicts (or anything the getters read); columns:
+    (header, key or callable, format spec) triples, e.g. ("ours ms", "fastconv_ms", ".3f"). A
+    missing or None value prints "-"; numbers are right-aligned, text left-aligned. markdown=True
+    writes a Markdown table (the demo's report), otherwise aligned plain text."""
+    def cell(row, get, spec):
+        v = get(row) if callable(get) else (row.get(get) if isinstance(row, dict) else getattr(row, get, None))
+        if v is None:
+            return "-", True
+        if isinstance(v, str):
+            return v, False
+        return format(v, spec), True
+
+    cells = [[cell(r, get, spec) for _, get, spec in columns] for r in rows]
+    heads = [h for h, _, _ in columns]
+    if markdown:
+        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+        lines += ["| " + " | ".join(text for text, _ in row) + " |" for row in cells]
+        return "\n".join(lines)
+    widths = [max([len(h)] + [len(row[i][0]) for row in cells]) for i, h in enumerate(heads)]
+    right = [any(row[i][1] for row in cells) if cells else False for i in range(len(heads))]
+
+    def line(texts):
+        return " ".join((t.rjust(w) if r else t.ljust(w)) for t, w, r in zip(texts, widths, right)).rstrip()
+    return "\n".join([line(heads)] + [line([text for text, _ in row]) for row in cells])

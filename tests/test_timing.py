@@ -53,3 +53,14 @@ def test_scrub_and_number():
 def test_rejects_no_repeats():
     with pytest.raises(ValueError, match="repeats"):
         interleaved([lambda: None], repeats=0)
+
+
+def test_table_aligns_and_marks_missing():
+    from fastconv.timing import table
+    rows = [{"op": "relu", "ms": 1.23456}, {"op": "max_pool2d", "ms": None}]
+    cols = [("op", "op", ""), ("ours ms", "ms", ".3f"), ("x2", lambda r: r["op"].upper(), "")]
+    text = table(rows, cols).splitlines()
+    assert text[0].split() == ["op", "ours", "ms", "x2"]
+    assert text[1].startswith("relu       ") and "  1.235 " in text[1] and text[2].split()[1] == "-"
+    md = table(rows, cols, markdown=True).splitlines()
+    assert md[0] == "| op | ours ms | x2 |" and md[1] == "|---|---|---|" and md[2] == "| relu | 1.235 | RELU |"
