@@ -10,10 +10,11 @@ Environment:
   FASTCONV_BENCH_DTYPES  comma list of fp16,bf16,fp32,tf32 (default fp16,bf16,fp32)
   FASTCONV_BENCH_BATCH   batch size (default 128; --device cpu 2)
   FASTCONV_BENCH_OUT     folder for bench.json (default $OUT or .)
+  FASTCONV_BENCH_COMPILE 0: no torch.compile peer for the memory-bound ops (it compiles each, seconds apiece)
   FASTCONV_BENCH_BUDGET  seconds: past it, the remaining cases and layers are skipped (and said so),
                          so that an outer timeout never costs the table (default: none)
-Timing: CUDA events around `inner` back-to-back calls after warm-up, median of the samples.
---device cpu runs the CPU kernels with time.perf_counter, few layers and cases, no TF32 / cuDNN /
+Timing: fastconv.timing (CUDA events around back-to-back calls after warm-up, median of the samples).
+--device cpu runs the CPU kernels with the wall clock, few layers and cases, no TF32 / cuDNN /
 allocator poisoning: its numbers mean nothing, it is there so that a Python error does not cost GPU time.
 Correctness of every timed config is checked first against F.conv2d in higher precision.
 The compact table is printed last.
@@ -32,11 +33,12 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from fastconv import _args as A  # noqa: E402
-from fastconv.bench import LAYER_SUITE  # noqa: E402
+from fastconv.bench import LAYER_SUITE, compiled_peer  # noqa: E402
 from fastconv.timing import table, time_one  # noqa: E402
 
 ops = None  # torch.ops.fastconv, bound in main()
 SKIPPED = []  # what the budget cut, named in the table
+COMPILE = os.environ.get("FASTCONV_BENCH_COMPILE", "1") != "0"  # torch.compile peer of the memory-bound ops
 DEADLINE = math.inf  # time.time() past which the remaining work is skipped (FASTCONV_BENCH_BUDGET)
 WGMMA = False  # the build has the wgmma tensor-core forward (sm_90a) and the GPU runs it; set in main()
 DEV = "cuda"  # --device, bound in main()
@@ -507,11 +509,21 @@ def bench_mem(batch, results, chk):
             continue
         t_o, spread = bench(ours)
         t_t, _ = bench(theirs)
-        results.append(dict(part="mem", layer=name, dtype="fp16", ms=t_o, cudnn_ms=t_t, ratio=t_t / t_o,
-                            gbs=nbytes / t_o / 1e6, torch_gbs=nbytes / t_t / 1e6,
-                            copy_pct=100 * nbytes / t_o / 1e6 / COPY_GBS, ok=True, spread=spread))
+        row = dict(part="mem", layer=name, dtype="fp16", ms=t_o, cudnn_ms=t_t, ratio=t_t / t_o,
+                   gbs=nbytes / t_o / 1e6, torch_gbs=nbytes / t_t / 1e6,
+                   copy_pct=100 * nbytes / t_o / 1e6 / COPY_GBS, ok=True, spread=spread)
+        # torch.compile of the same expression, the fair peer of a memory-bound op (the dry run
+        # compiles only the first case, to run the code path)
+        compiled = None
+        if COMPILE and (DEV != "cpu" or name == cases[0][0]) and not out_of_time(
+                f"torch.compile peer of {name}"):
+            compiled = compiled_peer(theirs)
+        if compiled is not None:
+            row["compile_ms"], _ = bench(compiled)
+            row["vs_compile"] = row["compile_ms"] / t_o
+        results.append(row)
         print(f"  mem {name:16s}: ours {t_o:.3f} ms ({nbytes / t_o / 1e6:.0f} GB/s) torch {t_t:.3f} ms "
-              f"ratio {t_t / t_o:.2f}", flush=True)
+              f"ratio {t_t / t_o:.2f}" + (f" compile {row['compile_ms']:.3f} ms" if compiled else ""), flush=True)
     # correctness of the timed memory-bound ops
     chk.check("bench relu", ops.relu_fwd(x), F.relu(x).double(), 0)
     y, i = ops.max_pool2d_fwd(x, [3, 3], [2, 2], [1, 1], [1, 1], False)
@@ -580,7 +592,8 @@ def summary(results, chk):
     if mem:
         lines.append(table(mem, [("memory-bound (fp16 CL)", "layer", ""), ("ours ms", "ms", ".3f"),
                                  ("torch ms", "cudnn_ms", ".3f"), ("GB/s", "gbs", ".0f"), ("%copy", "copy_pct", ".1f"),
-                                 ("ratio", "ratio", ".2f")]))
+                                 ("ratio", "ratio", ".2f"), ("compile ms", "compile_ms", ".3f"),
+                                 ("vs compile", "vs_compile", ".2f")]))
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 
     python benchmarks/pool_eltwise_cpu.py [--threads 2] [--reps 20] [--ops relu,sort,...]
 
-Ours and torch are interleaved (alternating rounds) and the best (or median) time of each is reported, so
-noise from other processes on the machine hits both alike. GB/s counts the bytes an ideal kernel must move
+Ours, torch eager and torch.compile of the same expression (the fair peer of an elementwise chain,
+which eager runs op by op) are interleaved (fastconv.timing) and the best (or median) time of each is
+reported, so noise from other processes on the machine hits all alike. GB/s counts the bytes an ideal kernel must move
 (inputs read once, outputs written once)."""
 import argparse
 import sys
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 
 import fastconv  # noqa: F401  (registers torch.ops.fastconv)
 from fastconv import _C
+from fastconv.bench import compiled_peer
 from fastconv.timing import interleaved, table
 
 ops = torch.ops.fastconv
@@ -108,6 +110,8 @@ def main():
                     help="min is robust when other processes share the cores; median is typical")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                     help="cpu: process CPU time (for --threads 1 on a loaded machine, immune to descheduling)")
+    ap.add_argument("--no-compile", action="store_true",
+                    help="skip the torch.compile peer (the same expression compiled; seconds per op to compile)")
     ap.add_argument("--ops", default=None, help="substring filter on the op names (comma-separated)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -131,14 +135,16 @@ def main():
             y = ours(x)
             ref(x)
             # interleaved, so drifting machine load hits both alike
-            to, tt = interleaved([lambda: ours(x), lambda: ref(x)], repeats=args.rounds * args.reps, warmup=0,
-                                 clock=clock)
-        mo, mt = ((t.min if args.stat == "min" else float(t)) * 1e3 for t in (to, tt))
+            compiled = None if args.no_compile else compiled_peer(lambda: ref(x))
+            to, tt, tc = interleaved([lambda: ours(x), lambda: ref(x), compiled], repeats=args.rounds * args.reps,
+                                     warmup=0, clock=clock)
+        mo, mt, mc = (None if t is None else (t.min if args.stat == "min" else float(t)) * 1e3 for t in (to, tt, tc))
         rows.append(dict(op=name, shape="x".join(map(str, shape)), layout=fmt, ours=mo, torch=mt, ratio=mt / mo,
-                         gbs=nbytes(x, y) / (mo * 1e-3) / 1e9))
+                         gbs=nbytes(x, y) / (mo * 1e-3) / 1e9, compile=mc, vs_compile=mc / mo if mc else None))
         print(f"  {name} {fmt}: {mt / mo:.2f}x", file=sys.stderr, flush=True)
     print(table(rows, [("op", "op", ""), ("shape", "shape", ""), ("layout", "layout", ""), ("ours ms", "ours", ".3f"),
-                       ("torch ms", "torch", ".3f"), ("ratio", "ratio", ".2f"), ("GB/s", "gbs", ".1f")]))
+                       ("torch ms", "torch", ".3f"), ("ratio", "ratio", ".2f"), ("GB/s", "gbs", ".1f"),
+                       ("compile ms", "compile", ".3f"), ("vs compile", "vs_compile", ".2f")]))
 
 
 if __name__ == "__main__":

@@ -105,8 +105,9 @@ def conv_rows(device, dtype, batch, layers, layout, repeats, backward=False):
     return rows
 
 
-def _compiled(fn):
-    """torch.compile(fn), compiled by a first call; None (with one line saying why) where it cannot run."""
+def compiled_peer(fn):
+    """torch.compile(fn), compiled by a first call (the fair peer of a memory-bound op or an elementwise
+    chain, which eager runs op by op); None (with one line saying why) where it cannot run."""
     try:
         c = torch.compile(fn)
         c()
@@ -131,7 +132,7 @@ def memory_rows(device, dtype, quick, repeats, compile_peer=True):
     def add(op, shape, ours, peer, nbytes):
         t_o, t_p = time_pair(ours, peer, device, repeats, scrub=True)
         row = _row(op, shape, t_o, t_p, nbytes, "GB/s")
-        compiled = _compiled(peer) if compile_peer else None
+        compiled = compiled_peer(peer) if compile_peer else None
         if compiled is not None:
             t_o2, t_c = time_pair(ours, compiled, device, repeats, scrub=True)
             row.update(compile_ms=t_c * 1e3, ratio_compile=t_c / t_o2)
