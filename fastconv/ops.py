@@ -561,9 +561,11 @@ def _function(class_name, forward, name, ops):
     def backward_(ctx, *grads):
         return backward(ops, ctx, *grads)
 
+    # generate_vmap_rule: under torch.func.vmap (jacrev, per-sample gradients) the forward runs on
+    # the batched tensors, where the operator's batching (torch's per-example fallback) applies
     return type(class_name, (torch.autograd.Function,),
                 {"forward": staticmethod(forward), "setup_context": staticmethod(setup_context),
-                 "backward": staticmethod(backward_)})
+                 "backward": staticmethod(backward_), "generate_vmap_rule": True})
 
 
 _DIRECT = {}  # (namespace, op name) -> autograd.Function
@@ -611,8 +613,56 @@ def function_autograd(ops, name):
     return _FUNCTIONS[key]
 
 
+# ---------------------------------------------------------------- torch.func.vmap
+# Batching rules. Every operator works per sample along dim 0 (N) of its activations, so a vmap
+# dimension folds into N: (B, N, C, H, W) -> (B*N, C, H, W), one call, then back. That holds when
+# only activations are batched; a batched weight, or an operator that sums over N (the weight and
+# bias gradients, as per-sample gradients ask), runs once per vmap index instead.
+# name -> (argument positions of activations, position of an input-size list or None, reduces over N)
+_VMAP = {
+    "relu_fwd": ((0,), None, False), "relu_bwd": ((0, 1), None, False),
+    "sort_fwd": ((0, 1), None, False), "sort_bwd": ((0, 1, 2), None, False),
+    "max_pool2d_fwd": ((0,), None, False), "max_pool2d_values": ((0,), None, False),
+    "max_pool2d_bwd": ((0, 1), 2, False), "avg_pool2d_fwd": ((0,), None, False),
+    "avg_pool2d_bwd": ((0,), 1, False), "adaptive_avg_pool2d_fwd": ((0,), None, False),
+    "adaptive_avg_pool2d_bwd": ((0,), 1, False), "conv2d_fwd": ((0,), None, False),
+    "conv2d_fused_fwd": ((0, 9), None, False), "conv2d_bwd_input": ((0,), 2, False),
+    "conv2d_bwd_weight": ((0, 1), None, True), "conv2d_bwd_bias": ((0,), None, True),
+}
+
+
+def _vmap_rule(op, name):
+    acts, size_at, reduces = _VMAP[name]
+
+    def rule(info, in_dims, *args):
+        b = info.batch_size
+        in_dims = [d if isinstance(a, torch.Tensor) else None for a, d in zip(args, in_dims)]
+        batched = [i for i, d in enumerate(in_dims) if d is not None]
+        if reduces or any(i not in acts for i in batched):  # once per vmap index
+            outs = [op(*[a if d is None else a.select(d, j) for a, d in zip(args, in_dims)]) for j in range(b)]
+            if isinstance(outs[0], tuple):
+                return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+            return torch.stack(outs), 0
+        args = list(args)
+        n = None
+        for i in acts:  # batch dim first, unbatched activations expanded, then B folded into N
+            if args[i] is None:
+                continue
+            a = args[i].movedim(in_dims[i], 0) if in_dims[i] is not None else args[i].expand(b, *args[i].shape)
+            n = a.shape[1]
+            args[i] = a.reshape(b * a.shape[1], *a.shape[2:])
+        if size_at is not None:
+            args[size_at] = [b * args[size_at][0]] + list(args[size_at][1:])
+        out = op(*args)
+        if isinstance(out, tuple):
+            return tuple(o.reshape(b, n, *o.shape[1:]) for o in out), (0,) * len(out)
+        return out.reshape(b, n, *out.shape[1:]), 0
+    return rule
+
+
 def register(namespace):
-    """Register the fakes and autograd formulas above for the operators `namespace` defines."""
+    """Register the fakes, autograd formulas and batching rules above for the operators `namespace`
+    defines."""
     ops = getattr(torch.ops, namespace)
     defined = set(torch._C._dispatch_get_all_op_names())
     for name, fn in _FAKES.items():
@@ -622,6 +672,9 @@ def register(namespace):
         if f"{namespace}::{name}" in defined:
             torch.library.register_autograd(f"{namespace}::{name}", functools.partial(backward, ops),
                                             setup_context=setup)
+    for name in _VMAP:
+        if f"{namespace}::{name}" in defined:
+            torch.library.register_vmap(f"{namespace}::{name}", _vmap_rule(getattr(ops, name), name))
 
 
 if _ext.native_available():
