@@ -10,6 +10,7 @@ SECTIONS = [
                                  "SORTBasicBlock", "SORTBottleneck", "conv_bn_act"]),
     ("fastconv.models", "Models", None),
     ("fastconv.numba", "NumPy / CUDA-array entry points (numba kernels)", None),
+    ("fastconv.onnx", "ONNX export", ["export", "translations"]),
     ("fastconv.timing", "Benchmark timer", None),
 ]
 

@@ -1,4 +1,5 @@
-"""ONNX export of models running fastconv's native operators (torch.onnx.export(..., dynamo=False)):
+"""ONNX export of models running fastconv's native operators, by torch.onnx.export(..., dynamo=False)
+(symbolics registered on import) or by the dynamo exporter with `export()` / `translations()`:
 each operator maps to the standard ONNX operators computing it (Conv, MaxPool, AveragePool,
 GlobalAveragePool, Relu, and SORT as Relu / Mul / Add / Sqrt), so a converted or fused model, SORT
 included, exports as it is. `register()` runs on `import fastconv`; the cases ONNX has no operator
@@ -138,3 +139,95 @@ def register(opset=OPSET):
     """Register the symbolic functions of the fastconv operators with torch.onnx's exporter."""
     for name, fn in SYMBOLICS.items():
         torch.onnx.register_custom_op_symbolic(f"fastconv::{name}", fn, opset)
+
+
+# ---------------------------------------------------------------- the dynamo exporter
+# torch.onnx.export(..., dynamo=True) translates the exported graph with onnxscript functions; the
+# fastconv operators' are below (the same ONNX operators as the symbolics above), passed as
+#     torch.onnx.export(model, args, dynamo=True, custom_translation_table=fastconv.onnx.translations())
+# (or fastconv.onnx.export(model, args, ...), which adds them).
+
+def translations():
+    """{fastconv operator overload: onnxscript function} for torch.onnx.export(dynamo=True)'s
+    custom_translation_table. Needs the onnxscript package (which the dynamo exporter needs anyway)."""
+    from onnxscript import opset17 as op
+
+    def conv(input, weight, bias, stride, padding, dilation, groups):
+        args = (input, weight) if bias is None else (input, weight, bias)
+        return op.Conv(*args, strides=list(stride), pads=_onnx_pads(padding), dilations=list(dilation), group=groups)
+
+    def channel(t):
+        return op.Unsqueeze(t, op.Constant(value_ints=[0, 2, 3]))
+
+    def sort(a, b, mode, eps):
+        p = op.Mul(op.Relu(a), op.Relu(b))
+        if mode == 0:
+            p = op.Sqrt(op.Add(p, op.CastLike(op.Constant(value_float=eps), p)))
+        return op.Add(op.Add(a, b), p)
+
+    def conv2d_fused_fwd(input, weight, bias, stride, padding, dilation, groups, scale, shift, residual, combine,
+                         relu, mode, eps):
+        z = conv(input, weight, None, stride, padding, dilation, groups)
+        if scale is not None:
+            z = op.Mul(z, channel(scale))
+        for t in (shift, bias):
+            if t is not None:
+                z = op.Add(z, channel(t))
+        if combine == COMBINE_ADD:
+            z = op.Add(z, residual)
+        elif combine == COMBINE_SORT:
+            z = sort(residual, z, mode, eps)
+        return op.Relu(z) if relu else z
+
+    def pool_attrs(kernel_size, stride, padding, ceil_mode):
+        return dict(kernel_shape=list(kernel_size), strides=list(stride),
+                    pads=[padding[0], padding[1], padding[0], padding[1]], ceil_mode=int(ceil_mode))
+
+    def max_pool2d_values(input, kernel_size, stride, padding, dilation, ceil_mode):
+        values, _ = op.MaxPool(input, dilations=list(dilation), **pool_attrs(kernel_size, stride, padding, ceil_mode))
+        return values
+
+    def max_pool2d_fwd(input, kernel_size, stride, padding, dilation, ceil_mode):
+        values, indices = op.MaxPool(input, dilations=list(dilation),
+                                     **pool_attrs(kernel_size, stride, padding, ceil_mode))
+        _, flat = op.MaxPool(input, kernel_shape=[1, 1], strides=[1, 1])  # torch's indices: within each plane
+        first = op.Slice(flat, op.Constant(value_ints=[0, 0]), op.Constant(value_ints=[1, 1]),
+                         op.Constant(value_ints=[2, 3]))
+        return values, op.Sub(indices, first)
+
+    def avg_pool2d_fwd(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        if divisor_override is not None:
+            raise RuntimeError("fastconv.onnx: avg_pool2d with divisor_override has no ONNX AveragePool equivalent")
+        return op.AveragePool(input, count_include_pad=int(count_include_pad),
+                              **pool_attrs(kernel_size, stride, padding, ceil_mode))
+
+    def adaptive_avg_pool2d_fwd(input, output_size):
+        out = list(output_size)
+        if out == [1, 1]:
+            return op.GlobalAveragePool(input)
+        sizes = list(input.shape)[2:] if input.shape is not None else [None, None]
+        if any(not isinstance(s, int) for s in sizes) or any(i % o and o % i for i, o in zip(sizes, out)):
+            raise RuntimeError(f"fastconv.onnx: adaptive_avg_pool2d to {out} from {sizes} has no ONNX equivalent "
+                               "(output sizes must divide the static input sizes, or be multiples of them)")
+        kernel = [i // o if i % o == 0 else 1 for i, o in zip(sizes, out)]
+        y = op.AveragePool(input, kernel_shape=kernel, strides=kernel) if kernel != [1, 1] else input
+        scales = [float(o // i) if i % o else 1.0 for i, o in zip(sizes, out)]
+        if scales != [1.0, 1.0]:
+            y = op.Resize(y, None, op.Constant(value_floats=[1.0, 1.0] + scales), mode="nearest",
+                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return y
+
+    fns = dict(conv2d_fwd=conv, conv2d_fused_fwd=conv2d_fused_fwd, max_pool2d_values=max_pool2d_values,
+               max_pool2d_fwd=max_pool2d_fwd, avg_pool2d_fwd=avg_pool2d_fwd,
+               adaptive_avg_pool2d_fwd=adaptive_avg_pool2d_fwd, relu_fwd=lambda input: op.Relu(input),
+               sort_fwd=sort)
+    assert set(fns) == set(SYMBOLICS)  # one list of exportable operators for both exporters
+    return {getattr(torch.ops.fastconv, name).default: fn for name, fn in fns.items()}
+
+
+def export(model, args, f=None, **kwargs):
+    """torch.onnx.export(model, args, f, dynamo=True, ...) with the fastconv operators' translations
+    added to any custom_translation_table given; returns the ONNXProgram."""
+    table = dict(translations())
+    table.update(kwargs.pop("custom_translation_table", None) or {})
+    return torch.onnx.export(model, args, f, dynamo=True, custom_translation_table=table, **kwargs)

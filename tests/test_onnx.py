@@ -1,5 +1,6 @@
-"""ONNX export (torch.onnx.export, dynamo=False) of models on fastconv's native operators: the graph
-holds standard ONNX operators only, and ONNX's reference evaluator reproduces torch's outputs."""
+"""ONNX export of models on fastconv's native operators, by both exporters (torch.onnx.export with
+dynamo=False, and dynamo=True through fastconv.onnx.export's translations): the graph holds standard
+ONNX operators only, and ONNX's reference evaluator reproduces torch's outputs."""
 import io
 
 import pytest
@@ -7,17 +8,25 @@ import torch
 import torchvision
 
 import fastconv
+import fastconv.onnx
 from fastconv import _ext
 
 onnx = pytest.importorskip("onnx")
 pytestmark = pytest.mark.skipif(not _ext.native_available(), reason="native extension not built")
 
 
-def _export(model, *xs):
+EXPORTERS = ["torchscript", "dynamo"]
+
+
+def _export(exporter, model, *xs):
     from onnx.reference import ReferenceEvaluator
-    f = io.BytesIO()
-    torch.onnx.export(model, xs, f, dynamo=False, opset_version=17)
-    m = onnx.load_from_string(f.getvalue())
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+        m = fastconv.onnx.export(model, xs, verbose=False).model_proto
+    else:
+        f = io.BytesIO()
+        torch.onnx.export(model, xs, f, dynamo=False, opset_version=17)
+        m = onnx.load_from_string(f.getvalue())
     assert all(n.domain in ("", "ai.onnx") for n in m.graph.node), {n.domain for n in m.graph.node}
     feeds = {i.name: x.numpy() for i, x in zip(m.graph.input, xs)}
     return [torch.from_numpy(o) for o in ReferenceEvaluator(m).run(None, feeds)]
@@ -37,8 +46,9 @@ class Pools(torch.nn.Module):
         return y, idx, z, F.adaptive_avg_pool2d(z, (3, 1)), s
 
 
+@pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("name", ["resnet18_fused", "sort_resnet20_fused", "alexnet_sort", "pools"])
-def test_export_matches_torch(name):
+def test_export_matches_torch(name, exporter):
     torch.manual_seed(0)
     if name == "resnet18_fused":
         model, x = fastconv.convert(torchvision.models.resnet18(num_classes=5).eval()), torch.randn(1, 3, 32, 32)
@@ -52,15 +62,16 @@ def test_export_matches_torch(name):
         want = model(x)
     want = list(want) if isinstance(want, tuple) else [want]
     if name == "pools":  # ONNX's reference evaluator numbers MaxPool indices its own way: compare the
-        want[1] = _export(Pools(torch.nn.functional), x)[1]  # indices with torch's own export there
-    for a, b in zip(_export(model, x), want):
+        want[1] = _export(exporter, Pools(torch.nn.functional), x)[1]  # indices with torch's own export there
+    for a, b in zip(_export(exporter, model, x), want):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * max(1.0, b.abs().max().item()), check_dtype=False)
 
 
-def test_export_refuses_what_onnx_cannot_express():
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_export_refuses_what_onnx_cannot_express(exporter):
     class Div(torch.nn.Module):
         def forward(self, x):
             return fastconv.avg_pool2d(x, 2, divisor_override=3)
 
     with pytest.raises(Exception, match="divisor_override"):
-        _export(Div(), torch.randn(1, 2, 4, 4))
+        _export(exporter, Div(), torch.randn(1, 2, 4, 4))
