@@ -21,7 +21,6 @@ The compact table is printed last.
 """
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from fastconv import _args as A  # noqa: E402
-from fastconv.bench import LAYER_SUITE, compiled_peer  # noqa: E402
+from fastconv.bench import LAYER_SUITE, compiled_peer, write_results  # noqa: E402
 from fastconv.timing import table, time_one  # noqa: E402
 
 ops = None  # torch.ops.fastconv, bound in main()
@@ -667,8 +666,7 @@ def main():
         print(f"[{part}] {time.time() - t:.1f} s", flush=True)
     try:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "bench.json"), "w") as f:
-            json.dump(dict(results=results, checks=chk.rows), f, indent=1, default=str)
+        write_results(os.path.join(out_dir, "bench.json"), DEV, results=results, checks=chk.rows)
     except OSError as exc:  # the table below still has the numbers
         print(f"bench.json not written: {exc}", flush=True)
     print(f"total {time.time() - t0:.1f} s\n")

@@ -10,10 +10,10 @@
   python3 benchmarks/gpu_models.py [--parts models,sort_cost,sort_block] [--batch 256] [--quick]
   python3 benchmarks/gpu_models.py --device cpu --quick     # a smoke run of every code path
 
-Timing: fastconv.timing.interleaved (CUDA events after warm-up; the wall clock on the CPU), median. The table is printed last; JSON goes to $OUT/models.json.
+Timing: fastconv.timing.interleaved (CUDA events after warm-up; the wall clock on the CPU), median. The
+table is printed last; JSON (with the machine) goes to $OUT/models.json.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from fastconv import demo  # noqa: E402
+from fastconv.bench import write_results  # noqa: E402
 from fastconv.timing import interleaved, time_one  # noqa: E402
 
 
@@ -194,8 +195,7 @@ def main(argv=None):
         print(f"[{part}] {time.time() - t:.1f} s", flush=True)
     out = os.environ.get("OUT", ".")
     try:
-        with open(os.path.join(out, "models.json"), "w") as f:
-            json.dump(dict(device=str(args.device), torch=torch.__version__, rows=rows), f, indent=1, default=str)
+        write_results(os.path.join(out, "models.json"), args.device, rows=rows)
     except OSError:
         pass
     print(f"total {time.time() - t0:.1f} s\n")

@@ -12,13 +12,11 @@ On a shared machine use --threads 1: with more threads than free cores every par
 for its threads to be scheduled and all three implementations time at the scheduler's quantum.
 """
 import argparse
-import json
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
 import torch.nn.functional as TF
@@ -27,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import fastconv  # noqa: E402
 from fastconv import backends  # noqa: E402
-from fastconv.bench import LAYER_SUITE  # noqa: E402
+from fastconv.bench import LAYER_SUITE, write_results  # noqa: E402
 from fastconv.timing import interleaved, table  # noqa: E402
 
 # the layers of the one suite (fastconv.bench.LAYER_SUITE) this comparison runs
@@ -186,7 +184,7 @@ def main():
                              ("numba/torch", ratio("numba_s", "torch_s"), "")]))
     rows += timed_rows
     if args.json:
-        pathlib.Path(args.json).write_text(json.dumps(rows, indent=1))
+        write_results(args.json, args.device, rows=rows)
 
 
 if __name__ == "__main__":

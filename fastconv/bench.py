@@ -80,6 +80,14 @@ def machine_info(device):
     return info
 
 
+def write_results(path, device, **payload):
+    """Write a benchmark's results as JSON with what they were measured on: the time, the command
+    line and machine_info(device) (CPU, threads, versions, fastconv build), then the payload."""
+    with open(path, "w") as f:
+        json.dump({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
+                   "machine": machine_info(device), **payload}, f, indent=1, default=str)
+
+
 def conv_rows(device, dtype, batch, layers, layout, repeats, backward=False):
     rows = []
     fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
@@ -319,8 +327,5 @@ def main(args):
         if sel:
             print(f"geomean ratio {prefix}: {geomean(sel):.2f}x over {len(sel)} layers (min {min(sel):.2f}x)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv[1:],
-                       "machine": machine_info(device), "info": info, "torch": torch.__version__, "device": device,
-                       "rows": rows}, f, indent=1)
+        write_results(args.json, device, info=info, rows=rows)
     return 0

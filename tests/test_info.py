@@ -77,14 +77,17 @@ def test_gpu_scripts_smoke_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "benchmarks/gpu_models.py", "--device", "cpu", "--quick", "--models", "alexnet"],
                           capture_output=True, text=True, timeout=600, cwd=root, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = json.loads((tmp_path / "models.json").read_text())["rows"]
+    data = json.loads((tmp_path / "models.json").read_text())
+    assert data["machine"]["cpu"] and data["time"]
+    rows = data["rows"]
     assert {r["part"] for r in rows} == {"models", "sort_cost", "sort_block"}
     assert all(r.get("logits_agree", True) and r.get("agree", True) for r in rows)
     proc = subprocess.run([sys.executable, "benchmarks/numba_bench.py", "--quick", "--no-first-call", "--no-backward",
                            "--repeats", "1", "--json", str(tmp_path / "numba.json")],
                           capture_output=True, text=True, timeout=600, cwd=root, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert any(r.get("op") == "relu" for r in json.loads((tmp_path / "numba.json").read_text()))
+    data = json.loads((tmp_path / "numba.json").read_text())
+    assert data["machine"]["torch"] == torch.__version__ and any(r.get("op") == "relu" for r in data["rows"])
 
 
 @pytest.mark.slow
@@ -109,6 +112,7 @@ def test_gpu_bench_dry_run_on_cpu(tmp_path):
     assert m and m.group(1) == m.group(2) and int(m.group(2)) > 100, log
     assert "memory-bound" in proc.stdout and "Traceback" not in proc.stderr, log
     d = json.loads((tmp_path / "bench.json").read_text())
+    assert d["machine"]["cpu"] and d["time"]
     assert {r["part"] for r in d["results"]} == {"fwd", "bwd", "mem"}
     assert all(r["ok"] for r in d["results"]) and all(c[3] for c in d["checks"])
     assert any(r["layer"] == "conv1x1+sort+relu" for r in d["results"])  # the fused part
