@@ -11,6 +11,7 @@ SECTIONS = [
     ("fastconv.models", "Models", None),
     ("fastconv.numba", "NumPy / CUDA-array entry points (numba kernels)", None),
     ("fastconv.onnx", "ONNX export", ["export", "translations"]),
+    ("fastconv.tolerance", "Tolerance model of the checks", None),
     ("fastconv.timing", "Benchmark timer", None),
 ]
 

@@ -16,12 +16,9 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from fastconv import _cli
+from fastconv import _cli, tolerance
 
-# Error allowed relative to the reference's largest magnitude (+1), per computation dtype; gradients
-# (longer reductions) get GRAD_FACTOR times that. float32 covers Winograd's rounding (~1e-5).
-TOL = {torch.float64: 1e-9, torch.float32: 2e-4, "tf32": 5e-3, torch.float16: 5e-3, torch.bfloat16: 3e-2}
-GRAD_FACTOR = 4
+
 
 
 def _layout(t, kind):
@@ -35,26 +32,22 @@ def _layout(t, kind):
     return t.contiguous()
 
 
-def _err(got, ref):
-    """Largest |got - ref| over the reference's scale; inf when NaN or infinity positions differ."""
-    got, ref = got.detach().cpu().double(), ref.detach().cpu().double()
+def _err(got, ref, dtype, reduction):
+    """The error over what fastconv.tolerance allows, at the reference's scale (inputs of every
+    magnitude, rounded before the sums)."""
     if got.shape != ref.shape:
         return math.inf
-    same = (got == ref) | (torch.isnan(got) & torch.isnan(ref))
-    if (torch.isnan(got) != torch.isnan(ref)).any() or (torch.isinf(got) != torch.isinf(ref)).any():
-        return math.inf
-    finite = torch.isfinite(ref)
-    scale = ref[finite].abs().max().item() + 1 if finite.any() else 1.0
-    diff = (got - ref).abs()[~same]
-    return diff.max().item() / scale if diff.numel() else 0.0
+    return tolerance.excess(got, ref, dtype, reduction, tolerance.output_scale(ref))
 
 
 class _Case:
     """Inputs made once in float64, rounded to `dtype`; `ours` are on the device in their layouts and
     collect gradients, `refs` are float64 CPU copies of the same values."""
 
-    def __init__(self, rng, dtype, device, shapes, grad=True):
-        self.gen, self.grad = rng["gen"], grad
+    def __init__(self, rng, dtype, device, shapes, grad=True, reduction=1, grad_reduction=None):
+        # the longest sums behind an output element and behind each input's gradient
+        self.gen, self.grad, self.reduction = rng["gen"], grad, reduction
+        self.grad_reduction = grad_reduction or [reduction] * len(shapes)
         self.ours, self.refs = [], []
         for shape in shapes:
             if shape is None:
@@ -66,21 +59,22 @@ class _Case:
             self.refs.append(base.double().clone().requires_grad_(grad))  # its own leaf, whatever the dtype
             self.ours.append(_layout(base.to(device), kind).requires_grad_(grad))
 
-    def compare(self, run, reference, tol):
-        """Worst error / tolerance over the output(s) and, with gradients, every input gradient."""
+    def compare(self, run, reference, dtype):
+        """Worst error / tolerance over the output(s) and, with gradients, every input gradient
+        (dtype: the computation's, or "tf32")."""
         out = run(*self.ours)
         ref = reference(*self.refs)
         outs = out if isinstance(out, tuple) else (out,)
         refs = ref if isinstance(ref, tuple) else (ref,)
-        worst = max(_err(o, r) for o, r in zip(outs, refs)) / tol
+        worst = max(_err(o, r, dtype, self.reduction) for o, r in zip(outs, refs))
         if not self.grad or not torch.isfinite(refs[0]).all():  # no gradient through -inf windows
             return worst
         g = torch.randn(refs[0].shape, dtype=torch.float64, generator=self.gen).to(outs[0].dtype)
         outs[0].backward(g.to(outs[0].device))
         refs[0].backward(g.double())
-        for o, r in zip(self.ours, self.refs):
+        for o, r, length in zip(self.ours, self.refs, self.grad_reduction):
             if o is not None and r.grad is not None:  # a missing gradient of ours fails
-                worst = max(worst, math.inf if o.grad is None else _err(o.grad, r.grad) / (tol * GRAD_FACTOR))
+                worst = max(worst, math.inf if o.grad is None else _err(o.grad, r.grad, dtype, length))
         return worst
 
 
@@ -112,10 +106,22 @@ def _conv_geometry(r):
         return g
 
 
+def _conv_reductions(g, n_inputs):
+    """The longest sums behind a convolution's results: (an output element: C/groups * R * S terms;
+    per input, its gradient: K/groups * R * S for the input, N * P * Q for the weight and every
+    per-channel vector, the residual's none)."""
+    k, cg, r, s = g["w"]
+    n, _, p, q = g["y"]
+    per_input = [k // g["groups"] * r * s] + [n * p * q] * (n_inputs - 1)
+    if n_inputs == 6:  # conv2d_fused's residual: elementwise
+        per_input[-1] = 1
+    return dict(reduction=cg * r * s, grad_reduction=per_input)
+
+
 def _conv(rng, dtype, device):
     g = _conv_geometry(rng["py"])
     bias = (g["w"][0],) if rng["py"].random() < 0.5 else None
-    case = _Case(rng, dtype, device, [g["x"], g["w"], bias])
+    case = _Case(rng, dtype, device, [g["x"], g["w"], bias], **_conv_reductions(g, 3))
     args = (g["stride"], g["padding"], g["dilation"], g["groups"])
     return case, (lambda x, w, b: fastconv.conv2d(x, w, b, *args)), (lambda x, w, b: F.conv2d(x, w, b, *args))
 
@@ -132,7 +138,8 @@ def _fused(rng, dtype, device):
     # (by the whole incoming gradient, not by a rounding error): there the outputs alone are compared.
     half = dtype in (torch.float16, torch.bfloat16)
     grad = not (half and (relu or combine == "sort"))
-    case = _Case(rng, dtype, device, [g["x"], g["w"], *vec, g["y"] if combine else None], grad)
+    case = _Case(rng, dtype, device, [g["x"], g["w"], *vec, g["y"] if combine else None], grad,
+                 **_conv_reductions(g, 6))
     args = (g["stride"], g["padding"], g["dilation"], g["groups"])
 
     def ours(x, w, b, scale, shift, res):
@@ -191,7 +198,7 @@ def _avg_pool(rng, dtype, device):
     r = rng["py"]
     shape, k, s, p, _, ceil = _pool_args(r, dilation=False)
     cip, div = r.random() < 0.5, r.choice([None, None, 3])
-    case = _Case(rng, dtype, device, [shape])
+    case = _Case(rng, dtype, device, [shape], reduction=k[0] * k[1])
     return (case, lambda x: fastconv.avg_pool2d(x, k, s, p, ceil, cip, div),
             lambda x: F.avg_pool2d(x, k, s, p, ceil, cip, div))
 
@@ -200,7 +207,8 @@ def _adaptive(rng, dtype, device):
     r = rng["py"]
     shape = (r.choice([1, 2]), r.choice([1, 3, 16, 33]), r.randint(1, 20), r.randint(1, 20))
     out = (r.choice([1, 2, 3, 5, 7, None]), r.choice([1, 2, 4, 6]))
-    case = _Case(rng, dtype, device, [shape])
+    window = [-(-i // o) + 1 if o else 1 for i, o in zip(shape[2:], out)]  # the widest window
+    case = _Case(rng, dtype, device, [shape], reduction=window[0] * window[1])
     return case, lambda x: fastconv.adaptive_avg_pool2d(x, out), lambda x: F.adaptive_avg_pool2d(x, out)
 
 
@@ -246,14 +254,14 @@ def run(device="cpu", backend=None, cases=30, seed=0, ops=None, out=sys.stdout):
             for name in ops:
                 for label, dtype, tf32 in _dtypes(device):
                     torch.backends.cudnn.allow_tf32 = tf32
-                    tol = TOL["tf32" if tf32 else dtype]
+                    key = "tf32" if tf32 else dtype
                     gen = torch.Generator().manual_seed(seed)
                     rng = {"py": random.Random(f"{seed}-{name}-{label}"), "gen": gen}
                     worst, failed = 0.0, 0
                     for _ in range(cases):
                         case, ours, reference = OPS[name](rng, dtype, device)
                         try:
-                            e = case.compare(ours, reference, tol)
+                            e = case.compare(ours, reference, key)
                         except Exception as exc:  # a refused valid case is a failure too
                             e = math.inf
                             print(f"  {name} {label}: {type(exc).__name__}: {exc}"[:300], file=out)

@@ -1,33 +1,17 @@
-"""Shared test machinery: devices, CPU code paths (ISA), dtypes with their tolerances (one table),
+"""Shared test machinery: devices, CPU code paths (ISA), dtypes (tolerances: fastconv.tolerance),
 layouts, a verbose comparator and `check_op`, which runs one fastconv op forward and backward and
 compares it with torch.nn.functional and with the NumPy float64 reference (fastconv.reference)."""
 import contextlib
-import math
 
 import numpy as np
 import pytest
 import torch
 
 import fastconv
+from fastconv import tolerance
 
 HALF = (torch.bfloat16, torch.float16)
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
-
-# (atol, rtol) at reduction length 1 (values of magnitude ~1); atol grows with sqrt(reduction length)
-# for all but float64: rounding errors of a sum of L terms grow like sqrt(L) times their size.
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-4, 1e-4),
-    torch.bfloat16: (2e-2, 2e-2),
-    torch.float16: (2e-3, 2e-3),
-}
-
-
-def tol(dtype, reduction=1):
-    atol, rtol = TOLERANCES[dtype]
-    scale = 1.0 if dtype == torch.float64 else max(1.0, math.sqrt(reduction))
-    return atol * scale, rtol
-
 
 # ---------------------------------------------------------------- devices, ISA paths
 CUDA = torch.cuda.is_available()
@@ -118,16 +102,13 @@ def assert_close(actual, expected, dtype, reduction=1, what="output", atol=None,
     a = to_np(actual) if isinstance(actual, torch.Tensor) else np.asarray(actual, dtype=np.float64)
     e = to_np(expected) if isinstance(expected, torch.Tensor) else np.asarray(expected, dtype=np.float64)
     assert a.shape == e.shape, f"{what}: shape {a.shape} != expected {e.shape}"
-    d_atol, d_rtol = tol(dtype, reduction)
+    d_atol, d_rtol = tolerance.tol(dtype, reduction)  # the one tolerance model
     atol = d_atol if atol is None else atol
     rtol = d_rtol if rtol is None else rtol
+    bad, err = (t.numpy() for t in tolerance.mismatches(torch.from_numpy(a), torch.from_numpy(e), atol, rtol))
     nan_a, nan_e = np.isnan(a), np.isnan(e)
     inf_a, inf_e = np.isinf(a), np.isinf(e)
     finite = ~(nan_a | nan_e | inf_a | inf_e)
-    with np.errstate(invalid="ignore"):
-        bad = (nan_a != nan_e) | (inf_a != inf_e) | (inf_a & inf_e & (np.sign(a) != np.sign(e)))
-        err = np.where(finite, np.abs(a - e), 0.0)
-        bad |= finite & (err > atol + rtol * np.abs(e))
     if not bad.any():
         return
     idx = np.argwhere(bad)

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import HALF
+from fastconv import tolerance
 
 pytestmark = pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="no C++ compiler")
 
 DT = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 TENSOR_CORE = 0  # fastconv::cuda::ConvPath::kTensorCore
 GUARD = 24       # elements fenced on each side of every output
 SEEDS = range(int(os.environ.get("FASTCONV_EMU_SEEDS", "4")))  # random batches per test; more for a deeper sweep
@@ -86,12 +86,10 @@ def leaf(t):
     return t.detach().double().clone().requires_grad_()
 
 
-def assert_close(got, ref, dtype, what):
-    got, ref = got.double(), ref.double()
-    assert not (torch.isnan(got) ^ torch.isnan(ref)).any(), f"{what}: NaN where the reference has none (or none where it has)"
-    same = (torch.isnan(got) & torch.isnan(ref)) | (got == ref)  # NaN for NaN, and equal infinities
-    err = ((got - ref).abs() / (1 + ref.abs()))[~same]
-    assert err.numel() == 0 or err.max().item() <= TOL[dtype], f"{what}: max rel err {err.max().item():.3g}"
+def assert_close(got, ref, dtype, what, reduction=1, scale=1.0, atol=None):
+    """fastconv.tolerance's model (dtype may be "tf32"; scale: see output_scale)."""
+    e = tolerance.excess(got, ref, dtype, reduction, scale, atol=atol, rtol=None if atol is None else 0.0)
+    assert e <= 1, f"{what}: error {e:.3g} x the tolerance of {dtype} (reduction length {reduction})"
 
 
 def written(buf, what):
@@ -172,14 +170,16 @@ def test_conv_kernels_emulated(emu, seed):
         out = conv_ref(xr, wr, c)
         ref = epilogue_ref(out.detach(), bias, scale, shift, res, combine, mode, relu)
         written(y, "forward " + info)
-        assert_close(y.t, ref, dt, "forward " + info)
+        n, cg, kh, kw = c["x"][0], c["w"][1], c["w"][2], c["w"][3]
+        npq = n * c["y"][2] * c["y"][3]
+        assert_close(y.t, ref, dt, "forward " + info, reduction=cg * kh * kw)
 
         dy = rand(c["y"], dt, cly)
         out.backward(dy.t.double())
         dx = Buf(c["x"], dt, clx)
         call(emu, "emu_conv_bwd_input", DT[dt], ptr(dy.t), t4(dy.t), ptr(w.t), t4(w.t), ptr(dx.t), t4(dx.t), geo)
         written(dx, "grad_input " + info)
-        assert_close(dx.t, xr.grad, dt, "grad_input " + info)
+        assert_close(dx.t, xr.grad, dt, "grad_input " + info, reduction=c["w"][0] // c["groups"] * kh * kw)
 
         sms = rng.choice([1, 132])  # few SMs: one split; many: the reduction split across blocks
         nbytes = emu.emu_conv_bwd_weight_workspace(DT[dt], t4(x.t), t4(w.t), t4(dy.t), geo, 0, sms)
@@ -188,27 +188,27 @@ def test_conv_kernels_emulated(emu, seed):
         call(emu, "emu_conv_bwd_weight", DT[dt], ptr(dy.t), t4(dy.t), ptr(x.t), t4(x.t), ptr(dw.t), t4(dw.t), geo,
              ptr(ws), 0, sms)
         written(dw, "grad_weight " + info)
-        assert_close(dw.t, wr.grad, dt, "grad_weight " + info)
+        assert_close(dw.t, wr.grad, dt, "grad_weight " + info, reduction=npq)
 
         nbytes = emu.emu_conv_bwd_bias_workspace(DT[dt], t4(dy.t), sms)
         ws = torch.full((nbytes // 4 + 1,), float("nan"), dtype=torch.float32)
         db = Buf((k,), dt)
         call(emu, "emu_conv_bwd_bias", DT[dt], ptr(dy.t), t4(dy.t), ptr(db.t), ptr(ws), sms)
         written(db, "grad_bias " + info)
-        assert_close(db.t, dy.t.double().sum((0, 2, 3)), dt, "grad_bias " + info)
+        assert_close(db.t, dy.t.double().sum((0, 2, 3)), dt, "grad_bias " + info, reduction=npq)
     emu.emu_set_arch(90)
 
 
 # ---------------------------------------------------------------- convolution: tensor cores (WMMA)
 TC_DTYPES = [torch.float16, torch.bfloat16, torch.float32]  # float32 as TF32
-TC_TOL = {torch.float16: 4e-3, torch.bfloat16: 2e-2, torch.float32: 4e-3}
 
 
-def scaled_err(got, ref):
-    """Largest error relative to the output's scale (a rounded operand perturbs every sum alike)."""
-    got, ref = got.double(), ref.double()
-    assert not torch.isnan(got).any(), "NaN (an unwritten element) in the output"
-    return ((got - ref).abs().max() / ref.abs().max().clamp(min=1)).item()
+def tc_check(got, ref, dt, what, reduction, atol=None):
+    """A tensor-core result against float64: the operands are rounded before the sum (float32 as
+    TF32), so the error follows the output's scale (fastconv.tolerance.output_scale)."""
+    scale = tolerance.output_scale(ref)
+    assert_close(got, ref, "tf32" if dt == torch.float32 else dt, what, reduction, scale,
+                 None if atol is None else atol * scale)
 
 
 def tc_conv(emu, dt, xs, ws, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1), groups=1, y_cl=True, epilogue=None,
@@ -225,8 +225,7 @@ def tc_conv(emu, dt, xs, ws, stride=(1, 1), pad=(0, 0, 0, 0), dil=(1, 1), groups
          *[ptr(v.t if v else None) for v in (bias, scale, shift, res)], combine, mode, 0.01, int(relu), tf32, sms)
     ref = epilogue_ref(ref, bias, scale, shift, res, combine, mode, relu)
     written(y, f"tensor-core forward {dt} {xs} {ws}")
-    err = scaled_err(y.t, ref)
-    assert err < (tol or TC_TOL[dt]), f"tensor-core forward {dt} x {xs} w {ws}: error {err:.3g}"
+    tc_check(y.t, ref, dt, f"tensor-core forward {dt} x {xs} w {ws}", ws[1] * ws[2] * ws[3], atol=tol)
     return x, w, y, geo
 
 
@@ -270,8 +269,7 @@ def tc_weight_grad(emu, dt, x, wt, dy, geo, ref, sms, what):
     call(emu, "emu_conv_bwd_weight", DT[dt], ptr(dy.t), t4(dy.t), ptr(x.t), t4(x.t), ptr(dw.t), t4(dw.t), geo,
          ptr(ws), 1, sms)
     written(dw, "tensor-core grad_weight")
-    err = scaled_err(dw.t, ref)
-    assert err < TC_TOL[dt], f"tensor-core grad_weight {dt} {what}: {err:.3g}"
+    tc_check(dw.t, ref, dt, f"tensor-core grad_weight {dt} {what}", dy.t.shape[0] * dy.t.shape[2] * dy.t.shape[3])
 
 
 @pytest.mark.parametrize("dt", TC_DTYPES)
@@ -408,8 +406,7 @@ def test_tensor_core_input_gradient_by_stride_phases(emu, dt, engine):
         dx = Buf((n, cg * groups, h, w), dt, cl)
         input_gradient_by_phases(emu, dt, dy.t, wt.t, dx, stride, (pad[0], pad[0], pad[1], pad[1]), dil, groups)
         written(dx, "tensor-core grad_input")
-        err = scaled_err(dx.t, xr.grad)
-        assert err < TC_TOL[dt], f"tensor-core grad_input {dt} stride {stride} pad {pad} dil {dil}: {err:.3g}"
+        tc_check(dx.t, xr.grad, dt, f"tensor-core grad_input {dt} stride {stride} pad {pad} dil {dil}", kg * r * s)
 
 
 # ---------------------------------------------------------------- pooling

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as TF
 
 import fastconv
+from fastconv import tolerance
 from fastconv import backends
 
 pytest.importorskip("numba")
@@ -27,7 +28,9 @@ def _numba_backend():
 
 
 def tol(dtype):
-    return dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-9, atol=1e-9)
+    """fastconv.tolerance's model, as torch.testing.assert_close's arguments."""
+    atol, rtol = tolerance.tol(dtype)
+    return dict(atol=atol, rtol=rtol)
 
 
 def grads(fn, *inputs, seed=0):
