@@ -132,3 +132,101 @@ def is_channels_last(t):
 
 def memory_format(*ts):
     return torch.channels_last if any(is_channels_last(t) for t in ts) else torch.contiguous_format
+
+
+# ---------------------------------------------------------------- array-level operator arguments
+# The operators' own argument lists (csrc/ops.cpp's schemas: 4-D NCHW arrays or tensors, conv padding
+# (top, bottom, left, right)), as the Python backends receive them.
+
+def conv_out_hw(x, w, stride, padding, dilation):
+    return (conv_out_size(x.shape[2], padding[0], padding[1], dilation[0], w.shape[2], stride[0]),
+            conv_out_size(x.shape[3], padding[2], padding[3], dilation[1], w.shape[3], stride[1]))
+
+
+def pool_out_hw(hw, kernel_size, stride, padding, dilation, ceil_mode):
+    return tuple(pool_out_size(int(hw[i]), kernel_size[i], padding[i], stride[i], dilation[i], ceil_mode)
+                 for i in range(2))
+
+
+def _need(cond, op, msg):
+    if not cond:
+        raise ValueError(f"{op}: {msg}")
+
+
+def _shape(a):
+    return tuple(a.shape)
+
+
+def _check_conv(op, x_shape, w_shape, stride, padding, dilation, groups):
+    """Consistent 4-D conv geometry; returns the output size (P, Q)."""
+    _need(len(x_shape) == 4 and len(w_shape) == 4, op, f"input {x_shape} and weight {w_shape} must be 4-D")
+    _need(len(stride) == 2 and len(padding) == 4 and len(dilation) == 2, op, "stride[2], padding[4], dilation[2]")
+    _need(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0 and groups >= 1, op,
+          f"stride {stride} and dilation {dilation} must be positive, padding {padding} >= 0, groups {groups} >= 1")
+    _need(x_shape[1] == w_shape[1] * groups and w_shape[0] % groups == 0 and min(w_shape) > 0, op,
+          f"input {x_shape}, weight {w_shape} and groups {groups} do not match")
+    pq = (conv_out_size(x_shape[2], padding[0], padding[1], dilation[0], w_shape[2], stride[0]),
+          conv_out_size(x_shape[3], padding[2], padding[3], dilation[1], w_shape[3], stride[1]))
+    _need(min(pq) > 0, op, f"output size {pq} must be positive")
+    return pq
+
+
+def _check_pool(op, shape, kernel_size, stride, padding, dilation):
+    _need(len(shape) == 4 and min(shape[1:]) > 0, op, f"input {shape} must be 4-D with non-zero C, H, W")
+    _need(all(len(v) == 2 for v in (kernel_size, stride, padding, dilation)), op,
+          f"kernel_size {kernel_size}, stride {stride}, padding {padding} and dilation {dilation} must be pairs")
+    _need(min(kernel_size) >= 1 and min(stride) >= 1 and min(dilation) >= 1, op, "sizes must be positive")
+    _need(all(0 <= padding[i] <= kernel_size[i] // 2 for i in range(2)), op,  # torch's rule, dilation or not
+          f"padding {padding} must be in [0, half the kernel size {kernel_size}]")
+
+
+def check_args(name, args, where="fastconv.numba"):
+    """Refuses array-level operator arguments the kernels cannot take (they do no bounds checks), with
+    an error naming `where`.`name`; shared by the Python backends (numba, the NumPy reference). The
+    rules are the public functions' and the native operators' (tests/test_errors.py compares them)."""
+    a0, op = args[0], f"{where}.{name}"
+    if name in ("conv2d_fwd", "conv2d_fused_fwd"):
+        if name == "conv2d_fwd":
+            args = tuple(args) + (None, None, None, 0, False, 0, 0.0)
+        x, w, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu, mode, eps = args
+        p, q = _check_conv(op, _shape(x), _shape(w), stride, padding, dilation, groups)
+        for t, tn in ((bias, "bias"), (scale, "scale"), (shift, "shift")):
+            _need(t is None or _shape(t) == (w.shape[0],), op, f"'{tn}' must have shape ({w.shape[0]},)")
+        _need(combine in (0, 1, 2) and mode in (0, 1), op, f"combine {combine} / mode {mode} out of range")
+        out = (x.shape[0], w.shape[0], p, q)
+        _need(combine == 0 or (residual is not None and _shape(residual) == out), op,
+              f"residual must have the output's shape {out}")
+    elif name in ("conv2d_bwd_input", "conv2d_bwd_weight"):
+        dy, t, size, stride, padding, dilation, groups = args
+        size = tuple(size)
+        xs, ws = (size, _shape(t)) if name == "conv2d_bwd_input" else (_shape(t), size)
+        p, q = _check_conv(op, xs, ws, stride, padding, dilation, groups)
+        _need(_shape(dy) == (xs[0], ws[0], p, q), op, f"grad_out {_shape(dy)} != output shape {(xs[0], ws[0], p, q)}")
+    elif name in ("conv2d_bwd_bias", "max_pool2d_bwd", "avg_pool2d_bwd", "adaptive_avg_pool2d_bwd"):
+        _need(len(a0.shape) == 4, op, f"grad_out must be 4-D, got {_shape(a0)}")
+        if name != "conv2d_bwd_bias":
+            size = tuple(args[2] if name == "max_pool2d_bwd" else args[1])
+            _need(len(size) == 4 and size[:2] == _shape(a0)[:2], op,
+                  f"input_size {size} does not match grad_out {_shape(a0)}")
+        if name == "max_pool2d_bwd":
+            idx = args[1]
+            _need(_shape(idx) == _shape(a0), op, "indices must have grad_out's shape")
+        if name == "avg_pool2d_bwd":
+            _check_pool(op, size, args[2], args[3], args[4], (1, 1))
+            _need(_shape(a0)[2:] == pool_out_hw(size[2:], *args[2:5], (1, 1), args[5]), op,
+                  "grad_out does not match the pooled size")
+    elif name in ("max_pool2d_fwd", "max_pool2d_values"):
+        _check_pool(op, _shape(a0), *args[1:5])
+        _need(min(pool_out_hw(_shape(a0)[2:], *args[1:6])) > 0, op, "the pooled size must be positive")
+    elif name == "avg_pool2d_fwd":
+        _check_pool(op, _shape(a0), *args[1:4], (1, 1))
+        _need(min(pool_out_hw(_shape(a0)[2:], *args[1:4], (1, 1), args[4])) > 0, op,
+              "the pooled size must be positive")
+    elif name == "adaptive_avg_pool2d_fwd":
+        _need(len(a0.shape) == 4 and min(_shape(a0)[2:]) > 0 and len(args[1]) == 2 and min(args[1]) >= 1, op,
+              f"input {_shape(a0)} must be 4-D with non-zero H, W and output_size {args[1]} positive")
+    else:  # elementwise
+        arrays = [a for a in args if not isinstance(a, (int, float))]
+        _need(all(_shape(a) == _shape(a0) for a in arrays), op, "arrays must have the same shape")
+        if name.startswith("sort"):
+            _need(args[-2] in (0, 1), op, f"mode {args[-2]} must be 0 (sqrt) or 1 (product)")

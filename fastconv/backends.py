@@ -118,8 +118,9 @@ def _load_numba():
         import numba  # noqa: F401
     except ImportError as exc:
         raise RuntimeError(f"fastconv: backend 'numba' needs the numba package ({exc}); pip install numba") from exc
-    from fastconv.numba import kernels, torch_ops
-    return torch_ops.define("fastconv_numba", kernels, torch_ops.numba_compute_dtype)
+    from fastconv import pyops
+    from fastconv.numba import kernels
+    return pyops.define("fastconv_numba", kernels, pyops.numba_compute_dtype)
 
 
 def _load_reference():
@@ -128,9 +129,8 @@ def _load_reference():
 
     import torch
 
-    from fastconv import reference
-    from fastconv.numba import kernels, torch_ops
-    impl = {name: getattr(reference, name, None) for name in torch_ops.SCHEMAS}
+    from fastconv import _args, pyops, reference
+    impl = {name: getattr(reference, name, None) for name in pyops.SCHEMAS}
     impl["conv2d_fused_fwd"] = impl["conv2d_fused_fwd"] or getattr(reference, "conv2d_fused", None)
     missing = [name for name, fn in impl.items() if fn is None]
     if missing:
@@ -139,11 +139,11 @@ def _load_reference():
     def checked(name, fn):  # the operators refuse what the reference functions assume away, as numba's do
         @functools.wraps(fn)
         def op(*args):
-            kernels.check_args(name, args, "fastconv.reference")
+            _args.check_args(name, args, "fastconv.reference")
             return fn(*args)
         return op
     impl = {name: checked(name, fn) for name, fn in impl.items()}
-    return torch_ops.define("fastconv_reference", types.SimpleNamespace(**impl), lambda dtype: torch.float64,
+    return pyops.define("fastconv_reference", types.SimpleNamespace(**impl), lambda dtype: torch.float64,
                             host=True)
 
 

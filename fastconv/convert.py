@@ -185,14 +185,10 @@ def empty_cache():
     """Free the blocks of released CPU outputs that fastconv keeps to serve later outputs without page
     faults (at most FASTCONV_OUTPUT_CACHE_MB, default 256 MB, for the native and for the numba
     backend; 0 turns the caches off)."""
-    import sys
-
-    from fastconv import _ext
+    from fastconv import _ext, _outputs
     if _ext.native_available():
         _ext._C.clear_output_cache()
-    numba_kernels = sys.modules.get("fastconv.numba.kernels")
-    if numba_kernels is not None:
-        numba_kernels.OUTPUTS.clear()
+    _outputs.OUTPUTS.clear()
 
 
 def fuse(model, *, inplace=True):

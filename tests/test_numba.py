@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as TF
 
 import fastconv
-from fastconv import tolerance
+from fastconv import _outputs, tolerance
 from fastconv import backends
 
 pytest.importorskip("numba")
@@ -401,9 +401,8 @@ def test_numpy_entry_points():
 def test_output_pool(monkeypatch):
     """Output blocks of 1 MB and more are reused once nothing refers to them, never while a tensor or
     an array made from them lives; the limit holds and empty_cache frees the idle blocks."""
-    from fastconv.numba import kernels
-    pool = kernels._OutputPool()
-    monkeypatch.setattr(kernels, "OUTPUTS", pool)
+    pool = _outputs.OutputPool()
+    monkeypatch.setattr(_outputs, "OUTPUTS", pool)
     pool.limit = 8 << 20
     x = randn(1, 16, 128, 128)  # 1 MB
     a = fastconv.relu(x)
@@ -418,9 +417,9 @@ def test_output_pool(monkeypatch):
     d = fastconv.sort(x, -x)
     assert d.data_ptr() == ptr  # reused, fully overwritten
     torch.testing.assert_close(d, torch_sort(x, -x))
-    arr = kernels._empty((4, 1 << 18), np.float32)  # NumPy callers of fastconv.numba get pooled arrays too
+    arr = _outputs.empty((4, 1 << 18), np.float32)  # NumPy callers of fastconv.numba get pooled arrays too
     assert pool.bytes <= pool.limit
-    big = [kernels._empty((1 << 20,), np.float32) for _ in range(3)]  # 12 MB more than the limit allows
+    big = [_outputs.empty((1 << 20,), np.float32) for _ in range(3)]  # 12 MB more than the limit allows
     assert pool.bytes <= pool.limit and all(b_.shape == (1 << 20,) for b_ in big)
     del b, c, d, arr, big
     fastconv.empty_cache()
@@ -466,9 +465,9 @@ def test_against_numpy_reference(op):
 def test_schemas_match_native():
     if not backends.available("native"):
         pytest.skip("native extension not built")
-    from fastconv.numba.torch_ops import SCHEMAS
+    from fastconv.pyops import SCHEMAS
     native_ops = {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("fastconv::")}
-    assert native_ops == set(SCHEMAS), "csrc/ops.cpp and fastconv/numba/torch_ops.py define different operators: " \
+    assert native_ops == set(SCHEMAS), "csrc/ops.cpp and fastconv/pyops.py define different operators: " \
         f"{sorted(native_ops ^ set(SCHEMAS))}"  # both directions: an operator added to one table alone
     for name in SCHEMAS:
         native = getattr(torch.ops.fastconv, name).default._schema

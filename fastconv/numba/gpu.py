@@ -19,7 +19,8 @@ if not hasattr(np, "row_stack"):  # numba-cuda 0.30 still calls np.row_stack, re
 
 from numba import config, cuda  # noqa: E402
 
-from fastconv.numba.kernels import conv_out_hw, pool_out_hw, sort_bwd_eps  # noqa: E402
+from fastconv._args import conv_out_hw, pool_out_hw  # noqa: E402
+from fastconv.numba.kernels import sort_bwd_eps  # noqa: E402
 
 _T = 16  # conv tile: 16 output channels x 16 output pixels x 16 reduction steps
 # Threads per block of the grid-stride kernels and per reduced element (conv weight/bias gradients);

@@ -7,12 +7,12 @@ import contextlib
 import functools
 import math
 import os
-import sys
 import threading
 
 import numpy as np
 
-from fastconv import _args as A
+from fastconv._args import check_args, conv_out_hw, pool_out_hw
+from fastconv._outputs import empty as _empty, zeros as _zeros
 
 DTYPES = (np.float32, np.float64)
 
@@ -38,89 +38,6 @@ def _dispatch(fn):
     return op
 
 
-def _need(cond, op, msg):
-    if not cond:
-        raise ValueError(f"{op}: {msg}")
-
-
-def _shape(a):
-    return tuple(a.shape)
-
-
-def _check_conv(op, x_shape, w_shape, stride, padding, dilation, groups):
-    """Consistent 4-D conv geometry; returns the output size (P, Q)."""
-    _need(len(x_shape) == 4 and len(w_shape) == 4, op, f"input {x_shape} and weight {w_shape} must be 4-D")
-    _need(len(stride) == 2 and len(padding) == 4 and len(dilation) == 2, op, "stride[2], padding[4], dilation[2]")
-    _need(min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0 and groups >= 1, op,
-          f"stride {stride} and dilation {dilation} must be positive, padding {padding} >= 0, groups {groups} >= 1")
-    _need(x_shape[1] == w_shape[1] * groups and w_shape[0] % groups == 0 and min(w_shape) > 0, op,
-          f"input {x_shape}, weight {w_shape} and groups {groups} do not match")
-    pq = (A.conv_out_size(x_shape[2], padding[0], padding[1], dilation[0], w_shape[2], stride[0]),
-          A.conv_out_size(x_shape[3], padding[2], padding[3], dilation[1], w_shape[3], stride[1]))
-    _need(min(pq) > 0, op, f"output size {pq} must be positive")
-    return pq
-
-
-def _check_pool(op, shape, kernel_size, stride, padding, dilation):
-    _need(len(shape) == 4 and min(shape[1:]) > 0, op, f"input {shape} must be 4-D with non-zero C, H, W")
-    _need(all(len(v) == 2 for v in (kernel_size, stride, padding, dilation)), op,
-          f"kernel_size {kernel_size}, stride {stride}, padding {padding} and dilation {dilation} must be pairs")
-    _need(min(kernel_size) >= 1 and min(stride) >= 1 and min(dilation) >= 1, op, "sizes must be positive")
-    _need(all(0 <= padding[i] <= kernel_size[i] // 2 for i in range(2)), op,  # torch's rule, dilation or not
-          f"padding {padding} must be in [0, half the kernel size {kernel_size}]")
-
-
-def check_args(name, args, where="fastconv.numba"):
-    """Refuses array-level operator arguments the kernels cannot take (they do no bounds checks), with
-    an error naming `where`.`name`; shared by the Python backends (numba, the NumPy reference)."""
-    a0, op = args[0], f"{where}.{name}"
-    if name in ("conv2d_fwd", "conv2d_fused_fwd"):
-        if name == "conv2d_fwd":
-            args = tuple(args) + (None, None, None, 0, False, 0, 0.0)
-        x, w, bias, stride, padding, dilation, groups, scale, shift, residual, combine, relu, mode, eps = args
-        p, q = _check_conv(op, _shape(x), _shape(w), stride, padding, dilation, groups)
-        for t, tn in ((bias, "bias"), (scale, "scale"), (shift, "shift")):
-            _need(t is None or _shape(t) == (w.shape[0],), op, f"'{tn}' must have shape ({w.shape[0]},)")
-        _need(combine in (0, 1, 2) and mode in (0, 1), op, f"combine {combine} / mode {mode} out of range")
-        out = (x.shape[0], w.shape[0], p, q)
-        _need(combine == 0 or (residual is not None and _shape(residual) == out), op,
-              f"residual must have the output's shape {out}")
-    elif name in ("conv2d_bwd_input", "conv2d_bwd_weight"):
-        dy, t, size, stride, padding, dilation, groups = args
-        size = tuple(size)
-        xs, ws = (size, _shape(t)) if name == "conv2d_bwd_input" else (_shape(t), size)
-        p, q = _check_conv(op, xs, ws, stride, padding, dilation, groups)
-        _need(_shape(dy) == (xs[0], ws[0], p, q), op, f"grad_out {_shape(dy)} != output shape {(xs[0], ws[0], p, q)}")
-    elif name in ("conv2d_bwd_bias", "max_pool2d_bwd", "avg_pool2d_bwd", "adaptive_avg_pool2d_bwd"):
-        _need(len(a0.shape) == 4, op, f"grad_out must be 4-D, got {_shape(a0)}")
-        if name != "conv2d_bwd_bias":
-            size = tuple(args[2] if name == "max_pool2d_bwd" else args[1])
-            _need(len(size) == 4 and size[:2] == _shape(a0)[:2], op,
-                  f"input_size {size} does not match grad_out {_shape(a0)}")
-        if name == "max_pool2d_bwd":
-            idx = args[1]
-            _need(_shape(idx) == _shape(a0), op, "indices must have grad_out's shape")
-        if name == "avg_pool2d_bwd":
-            _check_pool(op, size, args[2], args[3], args[4], (1, 1))
-            _need(_shape(a0)[2:] == pool_out_hw(size[2:], *args[2:5], (1, 1), args[5]), op,
-                  "grad_out does not match the pooled size")
-    elif name in ("max_pool2d_fwd", "max_pool2d_values"):
-        _check_pool(op, _shape(a0), *args[1:5])
-        _need(min(pool_out_hw(_shape(a0)[2:], *args[1:6])) > 0, op, "the pooled size must be positive")
-    elif name == "avg_pool2d_fwd":
-        _check_pool(op, _shape(a0), *args[1:4], (1, 1))
-        _need(min(pool_out_hw(_shape(a0)[2:], *args[1:4], (1, 1), args[4])) > 0, op,
-              "the pooled size must be positive")
-    elif name == "adaptive_avg_pool2d_fwd":
-        _need(len(a0.shape) == 4 and min(_shape(a0)[2:]) > 0 and len(args[1]) == 2 and min(args[1]) >= 1, op,
-              f"input {_shape(a0)} must be 4-D with non-zero H, W and output_size {args[1]} positive")
-    else:  # elementwise
-        arrays = [a for a in args if not isinstance(a, (int, float))]
-        _need(all(_shape(a) == _shape(a0) for a in arrays), op, "arrays must have the same shape")
-        if name.startswith("sort"):
-            _need(args[-2] in (0, 1), op, f"mode {args[-2]} must be 0 (sqrt) or 1 (product)")
-
-
 _CPU = []
 
 
@@ -130,77 +47,6 @@ def _cpu():
         from fastconv.numba import cpu
         _CPU.append(cpu)
     return _CPU[0]
-
-
-class _OutputPool:
-    """Memory for the output arrays of 1 MB and more, reused once every array made from a block is
-    gone (torch tensors from torch.from_numpy keep their array, and so the block, alive). Fresh
-    megabytes page-fault on every call -- about 2 us a 4 KB page on these VMs, 1.7 ms for a 3 MB output,
-    longer than ReLU on it -- whenever the C library hands out newly mapped memory, which depends on
-    the heap's history. The native kernels' output cache does the same; FASTCONV_OUTPUT_CACHE_MB
-    bounds both (default 256, 0: off), fastconv.empty_cache() frees the idle blocks."""
-
-    MIN_BYTES = 1 << 20
-
-    def __init__(self):
-        self.blocks = {}  # nbytes -> [uint8 arrays]
-        self.bytes = 0
-        self.lock = threading.Lock()
-        try:
-            self.limit = max(0, int(os.environ.get("FASTCONV_OUTPUT_CACHE_MB", "256"))) << 20
-        except ValueError:
-            self.limit = 256 << 20
-
-    @staticmethod
-    def _idle(blocks, i):
-        return sys.getrefcount(blocks[i]) == 2  # the list's reference and the argument's: no array uses it
-
-    def _evict(self, need):
-        for size, blocks in self.blocks.items():
-            for i in range(len(blocks) - 1, -1, -1):
-                if self.bytes + need <= self.limit:
-                    return
-                if self._idle(blocks, i):
-                    del blocks[i]
-                    self.bytes -= size
-
-    def empty(self, shape, dtype):
-        dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes < self.MIN_BYTES or nbytes > self.limit:
-            return np.empty(shape, dtype)
-        with self.lock:
-            blocks = self.blocks.get(nbytes)
-            if blocks is None:
-                blocks = self.blocks[nbytes] = []
-            for i in range(len(blocks)):
-                if self._idle(blocks, i):
-                    return blocks[i].view(dtype).reshape(shape)
-            if self.bytes + nbytes > self.limit:
-                self._evict(nbytes)
-            if self.bytes + nbytes > self.limit:
-                return np.empty(shape, dtype)
-            block = np.empty(nbytes, np.uint8)
-            blocks.append(block)
-            self.bytes += nbytes
-            return block.view(dtype).reshape(shape)
-
-    def clear(self):
-        with self.lock:
-            self._evict(self.limit + 1)
-
-
-OUTPUTS = _OutputPool()
-
-
-def _empty(shape, dtype):
-    return OUTPUTS.empty(tuple(shape), dtype)
-
-
-def _zeros(shape, dtype):
-    a = OUTPUTS.empty(tuple(shape), dtype)
-    a.fill(0)
-    return a
 
 
 _SCRATCH = threading.local()
@@ -249,11 +95,6 @@ def _c(a):
 def _vec(t, like):
     """Optional per-channel vector -> (array, present) with one compiled signature either way."""
     return (_c(t), True) if t is not None else (np.zeros(1, like.dtype), False)
-
-
-def conv_out_hw(x, w, stride, padding, dilation):
-    return (A.conv_out_size(x.shape[2], padding[0], padding[1], dilation[0], w.shape[2], stride[0]),
-            A.conv_out_size(x.shape[3], padding[2], padding[3], dilation[1], w.shape[3], stride[1]))
 
 
 def _conv_geometry(x, w, stride, padding, dilation, groups, P, Q):
@@ -427,11 +268,6 @@ def conv2d_bwd_bias(dy):
 def _planes(a):
     n, c, h, w = a.shape
     return a.reshape(n * c, h, w)
-
-
-def pool_out_hw(hw, kernel_size, stride, padding, dilation, ceil_mode):
-    return tuple(A.pool_out_size(int(hw[i]), kernel_size[i], padding[i], stride[i], dilation[i], ceil_mode)
-                 for i in range(2))
 
 
 def _pool_shape(x, kernel_size, stride, padding, dilation, ceil_mode):
