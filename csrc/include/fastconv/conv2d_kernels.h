@@ -134,8 +134,8 @@ struct DwWgrad {
   T* acc;
 };
 
-// Per-ISA loops besides the micro-kernel: the depthwise loops above (conv2d_depthwise.inc) and the
-// Winograd F(4x4, 3x3) transforms over channels (conv2d_winograd.inc; kv = the path's kKv):
+// Per-ISA loops besides the micro-kernel: the depthwise loops above (conv2d_depthwise_simd.inc) and the
+// Winograd F(4x4, 3x3) transforms over channels (conv2d_winograd_simd.inc; kv = the path's kKv):
 //   wino_input:  v[xi * vs + c] = (B^T d B)[xi], d[i][j] = src[i * sh + j * sw + c], for c < n;
 //   wino_output: out[i * os + j * ps + v] = (A^T m A)[i][j], m[xi] = m[xi * ms + v], for v < kv;
 //   wino_weight: u[xi * us + v] = (G g G^T)[xi], g[r][s] = g[r * sr + s * ss + v], for v < kv;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <functional>
 #include <tuple>
 #include <utility>
 
@@ -13,11 +14,15 @@
 
 namespace fastconv {
 
-// The CPU convolution's cache of packed weights (csrc/cpu/conv2d.cpp): register a weight for it,
-// drop every entry, and its (entries, bytes, limit in bytes).
+// The CPU convolution's cache of packed weights (csrc/cpu/weight_cache.cpp): register a weight for
+// it, drop every entry, and its (entries, bytes, limit in bytes); and the packed form of `weight`
+// for `kind` (size elements), made by pack(out) when missing or stale: an undefined tensor when the
+// weight is not registered.
 void cache_weight(const at::Tensor& weight);
 void clear_weight_cache();
 std::tuple<int64_t, int64_t, int64_t> weight_cache_stats();
+at::Tensor cached_packed_weight(const at::Tensor& weight, int64_t kind, int64_t size, const at::TensorOptions& opts,
+                                const std::function<void(at::Tensor&)>& pack);
 
 // A size limit from the environment: `name` in MB (negative or unparsable: 0), else `dflt_mb`; in bytes.
 inline int64_t env_megabytes(const char* name, int64_t dflt_mb) {
