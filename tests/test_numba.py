@@ -137,8 +137,9 @@ WINOGRAD = [  # (N, C, H, W), K, padding: float32 3x3 stride-1 layers that take 
 @pytest.mark.parametrize("xs,k,padding", WINOGRAD)
 @pytest.mark.parametrize("block", [512, 8])  # 8: blocks of two tile rows, the last one shorter
 def test_conv2d_winograd(xs, k, padding, block, monkeypatch):
-    from fastconv.numba import cpu, kernels
-    monkeypatch.setattr(cpu, "WINO_TILE_BLOCK", block)
+    from fastconv.numba import kernels
+    from fastconv.numba.cpu import winograd
+    monkeypatch.setattr(winograd, "WINO_TILE_BLOCK", block)
     monkeypatch.setattr(kernels, "WINO_MIN_SAVED", 0 if xs[2] < 20 else kernels.WINO_MIN_SAVED)  # small layers too
     x, w, b = randn(*xs), randn(k, xs[1], 3, 3) / (3 * xs[1] ** 0.5), randn(k)
     p, q = TF.conv2d(x, w, None, 1, padding).shape[2:]
@@ -429,9 +430,9 @@ def test_output_pool(monkeypatch):
 
 
 def test_cache_files_written():
-    cache = ROOT / "fastconv" / "numba" / "__pycache__"
-    names = [p.name for p in cache.glob("cpu.*.nbi")]
-    assert any(n.startswith("cpu.conv2d_fwd") for n in names), names
+    cache = ROOT / "fastconv" / "numba" / "cpu" / "__pycache__"
+    names = [p.name for p in cache.glob("*.nbi")]
+    assert any(n.startswith("gemm.conv2d_fwd") for n in names), names
 
 
 REF_CALLS = {
