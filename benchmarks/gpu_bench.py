@@ -322,7 +322,7 @@ def verify(chk, quick=False):
 
 # ---------------------------------------------------------------- conv benchmarks
 def conv_flops(N, C, H, K, R, stride, pad):
-    P = (H + 2 * pad - R) // stride + 1
+    P = A.conv_out_size(H, pad, pad, 1, R, stride)
     return 2.0 * N * K * P * P * C * R * R
 
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as TF
 
 import fastconv
+from fastconv import _args as A
 from fastconv.timing import Timed, interleaved, table
 
 # The layer suite, defined once for every benchmark (fastconv bench, benchmarks/conv2d_cpu.py,
@@ -95,7 +96,7 @@ def conv_rows(device, dtype, batch, layers, layout, repeats, backward=False):
         g = torch.Generator().manual_seed(0)
         x = torch.randn(batch, c, h, h, generator=g).to(device, dtype).contiguous(memory_format=fmt)
         w = (torch.randn(k, c, r, r, generator=g) / (c * r * r) ** 0.5).to(device, dtype).contiguous(memory_format=fmt)
-        out = (h + 2 * p - r) // s + 1
+        out = A.conv_out_size(h, p, p, 1, r, s)
         flops = 2.0 * batch * k * out * out * c * r * r
         if not backward:
             t_o, t_p = time_pair(lambda: fastconv.conv2d(x, w, None, s, p), lambda: TF.conv2d(x, w, None, s, p),

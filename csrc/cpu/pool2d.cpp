@@ -13,20 +13,6 @@ namespace fastconv {
 namespace cpu {
 namespace {
 
-void check_pair(at::IntArrayRef v, const char* name, int64_t minimum) {
-  TORCH_CHECK_VALUE(v.size() == 2, "fastconv: '", name, "' must have 2 elements, got ", v);
-  TORCH_CHECK_VALUE(v[0] >= minimum && v[1] >= minimum, "fastconv: '", name, "' must be ",
-                    minimum == 1 ? "positive" : "non-negative", ", got ", v);
-}
-
-// torch's pooling_output_shape.
-int64_t pool_out(int64_t size, int64_t k, int64_t pad, int64_t stride, int64_t dil, bool ceil_mode) {
-  int64_t num = size + 2 * pad - dil * (k - 1) - 1 + (ceil_mode ? stride - 1 : 0);
-  int64_t out = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1;
-  if (ceil_mode && (out - 1) * stride >= size + pad) --out;
-  return out;
-}
-
 // Input in the layout the kernels take, float32 for the 16-bit types.
 at::Tensor prepare(const at::Tensor& t, at::MemoryFormat fmt) {
   at::Tensor r = as_layout(t, fmt);

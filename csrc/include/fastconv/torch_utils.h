@@ -34,6 +34,21 @@ inline int64_t env_megabytes(const char* name, int64_t dflt_mb) {
 void clear_output_cache();
 std::pair<int64_t, int64_t> output_cache_stats();
 
+// A pooling argument of two values, each >= minimum (the CPU and CUDA hosts' check).
+inline void check_pair(at::IntArrayRef v, const char* name, int64_t minimum) {
+  TORCH_CHECK_VALUE(v.size() == 2, "fastconv: '", name, "' must have 2 elements, got ", v);
+  TORCH_CHECK_VALUE(v[0] >= minimum && v[1] >= minimum, "fastconv: '", name, "' must be ",
+                    minimum == 1 ? "positive" : "non-negative", ", got ", v);
+}
+
+// torch's pooling_output_shape (fastconv/_args.py's pool_out_size is the Python twin).
+inline int64_t pool_out(int64_t size, int64_t k, int64_t pad, int64_t stride, int64_t dil, bool ceil_mode) {
+  const int64_t num = size + 2 * pad - dil * (k - 1) - 1 + (ceil_mode ? stride - 1 : 0);
+  int64_t out = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1;
+  if (ceil_mode && (out - 1) * stride >= size + pad) --out;
+  return out;
+}
+
 // Output memory format the way torch picks it: channels_last when the tensor is laid out
 // channels_last and not (also) NCHW-contiguous.
 inline bool is_channels_last(const at::Tensor& t) {
