@@ -6,13 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from fastconv import backends
-
-BACKENDS = [b for b in ("native", "numba", "reference") if backends.available(b)]
+from conftest import BACKENDS, skip_unless_backend
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
+    skip_unless_backend(request.param, "cpu")
     with fastconv.use_backend(request.param):
         yield request.param
 
