@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import fastconv  # noqa: E402
 from fastconv import demo  # noqa: E402
-from fastconv.bench import write_results  # noqa: E402
+from fastconv.bench import randomize_bn, write_results  # noqa: E402
 from fastconv.timing import interleaved, time_one  # noqa: E402
 
 
@@ -46,7 +46,7 @@ def models(args, rows):
 
 
 def _net(sort, args):
-    return demo._randomize_bn(fastconv.models.resnet50(sort=sort)).to(args.device, args.dtype)
+    return randomize_bn(fastconv.models.resnet50(sort=sort)).to(args.device, args.dtype)
 
 
 def sort_cost(args, rows):
@@ -102,7 +102,7 @@ def sort_block(args, rows):
     than torch.compile of the eager block."""
     from fastconv import nn as fnn
     torch.manual_seed(0)
-    blk = demo._randomize_bn(fnn.SORTBottleneck(256, 64)).to(args.device, args.dtype).eval()
+    blk = randomize_bn(fnn.SORTBottleneck(256, 64)).to(args.device, args.dtype).eval()
     blk = blk.to(memory_format=torch.channels_last)
     fused = fastconv.fuse(blk, inplace=False)
     eps = blk.eps

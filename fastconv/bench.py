@@ -81,6 +81,23 @@ def machine_info(device):
     return info
 
 
+def randomize_bn(model, seed=0):
+    """Give every BatchNorm of `model` non-trivial running statistics and affine parameters (in
+    place; returns the model), so that folding BN into a convolution is really exercised: the
+    benchmarks, the demo and the tests use it on freshly built nets (weights=None)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) * 0.8 + 0.4)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(c, generator=g) * 0.8 + 0.6)
+                    m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+    return model
+
+
 def write_results(path, device, **payload):
     """Write a benchmark's results as JSON with what they were measured on: the time, the command
     line and machine_info(device) (CPU, threads, versions, fastconv build), then the payload."""
@@ -175,12 +192,7 @@ def block_rows(device, dtype, batch, repeats):
     convolution alone, conv2d_fused(combine='sort', relu=True) against conv -> bn -> sort -> relu."""
     from fastconv import nn as fnn
     torch.manual_seed(0)
-    blk = fnn.SORTBottleneck(256, 64).to(device, dtype).eval()
-    with torch.no_grad():
-        for m in blk.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
+    blk = randomize_bn(fnn.SORTBottleneck(256, 64)).to(device, dtype).eval()
     fused = fastconv.fuse(blk, inplace=False)
     eps = blk.eps
     x = torch.randn(batch, 256, 56, 56, device=device, dtype=dtype)

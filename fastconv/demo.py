@@ -17,7 +17,7 @@ import time
 import torch
 
 from fastconv import _cli
-from fastconv.bench import machine_info
+from fastconv.bench import machine_info, randomize_bn
 from fastconv.timing import interleaved, sync, table
 
 BENCH_MODELS = ("resnet18", "resnet50", "alexnet")
@@ -145,23 +145,12 @@ def train_one(name, sort, train, test, epochs, batch, device, seed):
 
 
 # ---------------------------------------------------------------- 2. benchmark
-def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(c, generator=g) * 0.5 + 0.75)
-    return model
-
-
 def bench_model(name, args, dtype):
     import torchvision
 
     import fastconv
     torch.manual_seed(args.seed)
-    ref = _randomize_bn(getattr(torchvision.models, name)(weights=None)).eval()
+    ref = randomize_bn(getattr(torchvision.models, name)(weights=None)).eval()
     ref = ref.to(args.device, dtype)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device, dtype=dtype)
     cuda = args.device.type == "cuda"

@@ -7,7 +7,6 @@ and the gradients of the input and of every parameter.
 
 tests/test_convert_random.py runs a seeded slice of it in CI."""
 import argparse
-import copy
 import random
 import sys
 
@@ -15,6 +14,7 @@ import torch
 import torchvision
 
 import fastconv
+from fastconv.bench import randomize_bn
 
 RN = torchvision.models.resnet
 ACTS = [lambda: torch.nn.ReLU(), lambda: torch.nn.ReLU(inplace=True), torch.nn.ReLU6, lambda: torch.nn.LeakyReLU(0.1),
@@ -49,17 +49,7 @@ class BNAct(torch.nn.BatchNorm2d):
 
 def _randomize(model, rng):
     """Non-trivial BatchNorm statistics and affine parameters."""
-    g = torch.Generator().manual_seed(rng.randrange(1 << 30))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.running_mean is not None:
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) * 0.8 + 0.4)
-                if m.weight is not None:
-                    m.weight.copy_(torch.rand(c, generator=g) * 0.8 + 0.6)
-                    m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-    return model
+    return randomize_bn(model, rng.randrange(1 << 30))
 
 
 def _tv_resnet(rng):

@@ -5,20 +5,7 @@ import torchvision
 
 import fastconv
 from fastconv import nn
-
-
-def randomize_bn(model, seed=0):
-    """Non-trivial BN statistics and affine parameters, so folding BN is really exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) * 0.8 + 0.4)
-                m.weight.copy_(torch.rand(c, generator=g) * 0.8 + 0.6)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-    return model
+from fastconv.bench import randomize_bn  # noqa: F401  (test_models, test_convert, test_model_changes import it from here)
 
 
 def close(actual, expected, rel=1e-4):
