@@ -80,16 +80,10 @@ def _walk(module, blocks, fuse, summary):
             and not isinstance(module, nn.Sequential):
         _adopt(module, nn.Sequential)
     folded = set()
-    if fuse and isinstance(module, nn.Sequential):
-        groups = module.fuse()
-        if groups:
-            summary.fused["Sequential conv groups"] += groups
-            names = list(module._modules)
-            folded = {names[bn] for _, _, bn, _ in module._plan if bn is not None}
-    elif fuse and isinstance(module, nn.Fusable):
-        module.fused = True
-        summary.fused[type(module).__name__] += 1
-        folded = {k for k, v in kept.items() if isinstance(v, torch.nn.BatchNorm2d)}
+    fused = nn.fuse_module(module) if fuse else None
+    if fused:
+        what, count, folded = fused
+        summary.fused[what] += count
     for child_name, child in kept.items():
         if child_name in folded:
             summary.fused["BatchNorm2d (folded)"] += 1
@@ -124,7 +118,7 @@ def convert(model, *, fuse=None, inplace=False, verbose=False, channels_last=Fal
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if fuse:
-        _cache_weights(model)
+        nn.cache_weights(model)
     if verbose:
         print(f"fastconv.convert({type(model).__name__}):\n{summary}")
     return model
@@ -156,18 +150,6 @@ def unconvert(model, *, inplace=False):
         for attr in ("fused", "_plan", "_fastconv_folded", "fastconv_summary"):
             m.__dict__.pop(attr, None)
     return model
-
-
-def _cache_weights(model):
-    """Register the CPU weights of the model's fastconv convolutions for the native packed-weight
-    cache (csrc/cpu/conv2d.cpp): their inference calls then skip repacking while the weight tensor
-    and its version counter are unchanged."""
-    from fastconv import _ext
-    if not _ext.native_available():
-        return
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d) and m.weight.device.type == "cpu" and not m.weight.is_inference():
-            _ext._C.cache_weight(m.weight)
 
 
 def clear_weight_cache():

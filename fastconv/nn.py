@@ -195,6 +195,36 @@ class Fusable(Named):
         return self.fused and not self.training
 
 
+def fuse_module(module):
+    """Turn on the fused inference path of one module, if it has one: a fastconv Sequential with
+    conv -> BN -> ReLU runs, or a Fusable block. Returns (what, count, folded): a label and how many
+    groups were fused, and the names of the BatchNorm children folded into convolutions; None when
+    nothing was fused. (convert and the models' fuse() both go through here.)"""
+    if isinstance(module, Sequential):
+        groups = module.fuse()
+        if not groups:
+            return None
+        names = list(module._modules)
+        return "Sequential conv groups", groups, {names[bn] for _, _, bn, _ in module._plan if bn is not None}
+    if isinstance(module, Fusable):
+        module.fused = True
+        return type(module).__name__, 1, {k for k, v in module.named_children()
+                                          if isinstance(v, torch.nn.BatchNorm2d)}
+    return None
+
+
+def cache_weights(model):
+    """Register the CPU weights of the model's fastconv convolutions for the native packed-weight
+    cache (csrc/cpu/weight_cache.cpp): their inference calls then skip repacking while the weight
+    tensor and its version counter are unchanged."""
+    from fastconv import _ext
+    if not _ext.native_available():
+        return
+    for m in model.modules():
+        if isinstance(m, Conv2d) and m.weight.device.type == "cpu" and not m.weight.is_inference():
+            _ext._C.cache_weight(m.weight)
+
+
 class SORTConv2d(Named, torch.nn.Module):
     """Two parallel convolutions of the same input fused by SORT: sort(branch_a(x), branch_b(x)).
     Drop-in for a Conv2d in chain-style nets (AlexNet-SORT); a following ReLU fuses into branch_b."""

@@ -1,13 +1,15 @@
 import torch
 
-from fastconv.nn import Named
+from fastconv.nn import Named, cache_weights, fuse_module
 
 
 class FusableNet(Named, torch.nn.Module):
     def fuse(self):
         """Turn on the fused inference path of every block (in place; taken in eval mode only)."""
-        from fastconv.convert import fuse
-        return fuse(self)
+        for m in self.modules():
+            fuse_module(m)
+        cache_weights(self)
+        return self
 
 
 def init_resnet(model, zero_init_residual=False):
