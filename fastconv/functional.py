@@ -284,11 +284,33 @@ def adaptive_avg_pool2d(input, output_size):
     return y.squeeze(0) if unbatched else y
 
 
+class _ReluInplace(torch.autograd.Function):
+    """relu(input, inplace=True) where a gradient is recorded: `input` is overwritten and marked
+    dirty, and the backward reads the result, as torch's relu_ (a copy_ onto the input instead left
+    the graph a zeros_like and an add per ReLU, and those lost the gradient's memory format)."""
+
+    @staticmethod
+    def forward(ctx, input):
+        ctx.ops = _ops()
+        with _below_autograd():
+            input.copy_(ctx.ops.relu_fwd(input))
+        ctx.mark_dirty(input)
+        ctx.save_for_backward(input)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _ops_module._AUTOGRAD["relu_fwd"][0](ctx.ops, ctx, grad)
+
+
 def relu(input, inplace=False):
     """ReLU, as torch.nn.functional.relu (inplace writes the result back into `input`)."""
     if _overridden(input):
         return _override(relu, (input,), input, inplace)
     A.check_tensor(input, "input")
+    if inplace and not _no_grad(input) and _plain((input,)) and _fwAD._current_level < 0 \
+            and not torch.compiler.is_compiling():
+        return _ReluInplace.apply(input)
     y = _call("relu_fwd", (input,), input)
     return input.copy_(y) if inplace else y
 

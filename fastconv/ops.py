@@ -128,6 +128,18 @@ def _(grad_out, a, b, mode, eps):
 
 
 # ---------------------------------------------------------------- autograd
+# Gradients take the memory format torch gives them: that of the forward input (of the saved result
+# for ReLU), except adaptive pooling to 1x1 (torch's mean: contiguous). The backward operators lay
+# out their output like their first tensor, so the incoming gradient is brought to that format
+# first (a copy only where it differs: each later op then reads one layout), and an output whose
+# format the operator could not tell (size-1 dimensions) is laid out afterwards.
+def _layout(t, fmt):
+    """t in memory format fmt; a copy only where it is not already."""
+    if t is None or t.dim() != 4 or t.is_contiguous(memory_format=fmt):
+        return t
+    return t.contiguous(memory_format=fmt)
+
+
 def _conv_setup(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups = inputs[:7]
     ctx.save_for_backward(input, weight)
@@ -139,11 +151,13 @@ def _conv_grads(ops, ctx, grad):
     """(grad_input, grad_weight, grad_bias) of a plain convolution given the grad of its output."""
     input, weight = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv
+    fmt = A.memory_format(input, weight)  # torch's: the forward's format, whatever the gradient's
+    grad = _layout(grad, fmt)
     gi = gw = gb = None
     if ctx.needs_input_grad[0]:
-        gi = ops.conv2d_bwd_input(grad, weight, list(input.shape), stride, padding, dilation, groups)
+        gi = _layout(ops.conv2d_bwd_input(grad, weight, list(input.shape), stride, padding, dilation, groups), fmt)
     if ctx.needs_input_grad[1]:
-        gw = ops.conv2d_bwd_weight(grad, input, list(weight.shape), stride, padding, dilation, groups)
+        gw = _layout(ops.conv2d_bwd_weight(grad, input, list(weight.shape), stride, padding, dilation, groups), fmt)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = ops.conv2d_bwd_bias(grad)
     return gi, gw, gb
@@ -187,7 +201,7 @@ def _fused_backward(ops, ctx, grad):
     stride, padding, dilation, groups = ctx.conv
     combine, relu, mode, eps = ctx.fused
     c, z, u = _fused_parts(ops, input, weight, bias, scale, shift, residual, ctx.conv, combine, mode, eps)
-    g = ops.relu_bwd(grad, u) if relu else grad
+    g = ops.relu_bwd(_layout(grad, A.memory_format(u)), u) if relu else grad
     g_res = None
     if combine == 1:
         g_z, g_res = g, g
@@ -214,13 +228,15 @@ _AUTOGRAD["conv2d_fused_fwd"] = (_fused_backward, _fused_setup)
 
 def _max_pool_setup(ctx, inputs, output):
     ctx.input_size = list(inputs[0].shape)
+    ctx.fmt = A.memory_format(inputs[0])
     ctx.save_for_backward(output[1])
     ctx.mark_non_differentiable(output[1])
 
 
 def _max_pool_backward(ops, ctx, grad, _grad_indices):
     (indices,) = ctx.saved_tensors
-    return ops.max_pool2d_bwd(grad, indices, ctx.input_size), None, None, None, None, None
+    dx = ops.max_pool2d_bwd(_layout(grad, ctx.fmt), _layout(indices, ctx.fmt), ctx.input_size)
+    return _layout(dx, ctx.fmt), None, None, None, None, None
 
 
 _AUTOGRAD["max_pool2d_fwd"] = (_max_pool_backward, _max_pool_setup)
@@ -228,11 +244,12 @@ _AUTOGRAD["max_pool2d_fwd"] = (_max_pool_backward, _max_pool_setup)
 
 def _avg_pool_setup(ctx, inputs, output):
     ctx.input_size = list(inputs[0].shape)
+    ctx.fmt = A.memory_format(inputs[0])
     ctx.args = inputs[1:]
 
 
 def _avg_pool_backward(ops, ctx, grad):
-    return (ops.avg_pool2d_bwd(grad, ctx.input_size, *ctx.args),) + (None,) * 6
+    return (_layout(ops.avg_pool2d_bwd(_layout(grad, ctx.fmt), ctx.input_size, *ctx.args), ctx.fmt),) + (None,) * 6
 
 
 _AUTOGRAD["avg_pool2d_fwd"] = (_avg_pool_backward, _avg_pool_setup)
@@ -240,10 +257,12 @@ _AUTOGRAD["avg_pool2d_fwd"] = (_avg_pool_backward, _avg_pool_setup)
 
 def _adaptive_setup(ctx, inputs, output):
     ctx.input_size = list(inputs[0].shape)
+    # torch computes the 1x1 case as a mean, whose gradient is contiguous
+    ctx.fmt = torch.contiguous_format if tuple(output.shape[2:]) == (1, 1) else A.memory_format(inputs[0])
 
 
 def _adaptive_backward(ops, ctx, grad):
-    return ops.adaptive_avg_pool2d_bwd(grad, ctx.input_size), None
+    return _layout(ops.adaptive_avg_pool2d_bwd(_layout(grad, ctx.fmt), ctx.input_size), ctx.fmt), None
 
 
 _AUTOGRAD["adaptive_avg_pool2d_fwd"] = (_adaptive_backward, _adaptive_setup)
@@ -255,7 +274,8 @@ def _relu_setup(ctx, inputs, output):
 
 def _relu_backward(ops, ctx, grad):
     (result,) = ctx.saved_tensors
-    return ops.relu_bwd(grad, result)
+    fmt = A.memory_format(result)
+    return _layout(ops.relu_bwd(_layout(grad, fmt), result), fmt)
 
 
 _AUTOGRAD["relu_fwd"] = (_relu_backward, _relu_setup)
@@ -269,8 +289,8 @@ def _sort_setup(ctx, inputs, output):
 
 def _sort_backward(ops, ctx, grad):
     a, b = ctx.saved_tensors
-    ga, gb = ops.sort_bwd(grad, a, b, *ctx.sort)
-    return ga, gb, None, None
+    ga, gb = ops.sort_bwd(_layout(grad, A.memory_format(a)), a, b, *ctx.sort)
+    return _layout(ga, A.memory_format(a)), _layout(gb, A.memory_format(b)), None, None
 
 
 _AUTOGRAD["sort_fwd"] = (_sort_backward, _sort_setup)
