@@ -19,6 +19,9 @@ CASES = {
     "prime": (1, 5, 13, 11, 7, 3, 5, (2, 1), (1, 2), 1, 1, True),
     "1x1": (2, 7, 5, 6, 3, 1, 1, 1, 0, 1, 1, False),
     "1x1_stride2": (1, 4, 7, 7, 6, 1, 1, 2, 0, 1, 1, True),
+    # channels-last 1x1 weight gradient as one GEMM over the pixels (C >= 16, K a multiple of kv)
+    "1x1_gemm": (3, 40, 21, 19, 64, 1, 1, 1, 0, 1, 1, True),  # >= 1024 pixels
+    "1x1_gemm_stride2": (6, 24, 29, 27, 32, 1, 1, 2, 0, 1, 1, False),
     "11x11": (1, 3, 19, 17, 5, 11, 11, 4, 2, 1, 1, True),
     "stride_gt_kernel": (2, 3, 17, 15, 4, 2, 2, 5, 1, 1, 1, True),
     "dilation": (1, 4, 15, 13, 3, 3, 3, 1, 2, (2, 3), 1, False),
@@ -77,7 +80,29 @@ def test_cases_float64(name, device):
     run_conv(CASES[name], torch.float64, device)
 
 
-LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise"]
+LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise", "1x1_gemm_stride2"]
+
+
+@pytest.mark.parametrize("name", ["1x1_gemm", "1x1_gemm_stride2"])
+@pytest.mark.parametrize("layout", ["channels_last", "x_cl"])
+def test_pointwise_channels_last_isa(name, layout, isa):
+    run_conv(CASES[name], torch.float32, "cpu", layout)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_channels_last_wide_weight_grad(stride, isa):
+    """The channels-last 1x1 weight gradient on wide layers (rows 2 KB or more apart: X and dY are
+    packed per chunk), a channel count that leaves a partial tile, against torch in float32."""
+    g = torch.Generator().manual_seed(5)
+    n, h, w = (1, 33, 32) if stride == 1 else (4, 33, 32)
+    x = torch.randn(n, 520, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    p, q = (h - 1) // stride + 1, (w - 1) // stride + 1
+    dy = torch.randn(n, 512, p, q, generator=g).contiguous(memory_format=torch.channels_last)
+    got = torch.ops.fastconv.conv2d_bwd_weight(dy, x, [512, 520, 1, 1], [stride] * 2, [0] * 4, [1, 1], 1)
+    want = torch.ops.aten.convolution_backward(dy.double(), x.double(), torch.empty(512, 520, 1, 1).double(), None,
+                                               [stride] * 2, [0, 0], [1, 1], False, [0, 0], 1,
+                                               [False, True, False])[1]
+    assert_close(got, want, torch.float32, n * p * q)
 
 
 @pytest.mark.parametrize("name", LAYOUT_CASES)
