@@ -36,6 +36,9 @@ CASES = {
     "valid": (2, 3, 9, 8, 4, 3, 5, 1, "valid", 1, 1, True),
     "kernel_eq_input": (2, 3, 5, 4, 3, 5, 4, 1, 0, 1, 1, True),
     "wide_channels": (1, 33, 6, 6, 17, 3, 3, 1, 1, 1, 1, True),
+    # strided input gradients by stride phase (>= 16 input channels per group; a phase with no tap)
+    "phases_3x3_s2": (2, 24, 11, 10, 32, 3, 3, 2, 1, 1, 1, True),
+    "phases_s3_groups": (1, 32, 13, 14, 8, 5, 2, (3, 4), (2, 0), 1, 2, False),
 }
 
 
@@ -80,7 +83,7 @@ def test_cases_float64(name, device):
     run_conv(CASES[name], torch.float64, device)
 
 
-LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise", "1x1_gemm_stride2"]
+LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise", "1x1_gemm_stride2", "phases_3x3_s2"]
 
 
 @pytest.mark.parametrize("name", ["1x1_gemm", "1x1_gemm_stride2"])
