@@ -18,10 +18,11 @@ def main(argv=None):
     bench.add_argument("--device", default="cpu", type=_cli.device, help="cpu or cuda[:N]")
     bench.add_argument("--ops", default=None,
                        help="comma-separated groups out of conv, conv_bwd, memory, block (SORT bottleneck), "
-                            "models (ResNet-18/50 at batch 1 and --batch); default: all but models")
+                            "models (ResNet-18/50 at batch 1 and --batch), train (ResNet-18/50 training steps "
+                            "against torch eager and torch.compile, CPU); default: all but models and train")
     bench.add_argument("--batch", type=_cli.positive_int, default=None, help="batch size (default 8 on CPU, 128 on CUDA)")
     bench.add_argument("--no-compile", action="store_true",
-                       help="time the memory-bound ops against torch eager only, not also against torch.compile")
+                       help="no torch.compile peer (memory-bound ops, training steps)")
     from fastconv import demo as demo_mod
     demo_mod.add_arguments(sub.add_parser("demo", help="train on digits, benchmark nets, write a report",
                                           description=demo_mod.__doc__,

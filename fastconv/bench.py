@@ -230,7 +230,7 @@ def block_rows(device, dtype, batch, repeats):
     return rows
 
 
-GROUPS = ("conv", "conv_bwd", "memory", "block", "models")  # --ops choices; default: all but models
+GROUPS = ("conv", "conv_bwd", "memory", "block", "models", "train")  # --ops; default: all but models, train
 MODEL_FLOPS = {"resnet18": 1.82e9, "resnet50": 4.11e9}  # multiply-adds x 2 per 224x224 image
 
 
@@ -276,6 +276,101 @@ def model_rows(device, dtype, batches, repeats):
     return rows
 
 
+TRAIN_PEERS = ("torch eager", "torch eager channels_last", "torch.compile")
+
+
+def _train_setup(name, batch, impl, image=112, classes=100, seed=0):
+    """(step function, first-step loss) of a training step (forward, cross-entropy, backward, SGD with
+    momentum) of torchvision `name` in train mode, run as `impl`: fastconv (convert, channels_last)
+    or one of TRAIN_PEERS; the same weights and data for every impl."""
+    import copy
+
+    import torchvision
+    torch.manual_seed(seed)
+    ref = getattr(torchvision.models, name)(num_classes=classes).train()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(batch, 3, image, image, generator=g)
+    target = torch.randint(0, classes, (batch,), generator=g)
+    model = copy.deepcopy(ref)
+    if impl == "fastconv":
+        model = fastconv.convert(model, channels_last=True)
+    elif impl != "torch eager":
+        model = model.to(memory_format=torch.channels_last)
+    run = torch.compile(model) if impl == "torch.compile" else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = TF.cross_entropy(run(x), target)
+        loss.backward()
+        opt.step()
+        return loss
+    return step, float(step().detach())
+
+
+def _peak_rss_mb(name, batch, impl):
+    """Peak resident memory (MB) of a fresh process that builds the model and runs three training
+    steps as `impl` (the same libraries loaded for every impl, so the peaks compare)."""
+    import subprocess
+    code = ("import resource; from fastconv import bench; "
+            f"step, _ = bench._train_setup({name!r}, {batch}, {impl!r}); step(); step(); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def train_rows(batches, repeats, compile_peer=True, memory=True, models=("resnet18", "resnet50")):
+    """Training steps of torchvision ResNet-18/50 (112 px, 100 classes, SGD with momentum) on the CPU:
+    fastconv (convert, channels_last) against torch eager NCHW, eager channels_last and torch.compile,
+    interleaved in one process; the first step's loss checked against torch eager's; the peak
+    resident memory of each in a fresh process."""
+    rows = []
+    peers = [p for p in TRAIN_PEERS if compile_peer or p != "torch.compile"]
+    for name in models:
+        for batch in batches:
+            steps, losses = {}, {}
+            for impl in ("fastconv", *peers):
+                try:
+                    steps[impl], losses[impl] = _train_setup(name, batch, impl)
+                except Exception as exc:  # noqa: BLE001 - a compiler toolchain missing for torch.compile
+                    print(f"  ({impl} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
+            ref = losses["torch eager"]
+            if abs(losses["fastconv"] - ref) > 1e-3 * max(1.0, abs(ref)):
+                raise AssertionError(f"fastconv bench: {name} first-step loss {losses['fastconv']} != torch's {ref}")
+            times = interleaved(steps, "cpu", repeats, warmup=1)
+            fastest = min(float(times[p]) for p in times if p != "fastconv")
+            row = {"op": f"train {name}", "shape": f"{batch}x3x112x112", "fastconv_ms": times["fastconv"] * 1e3,
+                   "torch_ms": times["torch eager"] * 1e3, "ratio": float(times["torch eager"] / times["fastconv"]),
+                   "rate": batch / float(times["fastconv"]), "unit": "img/s",
+                   "peer_ms": {p: float(times[p]) * 1e3 for p in times if p != "fastconv"},
+                   "ratio_fastest": fastest / float(times["fastconv"]), "loss": losses}
+            for impl in times:
+                row.setdefault("quartiles_ms", {})[impl] = times[impl].quartiles_ms()
+            if memory:
+                row["peak_rss_mb"] = {impl: _peak_rss_mb(name, batch, impl) for impl in times}
+            rows.append(row)
+            print(f"  train {name} b{batch}: fastconv {row['fastconv_ms']:.0f} ms, " +
+                  ", ".join(f"{p} {v:.0f}" for p, v in row["peer_ms"].items()) +
+                  f"; vs fastest {row['ratio_fastest']:.2f}x", file=sys.stderr, flush=True)
+    return rows
+
+
+def format_train_table(rows):
+    """The training group: ms per step of fastconv and each peer, fastest peer / fastconv, peak RSS."""
+    peers = list(dict.fromkeys(p for r in rows for p in r["peer_ms"]))
+    cols = [("model", "op", ""), ("batch", "shape", ""), ("fastconv ms", "fastconv_ms", ".0f")]
+    cols += [(f"{p} ms", (lambda r, p=p: r["peer_ms"].get(p)), ".0f") for p in peers]
+    cols += [("vs fastest", "ratio_fastest", ".2f"),
+             ("peak MB fastconv / eager cl", lambda r: (f"{r['peak_rss_mb'].get('fastconv'):.0f} / "
+                                                         f"{r['peak_rss_mb'].get('torch eager channels_last'):.0f}")
+              if r.get("peak_rss_mb") and r["peak_rss_mb"].get("fastconv") and
+              r["peak_rss_mb"].get("torch eager channels_last") else None, "")]
+    return table(rows, cols)
+
+
 def format_table(rows):
     """ratio = torch eager time / fastconv time (> 1: fastconv faster); "vs compile" the same against
     torch.compile of the eager expression, where measured."""
@@ -301,7 +396,7 @@ def main(args):
     quick = args.quick
     layers = [l for l in LAYERS if not quick or l[0] in QUICK_LAYERS]
     repeats = 5 if quick else 10
-    ops = set(args.ops.split(",")) if args.ops else set(GROUPS) - {"models"}
+    ops = set(args.ops.split(",")) if args.ops else set(GROUPS) - {"models", "train"}
     unknown = ops - set(GROUPS)
     if unknown:
         print(f"fastconv bench: unknown --ops {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}",
@@ -334,7 +429,20 @@ def main(args):
     if "models" in ops:
         progress("models", "ResNet-18/50 end to end")
         rows += model_rows(device, dtype, sorted({1, batch}), max(3, repeats // 2))
-    print(format_table(rows))
+    train = []
+    if "train" in ops:
+        if device != "cpu":
+            print("fastconv bench: --ops train runs on the CPU only", file=sys.stderr)
+            return 2
+        progress("train", "ResNet-18/50 training steps at batch 8 and 32 (and peak memory, in fresh processes)")
+        train = train_rows((8,) if quick else (8, 32), 3 if quick else 5, compile_peer=not args.no_compile,
+                           memory=not quick, models=("resnet18",) if quick else ("resnet18", "resnet50"))
+    if rows:
+        print(format_table(rows))
+    if train:
+        print(format_train_table(train))
+        print(f"geomean vs the fastest peer (training): {geomean(r['ratio_fastest'] for r in train):.2f}x")
+    rows += train
     for prefix in ("conv2d_fwd[nchw]", "conv2d_fwd[nhwc]", "conv2d_fwd+bwd[nchw]"):
         sel = [r["ratio"] for r in rows if r["op"] == prefix]
         if sel:

@@ -163,3 +163,15 @@ def test_cli_version_and_exit_codes(capsys):
     assert e.value.code == 0 and capsys.readouterr().out.strip() == f"fastconv {fastconv.__version__}"
     assert main(["bench", "--ops", "nope"]) == 2 and main(["check", "--ops", "nope"]) == 2
     assert main(["info"]) == 0
+
+
+def test_bench_train_group():
+    """`fastconv bench --ops train`: a training step of a converted ResNet against torch's, timed
+    interleaved, the first loss checked, and the peak-memory probe in a fresh process."""
+    from fastconv import bench
+    rows = bench.train_rows((2,), 1, compile_peer=False, memory=False, models=("resnet18",))
+    (row,) = rows
+    assert set(row["peer_ms"]) == {"torch eager", "torch eager channels_last"} and row["ratio_fastest"] > 0
+    assert abs(row["loss"]["fastconv"] - row["loss"]["torch eager"]) < 1e-3 * max(1, abs(row["loss"]["torch eager"]))
+    assert "vs fastest" in bench.format_train_table(rows)
+    assert bench._peak_rss_mb("resnet18", 1, "fastconv") > 50
