@@ -312,9 +312,10 @@ def _peak_rss_mb(name, batch, impl):
     """Peak resident memory (MB) of a fresh process that builds the model and runs three training
     steps as `impl` (the same libraries loaded for every impl, so the peaks compare)."""
     import subprocess
-    code = ("import resource; from fastconv import bench; "
+    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec from the parent
+    code = ("from fastconv import bench; "
             f"step, _ = bench._train_setup({name!r}, {batch}, {impl!r}); step(); step(); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     try:
         return float(out.stdout.strip().splitlines()[-1])
