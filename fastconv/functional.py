@@ -309,7 +309,7 @@ def relu(input, inplace=False):
         return _override(relu, (input,), input, inplace)
     A.check_tensor(input, "input")
     if inplace and not _no_grad(input) and _plain((input,)) and _fwAD._current_level < 0 \
-            and not torch.compiler.is_compiling():
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing():
         return _ReluInplace.apply(input)
     y = _call("relu_fwd", (input,), input)
     return input.copy_(y) if inplace else y
