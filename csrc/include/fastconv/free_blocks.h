@@ -1,15 +1,24 @@
 // Freed memory blocks kept for reuse (blocks from std::aligned_alloc, released with std::free). Not
 // thread-safe: an owner shared between threads locks around it. take(bytes) hands back the smallest
-// kept block of at least `bytes` and at most twice that, or nullptr; give() keeps a block while at
+// kept block of at least `bytes` and at most twice that, or nullptr after freeing about `bytes` of
+// kept blocks; give() keeps a block while at
 // most `limit` bytes are kept in all, freeing the oldest first (a block past the limit on its own
 // is freed at once).
 #pragma once
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <utility>
 #include <vector>
 
 namespace fastconv {
+
+// A size limit from the environment: `name` in MB (negative or unparsable: 0), else `dflt_mb`; in bytes.
+inline int64_t env_megabytes(const char* name, int64_t dflt_mb) {
+  const char* env = std::getenv(name);
+  return std::max<int64_t>(0, env && *env ? std::atoll(env) : dflt_mb) << 20;
+}
 
 class FreeBlocks {
  public:
@@ -24,7 +33,23 @@ class FreeBlocks {
       if (free_[i].first >= bytes && free_[i].first / 2 <= bytes &&
           (best == free_.size() || free_[i].first < free_[best].first))
         best = i;
-    if (best == free_.size()) return nullptr;
+    if (best == free_.size()) {
+      // A miss: free about `bytes` of the kept blocks too small for it (under half its size, oldest
+      // first) before the caller allocates, so blocks that requests have outgrown (the small
+      // gradients of a backward pass before the large ones) do not add to the process's peak.
+      size_t freed = 0;
+      for (size_t i = 0; i < free_.size() && freed < bytes;) {
+        if (free_[i].first * 2 >= bytes) {
+          ++i;
+          continue;
+        }
+        freed += free_[i].first;
+        held_ -= free_[i].first;
+        std::free(free_[i].second);
+        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+      }
+      return nullptr;
+    }
     void* p = free_[best].second;
     held_ -= free_[best].first;
     free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));

@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "fastconv/common.h"
+#include "fastconv/free_blocks.h"
 
 namespace fastconv {
 
@@ -23,12 +24,6 @@ void clear_weight_cache();
 std::tuple<int64_t, int64_t, int64_t> weight_cache_stats();
 at::Tensor cached_packed_weight(const at::Tensor& weight, int64_t kind, int64_t size, const at::TensorOptions& opts,
                                 const std::function<void(at::Tensor&)>& pack);
-
-// A size limit from the environment: `name` in MB (negative or unparsable: 0), else `dflt_mb`; in bytes.
-inline int64_t env_megabytes(const char* name, int64_t dflt_mb) {
-  const char* env = std::getenv(name);
-  return std::max<int64_t>(0, env && *env ? std::atoll(env) : dflt_mb) << 20;
-}
 
 // The cache of freed CPU output blocks: release them all; (bytes held, limit in bytes).
 void clear_output_cache();
