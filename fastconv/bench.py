@@ -359,8 +359,9 @@ def train_rows(batches, repeats, compile_peer=True, memory=True, models=("resnet
     return rows
 
 
-def format_train_table(rows):
-    """The training group: ms per step of fastconv and each peer, fastest peer / fastconv, peak RSS."""
+def format_train_table(rows, markdown=False):
+    """The training group: ms per step of fastconv and each peer, fastest peer / fastconv, peak RSS
+    (where measured); markdown=True for the demo's report."""
     peers = list(dict.fromkeys(p for r in rows for p in r["peer_ms"]))
     cols = [("model", "op", ""), ("batch", "shape", ""), ("fastconv ms", "fastconv_ms", ".0f")]
     cols += [(f"{p} ms", (lambda r, p=p: r["peer_ms"].get(p)), ".0f") for p in peers]
@@ -369,7 +370,9 @@ def format_train_table(rows):
                                                          f"{r['peak_rss_mb'].get('torch eager channels_last'):.0f}")
               if r.get("peak_rss_mb") and r["peak_rss_mb"].get("fastconv") and
               r["peak_rss_mb"].get("torch eager channels_last") else None, "")]
-    return table(rows, cols)
+    if not any(r.get("peak_rss_mb") for r in rows):
+        cols = cols[:-1]
+    return table(rows, cols, markdown=markdown)
 
 
 def format_table(rows):

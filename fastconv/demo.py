@@ -6,7 +6,10 @@
 2. times inference of ResNet-18, ResNet-50 and AlexNet: fastconv (torchvision net converted and
    fused by fastconv.convert) against torch eager and torch.compile, checking that logits agree
    (CPU defaults: float32, batch 8, 128x128 images, 5 interleaved repeats);
-3. writes <out>/report.md (tables, machine, versions), results.json and PNG plots.
+3. on the CPU, times training steps of ResNet-18 and ResNet-50 (112 px, batch as in 2.): fastconv
+   against torch eager NCHW, eager channels_last and torch.compile, the first step's loss checked
+   against torch's (fastconv.bench.train_rows; --quick: ResNet-18 only, no torch.compile);
+4. writes <out>/report.md (tables, machine, versions), results.json and PNG plots.
 """
 import argparse
 import json
@@ -17,7 +20,7 @@ import time
 import torch
 
 from fastconv import _cli
-from fastconv.bench import machine_info, randomize_bn
+from fastconv.bench import format_train_table, machine_info, randomize_bn, train_rows
 from fastconv.timing import interleaved, sync, table
 
 BENCH_MODELS = ("resnet18", "resnet50", "alexnet")
@@ -45,6 +48,8 @@ def add_arguments(p):
     p.add_argument("--train-batch", type=_cli.positive_int, default=64, help="training batch size (default 64)")
     p.add_argument("--skip-train", action="store_true", help="benchmark only")
     p.add_argument("--skip-bench", action="store_true", help="train only")
+    p.add_argument("--skip-train-bench", action="store_true",
+                   help="no training-step benchmark (CPU: ResNet-18/50 train steps against torch)")
     p.add_argument("--out", default="fastconv-report", help="output directory (default fastconv-report)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run (< 1 min on 2 cores): 1 epoch on a 128-image subset, "
@@ -284,6 +289,15 @@ def write_report(results, out, plots):
                                   f"({r['max_abs_diff'] / max(r['logit_scale'], 1e-30):.1e})"),
                                  ("first call (s)", lambda r: f"{r['compile_seconds']:.0f}"
                                   if r["compile_seconds"] else "-")]), ""]
+    steps = results.get("train_benchmark")
+    if steps:
+        lines += ["## Training steps (CPU)", "",
+                  "torchvision nets in train mode, 112x112, 100 classes: forward, cross-entropy, backward, SGD "
+                  "with momentum. fastconv = `fastconv.convert(model, channels_last=True)`; the peers are the "
+                  "same net in torch eager (NCHW and channels_last) and under torch.compile, all in one process, "
+                  f"interleaved, median of {results['bench_setup']['repeats']} steps after one; the first step's "
+                  "loss matches torch eager's (checked). 'vs fastest' = the fastest peer's time / fastconv's.", "",
+                  format_train_table(steps, markdown=True), ""]
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     with open(os.path.join(out, "report.md"), "w") as f:
@@ -320,7 +334,7 @@ def main(args):
         train, test = digits_split(args.train_size, args.device, args.seed, limit=128 if args.quick else None)
         results["train_setup"] = dict(train=len(train[1]), test=len(test[1]), size=args.train_size, seed=args.seed,
                                       batch=args.train_batch)
-        print(f"[1/3] training on digits: {len(train[1])} train / {len(test[1])} test, "
+        print(f"[1/4] training on digits: {len(train[1])} train / {len(test[1])} test, "
               f"{args.train_size}x{args.train_size}, {args.epochs} epochs", flush=True)
         results["training"] = [train_one(name, sort, train, test, args.epochs, args.train_batch, args.device,
                                          args.seed)
@@ -331,7 +345,7 @@ def main(args):
     if not args.skip_bench:
         dtype = getattr(torch, args.dtype)
         results["bench_setup"] = dict(repeats=args.repeats, batch=args.batch, image_size=args.image_size)
-        print(f"[2/3] inference benchmark: {', '.join(args.models)} x {', '.join(args.backends)}; batch "
+        print(f"[2/4] inference benchmark: {', '.join(args.models)} x {', '.join(args.backends)}; batch "
               f"{args.batch}, {args.image_size}x{args.image_size}, {args.dtype}, {args.repeats} repeats", flush=True)
         results["benchmark"] = []
         for name in args.models:
@@ -340,7 +354,14 @@ def main(args):
             for r in rows:
                 print(f"  {name:9s} {r['backend']:14s} {r['ms_median']:9.1f} ms  {r['images_per_s']:8.1f} img/s  "
                       f"agree={r['agree']}", flush=True)
-    print("[3/3] writing the report", flush=True)
+    if not args.skip_bench and not args.skip_train_bench and args.device.type == "cpu":
+        models = ("resnet18",) if args.quick else ("resnet18", "resnet50")
+        compile_peer = "torch.compile" in args.backends
+        print(f"[3/4] training steps: {', '.join(models)}, batch {args.batch}, 112x112, against torch eager"
+              f"{' and torch.compile' if compile_peer else ''}", flush=True)
+        results["train_benchmark"] = train_rows([args.batch], args.repeats, compile_peer=compile_peer, memory=False,
+                                                models=models)
+    print("[4/4] writing the report", flush=True)
     results["total_seconds"] = time.perf_counter() - t_start
     with open(os.path.join(args.out, "results.json"), "w") as f:  # the results first: plotting may fail
         json.dump(results, f, indent=1, default=str)

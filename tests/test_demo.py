@@ -29,8 +29,12 @@ def test_demo_quick_writes_report(tmp_path):
     assert {(r["model"], r["backend"]) for r in results["benchmark"]} == {
         (m, b) for m in ("resnet18", "alexnet") for b in ("fastconv", "torch eager")}
     assert all(r["agree"] for r in results["benchmark"])
+    steps = results["train_benchmark"]  # the first step's loss was checked against torch's
+    assert [r["op"] for r in steps] == ["train resnet18"] and steps[0]["fastconv_ms"] > 0
+    assert set(steps[0]["peer_ms"]) == {"torch eager", "torch eager channels_last"}
     report = (out / "report.md").read_text()
     assert "## Training" in report and "## Inference benchmark" in report and "throughput.png" in report
+    assert "## Training steps (CPU)" in report
 
 
 @pytest.mark.slow
