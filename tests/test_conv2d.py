@@ -36,6 +36,8 @@ CASES = {
     "valid": (2, 3, 9, 8, 4, 3, 5, 1, "valid", 1, 1, True),
     "kernel_eq_input": (2, 3, 5, 4, 3, 5, 4, 1, 0, 1, 1, True),
     "wide_channels": (1, 33, 6, 6, 17, 3, 3, 1, 1, 1, 1, True),
+    # input channels in blocks (weight panel past L1), no bias: channels-last tiles accumulate in y
+    "channel_blocks": (2, 300, 7, 6, 40, 3, 3, 2, 1, 1, 1, False),
     # strided input gradients by stride phase (>= 16 input channels per group; a phase with no tap)
     "phases_3x3_s2": (2, 24, 11, 10, 32, 3, 3, 2, 1, 1, 1, True),
     "phases_s3_groups": (1, 32, 13, 14, 8, 5, 2, (3, 4), (2, 0), 1, 2, False),
@@ -90,6 +92,15 @@ LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise", "1x1_gemm_st
 @pytest.mark.parametrize("layout", ["channels_last", "x_cl"])
 def test_pointwise_channels_last_isa(name, layout, isa):
     run_conv(CASES[name], torch.float32, "cpu", layout)
+
+
+@pytest.mark.parametrize("name", ["channel_blocks", "1x1", "1x1_gemm_stride2"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_channels_last_plain_output_isa(name, dtype, isa):
+    """Without bias or epilogue the channels-last forward (and the input gradient) write the
+    micro-kernel's tiles straight into the output: full panels there, a partial panel (K = 40) through
+    the row buffer, channel blocks accumulating in place."""
+    run_conv(CASES[name], dtype, "cpu", "channels_last")
 
 
 @pytest.mark.parametrize("stride", [1, 2])
