@@ -49,6 +49,12 @@ TORCH_LIBRARY(fastconv, m) {
   m.def("relu_bwd(Tensor grad_out, Tensor result) -> Tensor");
   m.def("sort_fwd(Tensor a, Tensor b, int mode, float eps) -> Tensor");
   m.def("sort_bwd(Tensor grad_out, Tensor a, Tensor b, int mode, float eps) -> (Tensor, Tensor)");
+  // Training-mode BatchNorm (batch statistics) + optional residual add + ReLU, CPU float32/float64:
+  // (y, mean, invstd, unbiased var) and (grad_input, grad_weight, grad_bias, grad_residual).
+  m.def("bn_relu_train_fwd(Tensor input, Tensor? weight, Tensor? bias, Tensor? residual, float eps) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("bn_relu_train_bwd(Tensor grad_out, Tensor input, Tensor result, Tensor? weight, Tensor mean, "
+        "Tensor invstd, bool residual) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

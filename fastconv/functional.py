@@ -315,6 +315,36 @@ def relu(input, inplace=False):
     return input.copy_(y) if inplace else y
 
 
+def batch_norm_relu_train(input, bn, residual=None):
+    """relu(bn(input) + residual) (residual optional) for a torch.nn.BatchNorm2d `bn` in training
+    mode, as one native operator: the batch statistics, the normalization, the add and the ReLU in
+    two passes over `input`, the backward (ReLU's mask, BatchNorm's two reductions and its input
+    gradient) in two more; `bn`'s running averages are updated as torch's BatchNorm2d updates them.
+    Returns None where that operator does not apply (another backend, device or dtype, a BatchNorm
+    subclass or in eval mode, torch.compile, tracing, forward-mode AD or torch.func transforms), and
+    the caller then runs the modules."""
+    args = (input, bn.weight, bn.bias, residual)
+    if (type(bn) is not torch.nn.BatchNorm2d or not bn.training or backends.get_backend() != "native"
+            or not isinstance(input, torch.Tensor) or input.dim() != 4 or input.device.type != "cpu"
+            or input.dtype not in (torch.float32, torch.float64) or not _plain(args)
+            or input.shape[0] * input.shape[2] * input.shape[3] <= 1 or bn.num_features != input.shape[1]
+            or any(t is not None and (t.dtype != input.dtype or t.device != input.device) for t in args[1:])
+            or (residual is not None and residual.shape != input.shape)
+            or _fwAD._current_level >= 0 or torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        return None
+    y, mean, _, var = torch.ops.fastconv.bn_relu_train_fwd(input, bn.weight, bn.bias, residual, float(bn.eps))
+    if bn.track_running_stats and bn.running_mean is not None:  # torch's _BatchNorm.forward
+        factor = 0.0 if bn.momentum is None else bn.momentum
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if bn.momentum is None:
+                factor = 1.0 / float(bn.num_batches_tracked)
+        with torch.no_grad():
+            bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+            bn.running_var.mul_(1 - factor).add_(var, alpha=factor)
+    return y
+
+
 def _eps(eps):
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"fastconv: 'eps' must be a float, got {eps!r}")

@@ -156,9 +156,10 @@ def _folded(bn, conv_bias):
 def conv_bn_act(conv, bn, x, *, act=None, residual=None, combine=None, mode="sqrt", eps=0.01, fuse=True):
     """act?(combine(residual, bn?(conv(x)))) - one fastconv.conv2d_fused call when `fuse`, `conv` is a
     fastconv Conv2d, the BN (if any) can be folded and `act` (a module or function, or None) is a relu;
-    else the modules one after the other (training, BN on batch statistics, other activations or
-    subclasses, modules with hooks). `conv` may be a SORTConv2d (whose second branch takes the fused
-    path)."""
+    a BatchNorm2d in training mode followed by (an add and) a ReLU runs as one operator
+    (functional.batch_norm_relu_train) after the convolution; else the modules one after the other
+    (other activations or subclasses, modules with hooks). `conv` may be a SORTConv2d (whose second
+    branch takes the fused path)."""
     fuse = fuse and _no_hooks(conv, bn, act)
     if type(conv) is SORTConv2d:
         if combine is not None:
@@ -177,6 +178,13 @@ def conv_bn_act(conv, bn, x, *, act=None, residual=None, combine=None, mode="sqr
                               scale=scale, shift=shift, residual=residual, combine=combine,
                               relu=act is not None, mode=mode, eps=eps)
     y = conv(x)
+    # BN on batch statistics (training) -> add -> ReLU: one operator, whatever `fuse` (which is about
+    # folding BN's running statistics for inference)
+    if bn is not None and bn.training and combine in (None, "add") and act is not None and is_relu(act) \
+            and _no_hooks(bn, act):
+        out = F.batch_norm_relu_train(y, bn, residual if combine == "add" else None)
+        if out is not None:
+            return out
     if bn is not None:
         y = bn(y)
     if combine == "add":

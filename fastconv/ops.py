@@ -127,6 +127,19 @@ def _(grad_out, a, b, mode, eps):
     return _empty(grad_out, grad_out.shape, grad_out), _empty(grad_out, grad_out.shape, grad_out)
 
 
+@_fake("bn_relu_train_fwd")
+def _(input, weight, bias, residual, eps):
+    c = (input.shape[1],)
+    return _empty(input, input.shape, input), _empty(input, c), _empty(input, c), _empty(input, c)
+
+
+@_fake("bn_relu_train_bwd")
+def _(grad_out, input, result, weight, mean, invstd, residual):
+    c = (input.shape[1],)
+    return (_empty(input, input.shape, input), _empty(input, c), _empty(input, c),
+            _empty(input, input.shape, input) if residual else _empty(input, (0,)))
+
+
 # ---------------------------------------------------------------- autograd
 # Gradients take the memory format torch gives them: that of the forward input (of the saved result
 # for ReLU), except adaptive pooling to 1x1 (torch's mean: contiguous). The backward operators lay
@@ -279,6 +292,41 @@ def _relu_backward(ops, ctx, grad):
 
 
 _AUTOGRAD["relu_fwd"] = (_relu_backward, _relu_setup)
+
+
+def _bn_relu_setup(ctx, inputs, output):
+    input, weight, bias, residual, eps = inputs
+    y, mean, invstd, _ = output
+    ctx.mark_non_differentiable(*output[1:])  # the batch statistics, for the running averages
+    ctx.save_for_backward(input, y, weight, mean, invstd)
+    ctx.eps = eps
+    ctx.has_residual = residual is not None
+
+
+def _bn_relu_backward(ops, ctx, grad, *_stat_grads):
+    input, y, weight, mean, invstd = ctx.saved_tensors
+    fmt = A.memory_format(input)
+    need = ctx.needs_input_grad
+    if torch.is_grad_enabled():  # create_graph: the same formulas in torch ops, differentiable again
+        dims = (0, 2, 3)
+        m = input.numel() // input.shape[1]
+        mu = input.mean(dims, keepdim=True)
+        istd = torch.rsqrt(input.var(dims, unbiased=False, keepdim=True) + ctx.eps)
+        xhat = (input - mu) * istd
+        g = torch.where(y <= 0, torch.zeros_like(grad), grad)
+        sg, sgx = g.sum(dims, keepdim=True), (g * xhat).sum(dims, keepdim=True)
+        scale = istd if weight is None else istd * weight.view(1, -1, 1, 1)
+        dx = scale * (g - sg / m - xhat * sgx / m)
+        dw, db = sgx.flatten(), sg.flatten()
+        dres = g
+    else:
+        dx, dw, db, dres = ops.bn_relu_train_bwd(_layout(grad, fmt), input, y, weight, mean, invstd,
+                                                 ctx.has_residual)
+    return (_layout(dx, fmt) if need[0] else None, dw if need[1] else None, db if need[2] else None,
+            _layout(dres, fmt) if need[3] else None, None)
+
+
+_AUTOGRAD["bn_relu_train_fwd"] = (_bn_relu_backward, _bn_relu_setup)
 
 
 def _sort_setup(ctx, inputs, output):

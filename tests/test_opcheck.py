@@ -99,6 +99,19 @@ def samples(device):
                                          _t(2, 3, 5, 4, cl=True, grad=True, **d), 1, 0.01)),
             ("3d_grad", lambda: (_t(3, 5, 4, grad=True, **d), _t(3, 5, 4, grad=True, **d), 0, 1.0)),
         ],
+        "bn_relu_train_fwd": [
+            ("cl_residual_grad", lambda: (_t(2, 3, 5, 4, cl=True, grad=True, **d), _t(3, grad=True, **d),
+                                          _t(3, grad=True, **d), _t(2, 3, 5, 4, cl=True, grad=True, **d), 1e-5)),
+            ("nchw_float64_grad", lambda: (_t(3, 4, 3, 2, grad=True, dtype=torch.float64, **d), None, None, None,
+                                           1e-3)),
+        ],
+        "bn_relu_train_bwd": [
+            ("cl_residual", lambda: (_t(2, 3, 5, 4, cl=True, **d), _t(2, 3, 5, 4, cl=True, **d),
+                                     F.relu(_t(2, 3, 5, 4, cl=True, **d)), _t(3, **d), _t(3, **d),
+                                     _t(3, **d).abs() + 0.5, True)),
+            ("nchw", lambda: (_t(2, 3, 5, 4, **d), _t(2, 3, 5, 4, **d), F.relu(_t(2, 3, 5, 4, **d)), None,
+                              _t(3, **d), _t(3, **d).abs() + 0.5, False)),
+        ],
         "sort_bwd": [
             ("sqrt", lambda: (_t(2, 3, 5, 4, **d), _t(2, 3, 5, 4, **d), _t(2, 3, 5, 4, **d), 0, 0.01)),
             ("product_cl", lambda: (_t(2, 3, 5, 4, cl=True, **d), _t(2, 3, 5, 4, cl=True, **d),
@@ -122,6 +135,8 @@ CASES = [(op, sid) for op, lst in samples("cpu").items() for sid, _ in lst]
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("op,sid", CASES, ids=[f"{o}-{s}" for o, s in CASES])
 def test_opcheck(op, sid, device):
+    if op.startswith("bn_relu_train") and device != "cpu":
+        pytest.skip("the training-mode batch norm operator is CPU-only")
     torch.manual_seed(0)
     make = dict(samples(device)[op])[sid]
     torch.library.opcheck(getattr(ops, op).default, make())

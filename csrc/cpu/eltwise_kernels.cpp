@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include "fastconv/eltwise_kernels.h"
 
@@ -22,6 +23,12 @@ namespace portable {
   template <typename T> void sort_fwd(const T*, const T*, T*, int64_t, SortMode, double);         \
   template <typename T>                                                                           \
   void sort_bwd(const T*, const T*, const T*, T*, T*, int64_t, SortMode, double);                 \
+  template <typename T>                                                                           \
+  void bn_channel_sums(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, double*, \
+                       double*);                                                                  \
+  template <typename T>                                                                           \
+  void bn_channel_apply(const T*, const T*, const T*, const T*, const T*, const T*, const T*, const T*, T*, \
+                        int64_t, int64_t, int64_t);                                               \
   }
 FASTCONV_ELTWISE_DECLARE(avx2)
 FASTCONV_ELTWISE_DECLARE(avx512)
@@ -40,9 +47,23 @@ void sort_bwd(const T* gy, const T* a, const T* b, T* ga, T* gb, int64_t n, Sort
   FASTCONV_ISA_DISPATCH(sort_bwd<T>, gy, a, b, ga, gb, n, mode, eps)
 }
 
+template <typename T>
+void bn_channel_sums(const T* x, const T* y, const T* g, const T* mean, T* gres, int64_t outer, int64_t C,
+                     int64_t inner, double* s1, double* s2) {
+  FASTCONV_ISA_DISPATCH(bn_channel_sums<T>, x, y, g, mean, gres, outer, C, inner, s1, s2)
+}
+template <typename T>
+void bn_channel_apply(const T* x, const T* res, const T* g, const T* y, const T* mu, const T* a, const T* b,
+                      const T* d, T* out, int64_t outer, int64_t C, int64_t inner) {
+  FASTCONV_ISA_DISPATCH(bn_channel_apply<T>, x, res, g, y, mu, a, b, d, out, outer, C, inner)
+}
+
 FASTCONV_ELTWISE_INSTANTIATE(float)
 FASTCONV_ELTWISE_INSTANTIATE(double)
 FASTCONV_ELTWISE_INSTANTIATE(bf16)
 FASTCONV_ELTWISE_INSTANTIATE(fp16)
+
+FASTCONV_BN_INSTANTIATE(float)
+FASTCONV_BN_INSTANTIATE(double)
 
 }  // namespace fastconv

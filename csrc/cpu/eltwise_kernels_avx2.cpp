@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <vector>
 
 #include <immintrin.h>
 
@@ -19,6 +20,8 @@ FASTCONV_ELTWISE_INSTANTIATE(float)
 FASTCONV_ELTWISE_INSTANTIATE(double)
 FASTCONV_ELTWISE_INSTANTIATE(bf16)
 FASTCONV_ELTWISE_INSTANTIATE(fp16)
+FASTCONV_BN_INSTANTIATE(float)
+FASTCONV_BN_INSTANTIATE(double)
 }  // namespace avx2
 }  // namespace fastconv
 #pragma GCC pop_options

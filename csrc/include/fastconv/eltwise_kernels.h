@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "fastconv/common.h"
 
@@ -22,6 +23,19 @@ template <typename T> void sort_fwd(const T* a, const T* b, T* y, int64_t n, Sor
 // (ga, gb) in one pass; derivative terms whose true value is 0 stay 0 even for eps = 0.
 template <typename T>
 void sort_bwd(const T* gy, const T* a, const T* b, T* ga, T* gb, int64_t n, SortMode mode, double eps);
+
+// Training-mode BatchNorm + ReLU over a dense [outer][C][inner] tensor (channels-last: outer =
+// N*H*W, inner = 1; NCHW: outer = N, inner = H*W), float and double, sums in double.
+// bn_channel_sums, forward (y = g = mean = gres = nullptr): s1 = sum x, s2 = sum x^2 per channel;
+// backward: g' = (y <= 0 ? 0 : g) (written to gres unless null), s1 = sum g', s2 = sum g' (x - mean).
+template <typename T>
+void bn_channel_sums(const T* x, const T* y, const T* g, const T* mean, T* gres, int64_t outer, int64_t C,
+                     int64_t inner, double* s1, double* s2);
+// Forward (g = y = d = nullptr): out = relu((x - mu[c]) a[c] + b[c] (+ res)); backward:
+// out = a[c] g' + b[c] (x - mu[c]) + d[c].
+template <typename T>
+void bn_channel_apply(const T* x, const T* res, const T* g, const T* y, const T* mu, const T* a, const T* b,
+                      const T* d, T* out, int64_t outer, int64_t C, int64_t inner);
 
 // Split [0, n) into one contiguous range per thread; `work` is the total cost in elements so
 // small jobs stay on the calling thread (an OpenMP fork costs about as much as ~50k simple ops).
@@ -59,3 +73,10 @@ void parallel_ranges(int64_t n, int64_t work, F&& f) {
   template void relu_bwd<T>(const T*, const T*, T*, int64_t);                                     \
   template void sort_fwd<T>(const T*, const T*, T*, int64_t, SortMode, double);                   \
   template void sort_bwd<T>(const T*, const T*, const T*, T*, T*, int64_t, SortMode, double);
+
+// The BatchNorm + ReLU kernels' instantiations (float and double), once per ISA file.
+#define FASTCONV_BN_INSTANTIATE(T)                                                                 \
+  template void bn_channel_sums<T>(const T*, const T*, const T*, const T*, T*, int64_t, int64_t, int64_t, \
+                                   double*, double*);                                              \
+  template void bn_channel_apply<T>(const T*, const T*, const T*, const T*, const T*, const T*, const T*,  \
+                                    const T*, T*, int64_t, int64_t, int64_t);
