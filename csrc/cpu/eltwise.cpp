@@ -156,15 +156,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu_train_fwd(
                                         v.C, v.inner, s1.data(), s2.data());
     std::vector<scalar_t> a(v.C), sh(v.C);
     const double m = double(v.count());
+    const scalar_t* wp = w.defined() ? w.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bp = b.defined() ? b.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t *mp = mean.mutable_data_ptr<scalar_t>(), *ip = invstd.mutable_data_ptr<scalar_t>(),
+             *vp = var_unbiased.mutable_data_ptr<scalar_t>();
     for (int64_t c = 0; c < v.C; ++c) {
       const double mu = s1[c] / m, var = std::max(0.0, s2[c] / m - mu * mu), is = 1.0 / std::sqrt(var + eps);
-      const double wc = w.defined() ? double(w.const_data_ptr<scalar_t>()[c]) : 1.0;
-      const double bc = b.defined() ? double(b.const_data_ptr<scalar_t>()[c]) : 0.0;
-      mean.mutable_data_ptr<scalar_t>()[c] = scalar_t(mu);
-      invstd.mutable_data_ptr<scalar_t>()[c] = scalar_t(is);
-      var_unbiased.mutable_data_ptr<scalar_t>()[c] = scalar_t(var * m / (m - 1));
-      a[c] = scalar_t(wc * is);
-      sh[c] = scalar_t(bc);
+      mp[c] = scalar_t(mu);
+      ip[c] = scalar_t(is);
+      vp[c] = scalar_t(var * m / (m - 1));
+      a[c] = scalar_t((wp ? double(wp[c]) : 1.0) * is);
+      sh[c] = bp ? bp[c] : scalar_t(0);
     }
     fastconv::bn_channel_apply<scalar_t>(x.const_data_ptr<scalar_t>(),
                                          res.defined() ? res.const_data_ptr<scalar_t>() : nullptr, nullptr, nullptr,
@@ -202,15 +204,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_relu_train_bwd(
                                         sg.data(), sgx.data());
     std::vector<scalar_t> A(v.C), B(v.C), D(v.C);
     const double m = double(v.count());
+    const scalar_t *ip = is.const_data_ptr<scalar_t>(), *wp = w.defined() ? w.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t *dwp = dw.mutable_data_ptr<scalar_t>(), *dbp = db.mutable_data_ptr<scalar_t>();
     for (int64_t c = 0; c < v.C; ++c) {
-      const double isc = double(is.const_data_ptr<scalar_t>()[c]);
-      const double wc = w.defined() ? double(w.const_data_ptr<scalar_t>()[c]) : 1.0;
-      const double a = wc * isc, bcoef = -a * isc * isc * sgx[c] / m;
+      const double isc = double(ip[c]), a = (wp ? double(wp[c]) : 1.0) * isc, bcoef = -a * isc * isc * sgx[c] / m;
       A[c] = scalar_t(a);
       B[c] = scalar_t(bcoef);
       D[c] = scalar_t(-a * sg[c] / m);
-      dw.mutable_data_ptr<scalar_t>()[c] = scalar_t(sgx[c] * isc);
-      db.mutable_data_ptr<scalar_t>()[c] = scalar_t(sg[c]);
+      dwp[c] = scalar_t(sgx[c] * isc);
+      dbp[c] = scalar_t(sg[c]);
     }
     fastconv::bn_channel_apply<scalar_t>(x.const_data_ptr<scalar_t>(), nullptr, g.const_data_ptr<scalar_t>(),
                                          y.const_data_ptr<scalar_t>(), mp, A.data(), B.data(), D.data(),
