@@ -339,9 +339,9 @@ def batch_norm_relu_train(input, bn, residual=None):
             bn.num_batches_tracked.add_(1)
             if bn.momentum is None:
                 factor = 1.0 / float(bn.num_batches_tracked)
-        with torch.no_grad():
-            bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-            bn.running_var.mul_(1 - factor).add_(var, alpha=factor)
+        with torch.no_grad():  # (1 - factor) * running + factor * batch, one op each
+            bn.running_mean.lerp_(mean, factor)
+            bn.running_var.lerp_(var, factor)
     return y
 
 

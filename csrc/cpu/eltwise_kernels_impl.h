@@ -159,9 +159,13 @@ void sort_bwd(const T* gy, const T* a, const T* b, T* ga, T* gb, int64_t n, Sort
 }
 
 // ---- training-mode BatchNorm + ReLU (float and double). The tensor is [outer][C][inner], dense:
-// channels-last is outer = N*H*W, inner = 1; NCHW is outer = N, inner = H*W. Per-channel sums are
-// accumulated in double, one partial row per thread for channels-last (combined in thread order,
-// so the result does not depend on timing).
+// channels-last is outer = N*H*W, inner = 1; NCHW is outer = N, inner = H*W. Per-channel sums run
+// in the element type over blocks of kBnBlock rows (vector arithmetic at full width) and are added
+// into double sums after each block; the forward sums are of x - k[c] with k the channel's first
+// value, so that a mean large against the spread costs no precision in float. Channels-last keeps
+// one partial row per thread, combined in thread order (the result does not depend on timing).
+constexpr int64_t kBnBlock = 16;
+
 template <typename T>
 void bn_channel_sums(const T* x, const T* y, const T* g, const T* mean, T* gres, int64_t outer, int64_t C,
                      int64_t inner, double* s1, double* s2) {
@@ -169,6 +173,11 @@ void bn_channel_sums(const T* x, const T* y, const T* g, const T* mean, T* gres,
   // written to gres when not null; s1 = sum g', s2 = sum g' * (x - mean).
   const bool bwd = y != nullptr;
   const int64_t n = outer * C * inner;
+  // the per-channel shift of the forward sums: the first value of the channel
+  std::vector<T> shift(C, T(0));
+  if (!bwd)
+    for (int64_t c = 0; c < C; ++c) shift[c] = x[c * inner];
+  const T* k = bwd ? mean : shift.data();
   if (inner == 1) {
     const bool nested = omp_in_parallel();  // then parallel_ranges runs on this thread alone
     const int nt = nested ? 1 : omp_get_max_threads();
@@ -176,21 +185,26 @@ void bn_channel_sums(const T* x, const T* y, const T* g, const T* mean, T* gres,
     parallel_ranges(outer, n, [&](int64_t lo, int64_t hi) {
       double* p1 = part.data() + size_t(nested ? 0 : omp_get_thread_num()) * 2 * C;
       double* p2 = p1 + C;
-      std::vector<T> rowbuf(bwd && !gres ? C : 0);
-      for (int64_t o = lo; o < hi; ++o) {
-        const T* xr = x + o * C;
-        if (!bwd) {
+      std::vector<T> b1(C), b2(C), rowbuf(bwd && !gres ? C : 0);
+      for (int64_t o0 = lo; o0 < hi; o0 += kBnBlock) {
+        std::fill(b1.begin(), b1.end(), T(0));
+        std::fill(b2.begin(), b2.end(), T(0));
+        T *__restrict a1 = b1.data(), *__restrict a2 = b2.data();
+        for (int64_t o = o0; o < std::min(hi, o0 + kBnBlock); ++o) {
+          const T* __restrict xr = x + o * C;
+          if (!bwd) {
 #pragma omp simd
-          for (int64_t c = 0; c < C; ++c) {
-            const double v = xr[c];
-            p1[c] += v;
-            p2[c] += v * v;
+            for (int64_t c = 0; c < C; ++c) {
+              const T d = xr[c] - k[c];
+              a1[c] += d;
+              a2[c] += d * d;
+            }
+            continue;
           }
-        } else {
-          // g' into its row of gres (or a row buffer) first: a select the compiler vectorizes, where
-          // the select feeding the double sums directly stays scalar
+          // g' into its row of gres (or a row buffer) first: a select the compiler vectorizes,
+          // where a select feeding the sums directly stays scalar
           const T *yr = y + o * C, *gr = g + o * C;
-          T* gw = gres ? gres + o * C : rowbuf.data();
+          T* __restrict gw = gres ? gres + o * C : rowbuf.data();
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
             const T gval = gr[c];
@@ -198,55 +212,80 @@ void bn_channel_sums(const T* x, const T* y, const T* g, const T* mean, T* gres,
           }
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) {
-            const double gv = gw[c];
-            p1[c] += gv;
-            p2[c] += gv * double(xr[c] - mean[c]);
+            a1[c] += gw[c];
+            a2[c] += gw[c] * (xr[c] - k[c]);
           }
+        }
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          p1[c] += a1[c];
+          p2[c] += a2[c];
         }
       }
     });
-    for (int64_t c = 0; c < 2 * C; ++c) {
-      double s = 0;
-      for (int t = 0; t < nt; ++t) s += part[size_t(t) * 2 * C + c];
-      (c < C ? s1[c] : s2[c - C]) = s;
+    for (int64_t c = 0; c < C; ++c) {
+      double a = 0, b = 0;
+      for (int t = 0; t < nt; ++t) {
+        a += part[size_t(t) * 2 * C + c];
+        b += part[size_t(t) * 2 * C + C + c];
+      }
+      s1[c] = a;
+      s2[c] = b;
     }
-    return;
-  }
-  parallel_ranges(C, n, [&](int64_t lo, int64_t hi) {
-    std::vector<T> rowbuf(bwd && !gres ? inner : 0);
-    for (int64_t c = lo; c < hi; ++c) {
-      double a1 = 0, a2 = 0;
-      for (int64_t o = 0; o < outer; ++o) {
-        const int64_t base = (o * C + c) * inner;
-        const T* xr = x + base;
-        if (!bwd) {
-#pragma omp simd reduction(+ : a1, a2)
-          for (int64_t i = 0; i < inner; ++i) {
-            const double v = xr[i];
-            a1 += v;
-            a2 += v * v;
-          }
-        } else {
-          const T *yr = y + base, *gr = g + base;
-          const T m = mean[c];
-          T* gw = gres ? gres + base : rowbuf.data();
+  } else {
+    parallel_ranges(C, n, [&](int64_t lo, int64_t hi) {
+      std::vector<T> rowbuf(bwd && !gres ? inner : 0);
+      for (int64_t c = lo; c < hi; ++c) {
+        double a1 = 0, a2 = 0;
+        const T kc = k[c];
+        for (int64_t o = 0; o < outer; ++o) {
+          const int64_t base = (o * C + c) * inner;
+          const T* __restrict xr = x + base;
+          const T* __restrict gv = nullptr;
+          if (bwd) {
+            const T *yr = y + base, *gr = g + base;
+            T* __restrict gw = gres ? gres + base : rowbuf.data();
 #pragma omp simd
-          for (int64_t i = 0; i < inner; ++i) {
-            const T gval = gr[i];
-            gw[i] = yr[i] <= 0 ? T(0) : gval;
+            for (int64_t i = 0; i < inner; ++i) {
+              const T gval = gr[i];
+              gw[i] = yr[i] <= 0 ? T(0) : gval;
+            }
+            gv = gw;
           }
-#pragma omp simd reduction(+ : a1, a2)
-          for (int64_t i = 0; i < inner; ++i) {
-            const double gv = gw[i];
-            a1 += gv;
-            a2 += gv * double(xr[i] - m);
+          for (int64_t i0 = 0; i0 < inner; i0 += 16 * kBnBlock) {
+            const int64_t i1 = std::min(inner, i0 + 16 * kBnBlock);
+            T b1 = 0, b2 = 0;
+            if (!bwd) {
+#pragma omp simd reduction(+ : b1, b2)
+              for (int64_t i = i0; i < i1; ++i) {
+                const T d = xr[i] - kc;
+                b1 += d;
+                b2 += d * d;
+              }
+            } else {
+#pragma omp simd reduction(+ : b1, b2)
+              for (int64_t i = i0; i < i1; ++i) {
+                b1 += gv[i];
+                b2 += gv[i] * (xr[i] - kc);
+              }
+            }
+            a1 += b1;
+            a2 += b2;
           }
         }
+        s1[c] = a1;
+        s2[c] = a2;
       }
-      s1[c] = a1;
-      s2[c] = a2;
+    });
+  }
+  if (!bwd) {  // back from the shifted sums: sum x = S1 + m k, sum x^2 = S2 + 2 k S1 + m k^2
+    const double m = double(outer) * double(inner);
+    for (int64_t c = 0; c < C; ++c) {
+      const double kc = double(k[c]), a = s1[c];
+      s1[c] = a + m * kc;
+      s2[c] = s2[c] + 2 * kc * a + m * kc * kc;
     }
-  });
+  }
 }
 
 // Forward apply: y = relu((x - mu[c]) a[c] + b[c] (+ res)). Backward apply (g, y given): dx =
