@@ -39,6 +39,11 @@ SCHEMAS = {
     "sort_bwd": "(Tensor grad_out, Tensor a, Tensor b, int mode, float eps) -> (Tensor, Tensor)",
 }
 
+# Native operators the Python backends do not define: the CPU training fusion of BatchNorm (batch
+# statistics) + add + ReLU, which fastconv.functional.batch_norm_relu_train uses on the native backend
+# only (elsewhere torch's modules run).
+NATIVE_ONLY = {"bn_relu_train_fwd", "bn_relu_train_bwd"}
+
 # Elementwise operators run on the raw memory order of their first tensor (no layout copies).
 _ELEMENTWISE = {"relu_fwd", "relu_bwd", "sort_fwd", "sort_bwd"}
 _LIBS = {}  # namespace -> (torch.library.Library (keeps the definitions alive), OpSet)
