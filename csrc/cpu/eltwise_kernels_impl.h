@@ -288,64 +288,54 @@ void bn_channel_sums(const T* x, const T* y, const T* g, const T* mean, T* gres,
   }
 }
 
+// One run of n elements of bn_channel_apply, at offset `off` of every tensor: the channel
+// parameters mu, a, b, d indexed per element (a channels-last pixel row, kPerElem) or one value for
+// the whole run (an NCHW plane row).
+template <typename T, bool kPerElem>
+inline void bn_apply_run(const T* x, const T* res, const T* g, const T* y, const T* mu, const T* a, const T* b,
+                         const T* d, T* out, int64_t off, int64_t n) {
+  const T* __restrict xr = x + off;
+  T* __restrict orow = out + off;
+  if (!g) {
+    const T* rr = res ? res + off : nullptr;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = kPerElem ? i : 0;
+      T v = (xr[i] - mu[j]) * a[j] + b[j];
+      if (rr) v += rr[i];
+      orow[i] = v < 0 ? T(0) : v;
+    }
+    return;
+  }
+  const T *gr = g + off, *yr = y + off;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = kPerElem ? i : 0;
+    const T gval = gr[i], gv = yr[i] <= 0 ? T(0) : gval;  // both loaded: a select
+    orow[i] = a[j] * gv + b[j] * (xr[i] - mu[j]) + d[j];
+  }
+}
+
 // Forward apply: y = relu((x - mu[c]) a[c] + b[c] (+ res)). Backward apply (g, y given): dx =
 // a[c] g' + b[c] (x - mu[c]) + d[c] with g' = (y <= 0 ? 0 : g). Centred on mu, so that no large
 // terms cancel where the mean is large against the spread.
 template <typename T>
 void bn_channel_apply(const T* x, const T* res, const T* g, const T* y, const T* mu, const T* a, const T* b,
                       const T* d, T* out, int64_t outer, int64_t C, int64_t inner) {
-  const int64_t n = outer * C * inner;
-  const bool bwd = g != nullptr;
-  parallel_ranges(outer * C, n, [&](int64_t lo, int64_t hi) {
+  parallel_ranges(outer * C, outer * C * inner, [&](int64_t lo, int64_t hi) {
     // rows of `inner` elements: row r is (o, c) = (r / C, r % C); channels-last rows are single
-    // elements, so walk whole pixel rows there.
+    // elements, so walk runs of whole pixel rows there.
     if (inner == 1) {
       for (int64_t r = lo; r < hi;) {
         const int64_t c0 = r % C, cnt = std::min(C - c0, hi - r);
-        const T* xr = x + r;
-        T* orow = out + r;
-        if (!bwd) {
-          const T* rr = res ? res + r : nullptr;
-#pragma omp simd
-          for (int64_t c = 0; c < cnt; ++c) {
-            T v = (xr[c] - mu[c0 + c]) * a[c0 + c] + b[c0 + c];
-            if (rr) v += rr[c];
-            orow[c] = v < 0 ? T(0) : v;
-          }
-        } else {
-          const T *gr = g + r, *yr = y + r;
-#pragma omp simd
-          for (int64_t c = 0; c < cnt; ++c) {
-            const T gval = gr[c], gv = yr[c] <= 0 ? T(0) : gval;  // both loaded: a select
-            orow[c] = a[c0 + c] * gv + b[c0 + c] * (xr[c] - mu[c0 + c]) + d[c0 + c];
-          }
-        }
+        bn_apply_run<T, true>(x, res, g, y, mu + c0, a + c0, b + c0, d ? d + c0 : nullptr, out, r, cnt);
         r += cnt;
       }
       return;
     }
     for (int64_t r = lo; r < hi; ++r) {
-      const int64_t c = r % C, base = r * inner;
-      const T ac = a[c], bc = b[c], mc = mu[c];
-      const T* xr = x + base;
-      T* orow = out + base;
-      if (!bwd) {
-        const T* rr = res ? res + base : nullptr;
-#pragma omp simd
-        for (int64_t i = 0; i < inner; ++i) {
-          T v = (xr[i] - mc) * ac + bc;
-          if (rr) v += rr[i];
-          orow[i] = v < 0 ? T(0) : v;
-        }
-      } else {
-        const T *gr = g + base, *yr = y + base;
-        const T dc = d[c];
-#pragma omp simd
-        for (int64_t i = 0; i < inner; ++i) {
-          const T gval = gr[i], gv = yr[i] <= 0 ? T(0) : gval;  // both loaded: a select
-          orow[i] = ac * gv + bc * (xr[i] - mc) + dc;
-        }
-      }
+      const int64_t c = r % C;
+      bn_apply_run<T, false>(x, res, g, y, mu + c, a + c, b + c, d ? d + c : nullptr, out, r * inner, inner);
     }
   });
 }
