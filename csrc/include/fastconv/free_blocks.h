@@ -44,25 +44,16 @@ class FreeBlocks {
           continue;
         }
         freed += free_[i].first;
-        held_ -= free_[i].first;
-        std::free(free_[i].second);
-        free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+        std::free(remove(i));
       }
       return nullptr;
     }
-    void* p = free_[best].second;
-    held_ -= free_[best].first;
-    free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(best));
-    return p;
+    return remove(best);
   }
 
   void give(void* p, size_t bytes) {
     if (bytes > limit_) return std::free(p);
-    while (!free_.empty() && held_ + bytes > limit_) {
-      std::free(free_.front().second);
-      held_ -= free_.front().first;
-      free_.erase(free_.begin());
-    }
+    while (!free_.empty() && held_ + bytes > limit_) std::free(remove(0));
     free_.emplace_back(bytes, p);
     held_ += bytes;
   }
@@ -77,6 +68,14 @@ class FreeBlocks {
   size_t limit() const { return limit_; }
 
  private:
+  // Takes kept block i out of the list; returns it.
+  void* remove(size_t i) {
+    void* p = free_[i].second;
+    held_ -= free_[i].first;
+    free_.erase(free_.begin() + static_cast<std::ptrdiff_t>(i));
+    return p;
+  }
+
   std::vector<std::pair<size_t, void*>> free_;  // (bytes, block), oldest first
   size_t held_ = 0, limit_;
 };
