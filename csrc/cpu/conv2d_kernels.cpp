@@ -94,14 +94,14 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   if (pointwise_nchw_path(p)) return pointwise_nchw(p, x, w, y, ep, mk);
   const bool wino = winograd_path<T>(p);
   Buffer<T> wstore;
-  if (!packed) {
-    wstore.alloc(wino ? wino_packed_size(p, mk.kv) : direct_packed_size(p, mk.kv));
-    pack_for(p, w, wstore.get(), mk, wino);
+  if (!packed && !wino) {
+    wstore.alloc(direct_packed_size(p, mk.kv));
+    pack_for(p, w, wstore.get(), mk, false);
     packed = wstore.get();
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (wino) {
-      if (winograd_fwd(p, x, packed, y, ep, mk)) return;
+    if (wino) {  // without the cached transform, winograd_fwd makes what it needs from w
+      if (winograd_fwd(p, x, packed, w, y, ep, mk)) return;
       // A non-finite value (see winograd_fwd): the whole layer again on the direct path.
       wstore.alloc(direct_packed_size(p, mk.kv));
       pack_for(p, w, wstore.get(), mk, false);
