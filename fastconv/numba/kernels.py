@@ -136,7 +136,7 @@ def winograd(x, w, stride, padding, dilation, groups, P, Q):
     """The Winograd rule: the native kernel's (float32, groups 1, 3x3, stride and dilation 1, at least
     16 input and output channels, output at least 4x4), where the multiply-adds it saves per channel
     pair (9 N P Q - 36 tiles) pay for transforming the weights on every call (about the time of 1500
-    multiply-adds in a GEMM here, measured; the native kernel's vectorized transform needs 900)."""
+    multiply-adds in a GEMM here, measured; the native kernel needs 500)."""
     if not (_WINOGRAD[0] and x.dtype == np.float32 and groups == 1 and tuple(w.shape[2:]) == (3, 3)
             and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and x.shape[1] >= 16 and w.shape[0] >= 16
             and P >= 4 and Q >= 4):
