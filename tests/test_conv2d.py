@@ -41,6 +41,9 @@ CASES = {
     # strided input gradients by stride phase (>= 16 input channels per group; a phase with no tap)
     "phases_3x3_s2": (2, 24, 11, 10, 32, 3, 3, 2, 1, 1, 1, True),
     "phases_s3_groups": (1, 32, 13, 14, 8, 5, 2, (3, 4), (2, 0), 1, 2, False),
+    # a small weight gradient over many dy rows: per-thread copies of dw over fixed shares of the rows
+    "stem_like": (4, 3, 40, 44, 16, 7, 7, 2, 3, 1, 1, False),
+    "small_dw_gather": (4, 16, 30, 26, 20, 3, 3, 2, 1, 1, 1, True),
 }
 
 
@@ -85,7 +88,8 @@ def test_cases_float64(name, device):
     run_conv(CASES[name], torch.float64, device)
 
 
-LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise", "1x1_gemm_stride2", "phases_3x3_s2"]
+LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise", "1x1_gemm_stride2", "phases_3x3_s2",
+                "small_dw_gather"]
 
 
 @pytest.mark.parametrize("name", ["1x1_gemm", "1x1_gemm_stride2"])
