@@ -42,8 +42,10 @@ CASES = {
     "phases_3x3_s2": (2, 24, 11, 10, 32, 3, 3, 2, 1, 1, 1, True),
     "phases_s3_groups": (1, 32, 13, 14, 8, 5, 2, (3, 4), (2, 0), 1, 2, False),
     # a small weight gradient over many dy rows: per-thread copies of dw over fixed shares of the rows
-    "stem_like": (4, 3, 40, 44, 16, 7, 7, 2, 3, 1, 1, False),
+    # (dy read in place where channels-last with whole kv panels: K = 32)
+    "stem_like": (4, 3, 40, 44, 32, 7, 7, 2, 3, 1, 1, False),
     "small_dw_gather": (4, 16, 30, 26, 20, 3, 3, 2, 1, 1, 1, True),
+    "small_dw_gather_k32": (4, 16, 30, 26, 32, 3, 3, 2, 1, 1, 1, False),
 }
 
 
@@ -89,13 +91,21 @@ def test_cases_float64(name, device):
 
 
 LAYOUT_CASES = ["prime", "groups", "same_even", "1x1", "depthwise", "1x1_gemm_stride2", "phases_3x3_s2",
-                "small_dw_gather"]
+                "stem_like", "small_dw_gather", "small_dw_gather_k32"]
 
 
 @pytest.mark.parametrize("name", ["1x1_gemm", "1x1_gemm_stride2"])
 @pytest.mark.parametrize("layout", ["channels_last", "x_cl"])
 def test_pointwise_channels_last_isa(name, layout, isa):
     run_conv(CASES[name], torch.float32, "cpu", layout)
+
+
+@pytest.mark.parametrize("name", ["stem_like", "small_dw_gather", "small_dw_gather_k32", "phases_3x3_s2"])
+def test_weight_grad_channels_last_isa(name, isa):
+    """The general weight gradient on channels-last data: per-thread copies of a small dw over fixed
+    shares of dy's rows (all but the last) or one task per tap; dy read in place (K = 32: whole
+    panels on every ISA) or packed (K = 20)."""
+    run_conv(CASES[name], torch.float32, "cpu", "channels_last")
 
 
 @pytest.mark.parametrize("name", ["channel_blocks", "1x1", "1x1_gemm_stride2"])
