@@ -23,7 +23,7 @@ _overridden = torch.overrides.has_torch_function_variadic
 _override = torch.overrides.handle_torch_function
 
 
-_below_autograd = torch._C._AutoDispatchBelowAutograd
+_below_autograd = _ops_module.below_autograd
 
 
 def _no_grad(*ts):
@@ -35,19 +35,8 @@ def _no_grad(*ts):
     return True
 
 
-def _plain(args):
-    """True when every tensor argument is an ordinary CPU or CUDA tensor (or parameter): no subclass,
-    fake or meta tensor, nor a functorch wrapper (vmap, grad, functionalize), that needs the
-    dispatcher."""
-    for a in args:
-        if isinstance(a, torch.Tensor) and (type(a) not in _PLAIN or a.device.type not in ("cpu", "cuda")
-                                            or _wrapped(a)):
-            return False
-    return True
-
-
-_PLAIN = (torch.Tensor, torch.nn.Parameter)
-_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+_plain = _ops_module.plain_args
+_wrapped = _ops_module.functorch_wrapped
 
 
 def _call(name, grad_inputs, *args):

@@ -39,6 +39,17 @@ def isa_path(name):
         C.set_isa(before)
 
 
+@contextlib.contextmanager
+def winograd(on):
+    """Winograd on (the default) or off for the native 3x3 float32 layers within the block."""
+    C = _native()
+    before = C.set_winograd(on)
+    try:
+        yield on
+    finally:
+        C.set_winograd(before)
+
+
 @pytest.fixture(params=ISAS)
 def isa(request):
     with isa_path(request.param) as name:

@@ -1,7 +1,6 @@
 """fastconv.conv2d_fused against the torch composite conv -> * scale + shift + bias -> add / sort -> relu
 and the NumPy reference, forward and backward (including the gradients of scale, shift, bias and the
 residual)."""
-import contextlib
 import itertools
 
 import numpy as np
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 import fastconv
 from fastconv import _ext
 from fastconv import reference as R
-from conftest import DEVICES, DTYPES, check_op, conv_pads, isa_path, layout_args, rand, same_format
+from conftest import DEVICES, DTYPES, check_op, conv_pads, isa_path, layout_args, rand, same_format, winograd
 
 COMBINES = [None, "add", "sort"]
 # (N, C, H, W, K, R, S, stride, padding, dilation, groups)
@@ -255,15 +254,6 @@ WINOGRAD = {
     "c300_pad0": (4, 300, 10, 10, 18, 3, 3, 1, 0, 1, 1),
     "40x40_k16_pad2": (1, 17, 38, 37, 16, 3, 3, 1, 2, 1, 1),
 }
-
-
-@contextlib.contextmanager
-def winograd(on):
-    before = _ext.require_native().set_winograd(on)
-    try:
-        yield
-    finally:
-        _ext.require_native().set_winograd(before)
 
 
 def _conv_pair(geom, layout, seed=0):

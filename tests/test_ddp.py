@@ -1,5 +1,7 @@
 """A converted model trains under DistributedDataParallel (gloo, 2 CPU processes): one step's
-gradients equal those of one process on the concatenated batch."""
+gradients equal those of one process on the concatenated batch. Winograd is off on both sides: it
+is chosen by geometry, batch size included, so the halves and the whole batch could take different
+paths, whose float32 rounding the SORT network below amplifies past the comparison's 1e-4."""
 import socket
 
 import pytest
@@ -8,6 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fastconv
+
+from conftest import winograd
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +51,14 @@ def _worker(rank, world, port, path):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         grads = {}
-        for kind in KINDS:
-            model = torch.nn.parallel.DistributedDataParallel(_make(kind))
-            x, y = _batch()
-            n = x.shape[0] // world
-            part = slice(rank * n, (rank + 1) * n)
-            torch.nn.functional.cross_entropy(model(x[part]), y[part]).backward()
-            grads[kind] = _grads(model.module)
+        with winograd(False):
+            for kind in KINDS:
+                model = torch.nn.parallel.DistributedDataParallel(_make(kind))
+                x, y = _batch()
+                n = x.shape[0] // world
+                part = slice(rank * n, (rank + 1) * n)
+                torch.nn.functional.cross_entropy(model(x[part]), y[part]).backward()
+                grads[kind] = _grads(model.module)
         torch.save(grads, f"{path}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -65,7 +70,8 @@ def test_ddp_two_process_gradients_match_single_process(tmp_path):
     for kind in KINDS:
         model = _make(kind)
         x, y = _batch()
-        torch.nn.functional.cross_entropy(model(x), y).backward()
+        with winograd(False):
+            torch.nn.functional.cross_entropy(model(x), y).backward()
         for ref, g0, g1 in zip(_grads(model), per_rank[0][kind], per_rank[1][kind], strict=True):
             torch.testing.assert_close(g0, g1)  # DDP averaged them across ranks
             torch.testing.assert_close(g0, ref, rtol=1e-4, atol=1e-5)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import fastconv
-from fastconv import _ext
+
+from conftest import winograd as winograd_set
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -31,12 +32,8 @@ def _trajectory(model, x, t, steps):
 @pytest.fixture(params=["direct", "winograd"])
 def winograd(request):
     """Winograd on (the default) or off for the 3x3 layers."""
-    C = _ext.require_native()
-    before = C.set_winograd(request.param == "winograd")
-    try:
-        yield request.param == "winograd"
-    finally:
-        C.set_winograd(before)
+    with winograd_set(request.param == "winograd") as on:
+        yield on
 
 
 @pytest.mark.parametrize("dtype,rtol,steps", [(torch.float64, 1e-10, 20), (torch.float32, 2e-3, 5)])
