@@ -46,8 +46,12 @@ test: build native native-asan test-py
 run: build
 	$(PY) -m fastconv demo
 
+# The layer suite against torch, then whole networks against ONNX Runtime, OpenVINO and torch.compile
+# with freezing (the optional peers are installed here, not by setup or test).
 bench: build
+	$(PY) -m pip install -q -r benchmarks/requirements-peers.txt
 	$(PY) -m fastconv bench
+	$(PY) -m fastconv bench --ops peers
 
 info: build
 	$(PY) -m fastconv info

@@ -19,8 +19,12 @@ def main(argv=None):
     bench.add_argument("--ops", default=None,
                        help="comma-separated groups out of conv, conv_bwd, memory, block (SORT bottleneck), "
                             "models (ResNet-18/50 at batch 1 and --batch), train (ResNet-18/50 training steps "
-                            "against torch eager and torch.compile, CPU); default: all but models and train")
+                            "against torch eager and torch.compile, CPU), peers (whole-network inference against "
+                            "ONNX Runtime, OpenVINO and torch.compile with freezing, CPU); default: all but models, "
+                            "train and peers")
     bench.add_argument("--batch", type=_cli.positive_int, default=None, help="batch size (default 8 on CPU, 128 on CUDA)")
+    bench.add_argument("--models", type=_cli.torchvision_models, default=None,
+                       help="comma-separated torchvision nets for --ops peers (default resnet18,resnet50,alexnet)")
     bench.add_argument("--no-compile", action="store_true",
                        help="no torch.compile peer (memory-bound ops, training steps)")
     from fastconv import demo as demo_mod

@@ -36,3 +36,14 @@ def backend(text):
     if text not in backends.names():
         raise argparse.ArgumentTypeError(f"{text!r} is not a backend: choose from {', '.join(backends.names())}")
     return text
+
+
+def torchvision_models(text):
+    """Comma-separated torchvision classification model names (resnet50, vgg16, ...), checked."""
+    import torchvision
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    known = set(torchvision.models.list_models(module=torchvision.models))
+    bad = [n for n in names if n not in known]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: not torchvision classification models: {', '.join(bad) or '(none)'}")
+    return ",".join(names)

@@ -230,7 +230,7 @@ def block_rows(device, dtype, batch, repeats):
     return rows
 
 
-GROUPS = ("conv", "conv_bwd", "memory", "block", "models", "train")  # --ops; default: all but models, train
+GROUPS = ("conv", "conv_bwd", "memory", "block", "models", "train", "peers")  # --ops; default: the first four
 MODEL_FLOPS = {"resnet18": 1.82e9, "resnet50": 4.11e9}  # multiply-adds x 2 per 224x224 image
 
 
@@ -308,19 +308,24 @@ def _train_setup(name, batch, impl, image=112, classes=100, seed=0):
     return step, float(step().detach())
 
 
-def _peak_rss_mb(name, batch, impl):
-    """Peak resident memory (MB) of a fresh process that builds the model and runs three training
-    steps as `impl` (the same libraries loaded for every impl, so the peaks compare)."""
+def _peak_mb(code):
+    """Peak resident memory (MB) of a fresh python running `code` (which has `from fastconv import
+    bench` done) and then nothing else; None if it failed. VmHWM, not getrusage's ru_maxrss: Linux
+    carries ru_maxrss over fork and exec from the parent."""
     import subprocess
-    # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over fork and exec from the parent
-    code = ("from fastconv import bench; "
-            f"step, _ = bench._train_setup({name!r}, {batch}, {impl!r}); step(); step(); "
+    code = ("from fastconv import bench; " + code + "; "
             "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')) / 1024)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
     try:
         return float(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
+
+
+def _peak_rss_mb(name, batch, impl):
+    """Peak resident memory (MB) of a fresh process that builds the model and runs three training
+    steps as `impl` (the same libraries loaded for every impl, so the peaks compare)."""
+    return _peak_mb(f"step, _ = bench._train_setup({name!r}, {batch}, {impl!r}); step(); step()")
 
 
 def train_rows(batches, repeats, compile_peer=True, memory=True, models=("resnet18", "resnet50")):
@@ -375,6 +380,109 @@ def format_train_table(rows, markdown=False):
     return table(rows, cols, markdown=markdown)
 
 
+PEER_MODELS = ("resnet18", "resnet50", "alexnet")
+PEER_LOGIT_TOL = 1e-4  # fastconv's logits against torch eager's, relative to their largest magnitude
+
+
+def inference_model(name, seed=0):
+    """torchvision `name` (weights=None, seeded; BatchNorm statistics randomized) in eval mode: the
+    same weights in every process that asks."""
+    import torchvision
+    torch.manual_seed(seed)
+    return randomize_bn(getattr(torchvision.models, name)(weights=None), seed).eval()
+
+
+def inference_runner(impl, model, x, onnx_path=None):
+    """x -> logits of `model` run as `impl`: "fastconv" (convert, channels_last), "torch eager", or a
+    fastconv.peers peer (the ONNX ones from `onnx_path` when given)."""
+    from fastconv import peers
+    if impl in peers.INFERENCE_PEERS:
+        return peers.runner(impl, model, x, onnx_path=onnx_path)
+    m = fastconv.convert(model, channels_last=True) if impl == "fastconv" else model
+
+    def run(xx):
+        with torch.inference_mode():
+            return m(xx)
+    return run
+
+
+def _peer_peak_mb(name, batch, impl, image, onnx_path):
+    """Peak RSS (MB) of a fresh process that builds `impl`'s runner for torchvision `name` (the ONNX
+    peers load the file the parent exported, as a deployment would) and runs three batches."""
+    return _peak_mb(f"import torch; m = bench.inference_model({name!r}); x = torch.randn({batch}, 3, {image}, {image}); "
+                    f"run = bench.inference_runner({impl!r}, m, x, {onnx_path!r}); [run(x) for _ in range(3)]")
+
+
+def peer_rows(batches, repeats, models=PEER_MODELS, image=224, memory=True, peers_wanted=None):
+    """Whole-network CPU inference of torchvision `models` at 224x224, float32: fastconv (convert,
+    channels_last) against ONNX Runtime, OpenVINO and torch.compile with freezing (fastconv.peers),
+    interleaved in one process, each peer at the same thread count; every impl's logits compared
+    with torch eager's (fastconv's must agree within PEER_LOGIT_TOL of their scale); the peak
+    resident memory of each in a fresh process. Peers that cannot run here are skipped with a note
+    (row["skipped"])."""
+    import os
+    import tempfile
+
+    from fastconv import peers
+    wanted = tuple(peers_wanted or peers.INFERENCE_PEERS)
+    skipped = peers.missing(wanted)
+    for p, why in skipped.items():
+        print(f"  ({p} skipped: {why})", file=sys.stderr, flush=True)
+    rows = []
+    for name in models:
+        model = inference_model(name)
+        for batch in batches:
+            x = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(batch))
+            with tempfile.TemporaryDirectory(prefix="fastconv-bench-") as tmp:
+                onnx_path = None
+                if any(p in ("onnxruntime", "openvino") for p in wanted if p not in skipped):
+                    onnx_path = peers.export_onnx(model, x, os.path.join(tmp, f"{name}.onnx"))
+                runs, build_s = {}, {}
+                for impl in ("fastconv", "torch eager") + tuple(p for p in wanted if p not in skipped):
+                    t0 = time.perf_counter()
+                    runs[impl] = inference_runner(impl, model, x, onnx_path)
+                    runs[impl](x)  # the first call compiles (torch.compile) or plans
+                    build_s[impl] = time.perf_counter() - t0
+                with torch.no_grad():
+                    want = runs["torch eager"](x)
+                    scale = max(float(want.abs().max()), 1e-30)
+                    diff = {impl: float((run(x).float() - want).abs().max()) / scale for impl, run in runs.items()}
+                if diff["fastconv"] > PEER_LOGIT_TOL:
+                    raise AssertionError(f"fastconv bench: {name} b{batch} logits differ from torch eager's by "
+                                         f"{diff['fastconv']:.2e} of their scale (> {PEER_LOGIT_TOL})")
+                timed = {impl: run for impl, run in runs.items() if impl != "torch eager"}
+                with torch.no_grad():
+                    times = interleaved({impl: (lambda r=r: r(x)) for impl, r in timed.items()}, "cpu", repeats,
+                                        warmup=1)
+                peer_ms = {p: float(times[p]) * 1e3 for p in times if p != "fastconv"}
+                row = {"op": f"infer {name}", "shape": f"{batch}x3x{image}x{image}",
+                       "fastconv_ms": float(times["fastconv"]) * 1e3, "peer_ms": peer_ms,
+                       "ratio_fastest": min(peer_ms.values()) / (float(times["fastconv"]) * 1e3) if peer_ms else None,
+                       "rel_diff": diff, "build_s": build_s, "skipped": skipped,
+                       "quartiles_ms": {impl: times[impl].quartiles_ms() for impl in times}}
+                if memory:
+                    row["peak_rss_mb"] = {impl: _peer_peak_mb(name, batch, impl, image, onnx_path) for impl in times}
+            rows.append(row)
+            print(f"  infer {name} b{batch}: fastconv {row['fastconv_ms']:.1f} ms, " +
+                  ", ".join(f"{p} {v:.1f}" for p, v in peer_ms.items()) +
+                  (f"; vs fastest {row['ratio_fastest']:.2f}x" if peer_ms else ""), file=sys.stderr, flush=True)
+    return rows
+
+
+def format_peer_table(rows, markdown=False):
+    """Inference against the peers: ms per batch of fastconv and each peer, fastest peer / fastconv,
+    peak RSS per impl (where measured)."""
+    impls = ["fastconv"] + list(dict.fromkeys(p for r in rows for p in r["peer_ms"]))
+    cols = [("model", "op", ""), ("batch", "shape", ""), ("fastconv ms", "fastconv_ms", ".1f")]
+    cols += [(f"{p} ms", (lambda r, p=p: r["peer_ms"].get(p)), ".1f") for p in impls[1:]]
+    cols += [("vs fastest", "ratio_fastest", ".2f")]
+    if any(r.get("peak_rss_mb") for r in rows):
+        cols += [("peak MB " + " / ".join(impls),
+                  lambda r: " / ".join(f"{r['peak_rss_mb'][i]:.0f}" if r.get("peak_rss_mb", {}).get(i) else "-"
+                                       for i in impls), "")]
+    return table(rows, cols, markdown=markdown)
+
+
 def format_table(rows):
     """ratio = torch eager time / fastconv time (> 1: fastconv faster); "vs compile" the same against
     torch.compile of the eager expression, where measured."""
@@ -400,7 +508,7 @@ def main(args):
     quick = args.quick
     layers = [l for l in LAYERS if not quick or l[0] in QUICK_LAYERS]
     repeats = 5 if quick else 10
-    ops = set(args.ops.split(",")) if args.ops else set(GROUPS) - {"models", "train"}
+    ops = set(args.ops.split(",")) if args.ops else set(GROUPS) - {"models", "train", "peers"}
     unknown = ops - set(GROUPS)
     if unknown:
         print(f"fastconv bench: unknown --ops {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}",
@@ -441,12 +549,25 @@ def main(args):
         progress("train", "ResNet-18/50 training steps at batch 8 and 32 (and peak memory, in fresh processes)")
         train = train_rows((8,) if quick else (8, 32), 3 if quick else 5, compile_peer=not args.no_compile,
                            memory=not quick, models=("resnet18",) if quick else ("resnet18", "resnet50"))
+    peer = []
+    if "peers" in ops:
+        if device != "cpu":
+            print("fastconv bench: --ops peers runs on the CPU only", file=sys.stderr)
+            return 2
+        models = tuple(args.models.split(",")) if getattr(args, "models", None) else PEER_MODELS
+        progress("peers", f"{', '.join(models)} inference against ONNX Runtime, OpenVINO, torch.compile freezing")
+        peer = peer_rows(sorted({1, batch}), 5 if quick else 10, models=models, memory=not quick)
     if rows:
         print(format_table(rows))
     if train:
         print(format_train_table(train))
         print(f"geomean vs the fastest peer (training): {geomean(r['ratio_fastest'] for r in train):.2f}x")
-    rows += train
+    if peer:
+        print(format_peer_table(peer))
+        ratios = [r["ratio_fastest"] for r in peer if r["ratio_fastest"]]
+        if ratios:
+            print(f"geomean vs the fastest peer (inference): {geomean(ratios):.2f}x over {len(ratios)} cases")
+    rows += train + peer
     for prefix in ("conv2d_fwd[nchw]", "conv2d_fwd[nhwc]", "conv2d_fwd+bwd[nchw]"):
         sel = [r["ratio"] for r in rows if r["op"] == prefix]
         if sel:

@@ -175,3 +175,31 @@ def test_bench_train_group():
     assert abs(row["loss"]["fastconv"] - row["loss"]["torch eager"]) < 1e-3 * max(1, abs(row["loss"]["torch eager"]))
     assert "vs fastest" in bench.format_train_table(rows)
     assert bench._peak_rss_mb("resnet18", 1, "fastconv") > 50
+
+
+def test_bench_peers_group():
+    """`fastconv bench --ops peers`: fastconv against the inference peers that can run here, logits
+    checked against torch eager; a peer whose package is absent is skipped with a note naming it."""
+    from fastconv import bench, peers
+    wanted = ("onnxruntime", "openvino")
+    rows = bench.peer_rows((1,), 1, models=("resnet18",), image=64, memory=False, peers_wanted=wanted)
+    (row,) = rows
+    absent = peers.missing(wanted)
+    assert set(row["skipped"]) == set(absent) and set(row["peer_ms"]) == set(wanted) - set(absent)
+    assert all("pip install fastconv[peers]" in why for why in absent.values())
+    assert row["rel_diff"]["fastconv"] <= bench.PEER_LOGIT_TOL
+    assert all(d < 1e-4 for d in row["rel_diff"].values()), row["rel_diff"]
+    assert "vs fastest" in bench.format_peer_table(rows)
+
+
+def test_peers_arguments(monkeypatch):
+    from fastconv import peers
+    with pytest.raises(ValueError, match="'tvm' is not a peer"):
+        peers.missing(["tvm"])
+    m = torch.nn.Conv2d(3, 4, 3).eval()
+    with pytest.raises(ValueError, match="x must be a float32 CPU tensor"):
+        peers.runner("torch.compile freezing", m, torch.randn(1, 3, 8, 8, dtype=torch.float64))
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # import fails as if absent
+    assert "onnxruntime is not installed" in peers.missing(["onnxruntime"])["onnxruntime"]
+    with pytest.raises(RuntimeError, match="onnxruntime cannot run here"):
+        peers.runner("onnxruntime", m, torch.randn(1, 3, 8, 8))
