@@ -22,7 +22,7 @@ from fastconv import nn
 # torch layer -> fastconv layer; the instance keeps its __dict__ (parameters, buffers, hooks) and only
 # its class (hence its forward) changes.
 _LEAVES = {torch.nn.Conv2d: nn.Conv2d, torch.nn.MaxPool2d: nn.MaxPool2d, torch.nn.AvgPool2d: nn.AvgPool2d,
-           torch.nn.AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d, torch.nn.ReLU: nn.ReLU}
+           torch.nn.AdaptiveAvgPool2d: nn.AdaptiveAvgPool2d, torch.nn.ReLU: nn.ReLU, torch.nn.Linear: nn.Linear}
 
 
 def _blocks():
@@ -94,8 +94,8 @@ def _walk(module, blocks, fuse, summary):
 
 
 def convert(model, *, fuse=None, inplace=False, verbose=False, channels_last=False):
-    """Swap the torch.nn Conv2d (any padding_mode), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d and
-    ReLU layers of `model` for their fastconv.nn twins, keeping parameters, buffers and state_dict
+    """Swap the torch.nn Conv2d (any padding_mode), MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, ReLU
+    and Linear layers of `model` for their fastconv.nn twins, keeping parameters, buffers and state_dict
     keys. With fuse=True (default: when `model` is in eval mode) the fused inference path is turned
     on: BatchNorm is folded into the preceding conv and conv->bn->(residual add)->relu runs of
     nn.Sequential, torchvision BasicBlock/Bottleneck/ResNet stem and googlenet BasicConv2d become

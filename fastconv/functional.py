@@ -145,6 +145,34 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return y.squeeze(0) if unbatched else y
 
 
+def linear(input, weight, bias=None):
+    """Fully connected layer, as torch.nn.functional.linear: input (*, in_features), weight
+    (out_features, in_features) or (in_features,), bias (out_features,), () or None. Computed as the
+    1x1 convolution of input viewed as (M, in_features, 1, 1), M the product of the leading dims; at
+    a few rows the CPU kernel streams the weights once, bound by memory bandwidth."""
+    if _overridden(input, weight, bias):  # FX proxies, tensor subclasses, function modes
+        return _override(linear, (input, weight, bias), input, weight, bias)
+    A.check_tensor(input, "input")
+    A.check_tensor(weight, "weight", dims=(1, 2))
+    A.check_same(input, "input", weight, "weight")
+    vector = weight.dim() == 1
+    w = weight.unsqueeze(0) if vector else weight
+    k, c = w.shape
+    if input.dim() == 0 or input.shape[-1] != c:
+        raise ValueError(f"fastconv: linear 'input' must have shape (*, {c}) (the last dim is weight.shape[-1] "
+                         f"= in_features), got {tuple(input.shape)}")
+    if bias is not None:
+        A.check_tensor(bias, "bias", dims=(0, 1))
+        A.check_same(input, "input", bias, "bias")
+        if bias.dim() == 1 and bias.shape[0] != k or vector and bias.dim() != 0:
+            raise ValueError(f"fastconv: linear 'bias' must have shape ({k},) or (){' (the weight is 1-D)' if vector else ''}, "
+                             f"got {tuple(bias.shape)}")
+        bias = bias.expand(k) if bias.dim() == 0 else bias
+    lead = input.shape[:-1]
+    y = conv2d(input.reshape(-1, c, 1, 1), w.reshape(k, c, 1, 1), bias)
+    return y.reshape(lead) if vector else y.reshape(*lead, k)
+
+
 def _per_channel(t, name, k, x):
     if t is None:
         return None

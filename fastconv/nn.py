@@ -29,6 +29,13 @@ class Conv2d(Named, torch.nn.Conv2d):
         return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
+class Linear(Named, torch.nn.Linear):
+    """torch.nn.Linear running fastconv.linear."""
+
+    def forward(self, input):
+        return F.linear(input, self.weight, self.bias)
+
+
 class MaxPool2d(Named, torch.nn.MaxPool2d):
     """torch.nn.MaxPool2d running fastconv.max_pool2d."""
 

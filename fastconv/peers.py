@@ -75,6 +75,10 @@ def _onnxruntime(onnx_path, threads):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    # Its pool's threads otherwise busy-wait after each run, taking the cores from whatever runs
+    # next (measured: fastconv's AlexNet batch 1 timed right after it, 19.8 -> 25.7 ms); ONNX Runtime
+    # itself measured as fast or faster without it.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
 
     def run(x):

@@ -64,7 +64,9 @@ inline int64_t direct_packed_size(const Conv2dParams& p, int kv) {
 
 template <typename T>
 int64_t conv2d_fwd_packed_size(const Conv2dParams& p) {
-  if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0 || is_depthwise(p) || pointwise_nchw_path(p)) return 0;
+  if (p.x.n == 0 || p.y.c == 0 || p.y.h == 0 || p.y.w == 0 || is_depthwise(p) || pointwise_nchw_path(p) ||
+      few_pixels_path(p))
+    return 0;
   const int kv = micro_kernel<T>().kv;
   return winograd_path<T>(p) ? wino_packed_size(p, kv) : direct_packed_size(p, kv);
 }
@@ -92,6 +94,7 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
   if (is_depthwise(p) && weights_finite(p.w, w)) return dw_fwd(p, x, w, y, ep);
   const MicroKernel<T> mk = micro_kernel<T>();
   if (pointwise_nchw_path(p)) return pointwise_nchw(p, x, w, y, ep, mk);
+  if (few_pixels_path(p)) return few_pixels_fwd(p, x, w, y, ep);
   const bool wino = winograd_path<T>(p);
   Buffer<T> wstore;
   if (!packed && !wino) {

@@ -162,14 +162,23 @@ namespace portable {
 FASTCONV_ISA_DECLS
 constexpr int kKv = 16;
 }  // namespace portable
+// Few-pixel 1x1 dot products (conv2d_kernels_simd.inc): out[m * ldo + r] = sum over c < n of
+// w[r * ldw + c] * x[m][c], for r < nr <= kDotRows and m < nm <= kDotPixels.
+#define FASTCONV_DOTS_DECL \
+  void dots_f32(const float* w, int64_t ldw, int nr, const float* const* x, int nm, int64_t n, float* out, int64_t ldo);
+
 namespace avx2 {
 FASTCONV_ISA_DECLS
+FASTCONV_DOTS_DECL
+constexpr int kDotRows = 4, kDotPixels = 2;
 constexpr int kKv = 16, kMp = 6;
 void conv_tile_f32(const TileArgs<float>& t);
 void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
 }  // namespace avx2
 namespace avx512 {
 FASTCONV_ISA_DECLS
+FASTCONV_DOTS_DECL
+constexpr int kDotRows = 4, kDotPixels = 4;
 constexpr int kKv = 32, kMp = 12;
 void conv_tile_f32(const TileArgs<float>& t);
 void transpose_f32(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd);
