@@ -12,14 +12,13 @@ table tools apply.
 
 Rules of the loop:
 - warm-up calls first (not timed): first-call allocation, autotuning and compilation stay out;
-- each round calls every function once, in the next permutation of their order, so each follows
-  each other equally often (a function that evicts the caches makes the next one run cold);
+- each round calls every function once, in the next order of a balanced Latin square, so each
+  follows each other equally often (a function that evicts the caches makes the next one run cold);
 - a sample ends when the device's work is done: CPU wall clock around the call, CUDA events
   around `number` calls on the GPU (number="auto" picks enough calls for about 1 ms per sample);
 - scrub=True overwrites a buffer larger than the last-level cache before every sample (untimed), so
   memory-bound ops all start from the same cache state.
 """
-import itertools
 import statistics
 import time
 
@@ -107,6 +106,23 @@ def _sample(fn, device, number, clock):
     return (clock() - t0) / number
 
 
+def _orders(keys):
+    """The rounds' call orders: a balanced Latin square (Williams design; with its mirror image for an
+    odd count), so over a cycle every function runs once in each position and directly follows each
+    other function equally often -- in len(keys) or 2 len(keys) rounds, where all permutations
+    would be len(keys)! (for three, the two are the same six orders)."""
+    n = len(keys)
+    steps, lo, hi = [0], 1, n - 1
+    while len(steps) < n:
+        steps.append(lo)
+        lo += 1
+        if len(steps) < n:
+            steps.append(hi)
+            hi -= 1
+    rows = [[keys[(r + s) % n] for s in steps] for r in range(n)]
+    return rows + [row[::-1] for row in rows] if n % 2 else rows
+
+
 def interleaved(fns, device="cpu", repeats=10, warmup=2, number=1, scrub=False, clock=time.perf_counter,
                 deadline=None):
     """Seconds per call of each function, as a Timed (median, with its samples), measured in rounds.
@@ -125,7 +141,7 @@ def interleaved(fns, device="cpu", repeats=10, warmup=2, number=1, scrub=False, 
     sync(device)
     per = {k: (_calls_per_sample(f, device) if number == "auto" else int(number)) for k, f in calls.items()}
     times = {k: [] for k in calls}
-    orders = list(itertools.permutations(calls))
+    orders = _orders(list(calls))
     for rep in range(repeats):
         if rep and deadline is not None and time.time() > deadline:
             break

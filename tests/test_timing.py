@@ -17,6 +17,19 @@ def test_calls_warmup_then_rounds_in_every_order():
     assert sorted(rounds) == sorted(["abc", "acb", "bac", "bca", "cab", "cba"])  # each follows each alike
 
 
+@pytest.mark.parametrize("n", [1, 2, 5, 8, 13])
+def test_orders_balanced_for_many_functions(n):
+    """Any number of functions (13! permutations would not fit in memory): each runs once per
+    position per cycle and directly follows each other one equally often."""
+    from fastconv.timing import _orders
+    rows = _orders(list(range(n)))
+    assert len(rows) == (2 * n if n % 2 else n) and all(sorted(r) == list(range(n)) for r in rows)
+    for pos in range(n):
+        assert sorted(r[pos] for r in rows) == sorted(list(range(n)) * (len(rows) // n))
+    pairs = [(r[i], r[i + 1]) for r in rows for i in range(n - 1)]
+    assert len(set(pairs)) == n * (n - 1) and all(pairs.count(p) == pairs.count(pairs[0]) for p in set(pairs))
+
+
 def test_list_form_skips_none():
     out = interleaved([lambda: None, None], repeats=3, warmup=0)
     assert isinstance(out, list) and out[1] is None and len(out[0].samples) == 3
