@@ -113,6 +113,31 @@ def test_epilogues_isa(epilogue, isa):
     run_fused(GEOMETRIES["3x3"], torch.float32, **epilogue)
 
 
+# Whole panels of output channels (70 = 2 x 32 + 6, 4 x 16 + 6) into a channels_last output: the
+# micro-kernel applies the epilogue in registers as it stores the last channel block's tiles.
+@pytest.mark.parametrize("epilogue", [e for e in EPILOGUES if e["combine"] != "sort" or e["relu"]], ids=_id)
+@pytest.mark.parametrize("geom", [(2, 5, 7, 9, 70, 3, 3, 1, 1, 1, 1), (1, 40, 6, 5, 70, 1, 1, 1, 0, 1, 1)],
+                         ids=["3x3", "1x1"])
+def test_epilogues_in_registers_isa(epilogue, geom, isa):
+    with winograd(False):
+        run_fused(geom, torch.float32, layout="channels_last", grad=False, **epilogue)
+
+
+def test_epilogue_in_registers_special_values(isa):
+    """NaN and infinities of the residual pass the in-register add and ReLU as torch's do."""
+    g = torch.Generator().manual_seed(0)
+    cl = torch.channels_last
+    x = torch.randn(1, 8, 5, 6, generator=g).contiguous(memory_format=cl)
+    w = torch.randn(64, 8, 1, 1, generator=g).contiguous(memory_format=cl)
+    r = torch.randn(1, 64, 5, 6, generator=g).contiguous(memory_format=cl)
+    r[0, 3, 1, 2], r[0, 40, 4, 5], r[0, 63, 0, 0] = float("nan"), float("inf"), float("-inf")
+    b = torch.randn(64, generator=g)
+    y = fastconv.conv2d_fused(x, w, b, residual=r, combine="add", relu=True)
+    want = F.relu(F.conv2d(x, w, b) + r)
+    torch.testing.assert_close(y, want, equal_nan=True, rtol=1e-5, atol=1e-5)
+    assert y[0, 3, 1, 2].isnan() and y[0, 40, 4, 5] == float("inf") and y[0, 63, 0, 0] == 0
+
+
 # The 1x1 paths: NCHW as weights x packed pixel panels (reduction sliced past 256 channels), dense
 # channels_last as one flat GEMM over N*H*W pixels (rows of a divisor of it, or the image rows when
 # none fits), strided channels_last through a gathered copy. Awkward pixel counts and channel counts.

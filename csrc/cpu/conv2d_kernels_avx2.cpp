@@ -23,6 +23,9 @@ inline void vstore(float* p, Vec v) { _mm256_storeu_ps(p, v); }
 inline Vec vzero() { return _mm256_setzero_ps(); }
 inline Vec vbcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+// max(0, v) with NaN kept (the x86 max returns its second operand when either is NaN) and -0.0 kept
+inline Vec vrelu(Vec v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
 
 #include "conv2d_kernels_simd.inc"
 

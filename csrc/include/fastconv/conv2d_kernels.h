@@ -50,6 +50,15 @@ struct TileArgs {
   bool accumulate;
   int64_t b_t = 0;   // distance between consecutive b rows (reduction steps); 0: kv (a packed panel)
   int64_t c_ld = 0;  // distance between consecutive c rows; 0: kv
+  // An epilogue applied to the finished sums before the store (tiles written straight into the
+  // output): c = relu(sum * alpha[v] + beta[v] + r[i * r_ld + v]), each part only where given
+  // (alpha, beta, r non-null; relu keeps NaN and -0.0 as torch's). All kv columns must be valid.
+  const T* alpha = nullptr;
+  const T* beta = nullptr;
+  const T* r = nullptr;
+  int64_t r_ld = 0;
+  bool relu = false;
+  bool has_epilogue() const { return alpha || beta || r || relu; }
 };
 
 template <typename T>
