@@ -408,3 +408,20 @@ def test_winograd_cached_weights(layout):
         with winograd(False):
             torch.testing.assert_close(fast(x), F.conv2d(x, -2 * wt, None, 1, pad), rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(fast(x), F.conv2d(x, -2 * wt, None, 1, pad), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_streamed_output_epilogue_isa(kernel, isa):
+    """Outputs past the streaming threshold (24 MB) are stored non-temporally, from the micro-kernel's
+    registers where whole panels allow (70 channels: two 32-wide panels and a partial one)."""
+    g = torch.Generator().manual_seed(kernel)
+    cl = torch.channels_last
+    c = 8 if kernel == 1 else 3
+    x = torch.randn(1, c, 300, 340, generator=g).contiguous(memory_format=cl)
+    w = torch.randn(70, c, kernel, kernel, generator=g).contiguous(memory_format=cl)
+    r = torch.randn(1, 70, 300, 340, generator=g).contiguous(memory_format=cl)
+    b = torch.randn(70, generator=g)
+    with winograd(False):
+        y = fastconv.conv2d_fused(x, w, b, padding=kernel // 2, residual=r, combine="add", relu=True)
+    assert y.numel() * 4 >= 24 << 20 and y.is_contiguous(memory_format=cl)
+    torch.testing.assert_close(y, F.relu(F.conv2d(x, w, b, padding=kernel // 2) + r), rtol=1e-4, atol=1e-4)

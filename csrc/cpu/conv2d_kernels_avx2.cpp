@@ -24,6 +24,7 @@ inline Vec vzero() { return _mm256_setzero_ps(); }
 inline Vec vbcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline Vec vfma(Vec a, Vec b, Vec c) { return _mm256_fmadd_ps(a, b, c); }
 inline Vec vadd(Vec a, Vec b) { return _mm256_add_ps(a, b); }
+inline void vstream(float* p, Vec v) { _mm256_stream_ps(p, v); }  // p aligned to the vector
 // max(0, v) with NaN kept (the x86 max returns its second operand when either is NaN) and -0.0 kept
 inline Vec vrelu(Vec v) { return _mm256_max_ps(_mm256_setzero_ps(), v); }
 

@@ -58,6 +58,7 @@ struct TileArgs {
   const T* r = nullptr;
   int64_t r_ld = 0;
   bool relu = false;
+  bool stream = false;  // non-temporal stores of the finished tile (every c row 64-byte aligned)
   bool has_epilogue() const { return alpha || beta || r || relu; }
 };
 
