@@ -12,7 +12,7 @@ export CUDA_HOME
 export MAX_JOBS := $(JOBS)
 export CPATH := $(if $(CU13_INC),$(abspath $(CU13_INC)):,)$(CPATH)
 
-.PHONY: all setup build native native-asan test test-py run bench info gpu-check gpu-check-models clean
+.PHONY: all setup build peers native native-asan test test-py run bench info gpu-check gpu-check-models clean
 
 all: build
 
@@ -43,13 +43,17 @@ test-py: build
 
 test: build native native-asan test-py
 
-run: build
+# The inference peers (ONNX Runtime, OpenVINO) for the main job's and the benchmarks' comparisons;
+# optional: without a package index they are skipped with a note.
+peers: setup
+	$(PY) -m pip install -q -r benchmarks/requirements-peers.txt || echo "fastconv: inference peers not installed; their rows are skipped"
+
+run: build peers
 	$(PY) -m fastconv demo
 
 # The layer suite against torch, then whole networks against ONNX Runtime, OpenVINO and torch.compile
 # with freezing (the optional peers are installed here, not by setup or test).
-bench: build
-	$(PY) -m pip install -q -r benchmarks/requirements-peers.txt
+bench: build peers
 	$(PY) -m fastconv bench
 	$(PY) -m fastconv bench --ops peers
 

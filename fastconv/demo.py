@@ -4,7 +4,9 @@
    upsampled to 32x32; fixed stratified split 1437 train / 360 test, seed 0) for 5 epochs with
    fastconv ops, and reports their test accuracy (unfused and with the fused inference path);
 2. times inference of ResNet-18, ResNet-50 and AlexNet: fastconv (torchvision net converted and
-   fused by fastconv.convert) against torch eager and torch.compile, checking that logits agree
+   fused by fastconv.convert) against torch eager, torch.compile and, on the CPU where installed
+   (pip install fastconv[peers]), torch.compile with freezing, ONNX Runtime and OpenVINO
+   (fastconv.peers), checking that logits agree
    (CPU defaults: float32, batch 8, 128x128 images, 5 interleaved repeats);
 3. on the CPU, times training steps of ResNet-18 and ResNet-50 (112 px, batch as in 2.): fastconv
    against torch eager NCHW, eager channels_last and torch.compile, the first step's loss checked
@@ -19,12 +21,14 @@ import time
 
 import torch
 
-from fastconv import _cli
+from fastconv import _cli, peers
 from fastconv.bench import format_train_table, machine_info, randomize_bn, train_rows
 from fastconv.timing import interleaved, sync, table
 
 BENCH_MODELS = ("resnet18", "resnet50", "alexnet")
-BACKENDS = ("fastconv", "torch eager", "torch.compile")
+# the inference peers (fastconv.peers: ONNX Runtime, OpenVINO, torch.compile with freezing) run on the
+# CPU in float32 where installed; elsewhere, or absent, they are skipped with a note
+BACKENDS = ("fastconv", "torch eager", "torch.compile") + peers.INFERENCE_PEERS
 
 
 def add_arguments(p):
@@ -164,7 +168,16 @@ def bench_model(name, args, dtype):
         x = x.contiguous(memory_format=torch.channels_last)
     fns, compile_s = {}, {}
     for b in args.backends:
-        if b == "torch eager":
+        if b in peers.INFERENCE_PEERS:
+            why = ("runs on the CPU in float32 only" if cuda or dtype != torch.float32
+                   else peers.missing([b]).get(b))
+            if why:
+                print(f"  ({b} skipped: {why})", flush=True)
+                continue
+            t0 = time.perf_counter()
+            fns[b] = peers.runner(b, ref, x)
+            compile_s[b] = time.perf_counter() - t0
+        elif b == "torch eager":
             fns[b] = ref
         elif b == "fastconv":
             # Activations channels_last, the layout fastconv's kernels read and write without
@@ -178,8 +191,8 @@ def bench_model(name, args, dtype):
             t0 = time.perf_counter()
             out[b] = f(x).float()
             sync(args.device)
-            if b == "torch.compile":
-                compile_s[b] = time.perf_counter() - t0
+            if b.startswith("torch.compile") or b in peers.INFERENCE_PEERS:  # build + first call
+                compile_s[b] = compile_s.get(b, 0.0) + time.perf_counter() - t0
         # interleaved, so drifting machine load hits every backend alike
         times = interleaved({b: (lambda f=f: f(x)) for b, f in fns.items()}, args.device, args.repeats, warmup=1)
     base = out.get("torch eager", next(iter(out.values())))
@@ -273,12 +286,15 @@ def write_report(results, out, plots):
                   f"torchvision nets (weights=None, eval, BatchNorm running stats randomized), batch {r0['batch']}, "
                   f"{r0['image_size']}x{r0['image_size']}, {r0['dtype']}, device {results['machine']['device']}; "
                   f"median of {results['bench_setup']['repeats']} forward passes interleaved across backends "
-                  "after one warm-up. fastconv = `fastconv.convert(model)` (convs, pools, ReLUs on fastconv; "
+                  "after one warm-up. fastconv = `fastconv.convert(model)` (convs, pools, ReLUs, fully connected layers on fastconv; "
                   "BatchNorm folded; conv->bn->(add)->relu as one fused kernel; `channels_last=True`: "
                   "activations channels_last from the first conv on; on the CPU the input and torch's nets "
                   "as given, NCHW; on CUDA every backend and the input channels_last). Logits are compared with "
-                  "torch eager (max |diff| relative to the largest logit). 'first call' of torch.compile is its "
-                  "compile time (short when the inductor cache is warm from an earlier run).", "",
+                  "torch eager (max |diff| relative to the largest logit). The inference peers, each set up as "
+                  "its documentation recommends at the same thread count (fastconv.peers): torch.compile with "
+                  "freezing (channels_last), ONNX Runtime and OpenVINO (the model exported to ONNX; float32). "
+                  "'first call' is the build and first call of torch.compile (short when the inductor cache is "
+                  "warm from an earlier run) and of the peers (export, session).", "",
                   _table(bench, [("model", lambda r: r["model"]), ("backend", lambda r: r["backend"]),
                                  ("ms / batch (median)", lambda r: f"{r['ms_median']:.1f}"),
                                  ("ms (min)", lambda r: f"{r['ms_min']:.1f}"),
@@ -352,7 +368,7 @@ def main(args):
             rows = bench_model(name, args, dtype)
             results["benchmark"] += rows
             for r in rows:
-                print(f"  {name:9s} {r['backend']:14s} {r['ms_median']:9.1f} ms  {r['images_per_s']:8.1f} img/s  "
+                print(f"  {name:9s} {r['backend']:22s} {r['ms_median']:9.1f} ms  {r['images_per_s']:8.1f} img/s  "
                       f"agree={r['agree']}", flush=True)
     if not args.skip_bench and not args.skip_train_bench and args.device.type == "cpu":
         models = ("resnet18",) if args.quick else ("resnet18", "resnet50")
