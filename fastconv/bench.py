@@ -436,12 +436,23 @@ def peer_rows(batches, repeats, models=PEER_MODELS, image=224, memory=True, peer
             with tempfile.TemporaryDirectory(prefix="fastconv-bench-") as tmp:
                 onnx_path = None
                 if any(p in ("onnxruntime", "openvino") for p in wanted if p not in skipped):
-                    onnx_path = peers.export_onnx(model, x, os.path.join(tmp, f"{name}.onnx"))
-                runs, build_s = {}, {}
+                    try:
+                        onnx_path = peers.export_onnx(model, x, os.path.join(tmp, f"{name}.onnx"))
+                    except Exception:  # noqa: BLE001 - each ONNX peer then tries (and reports) its own export
+                        onnx_path = None
+                runs, build_s, failed = {}, {}, {}
                 for impl in ("fastconv", "torch eager") + tuple(p for p in wanted if p not in skipped):
                     t0 = time.perf_counter()
-                    runs[impl] = inference_runner(impl, model, x, onnx_path)
-                    runs[impl](x)  # the first call compiles (torch.compile) or plans
+                    try:
+                        runs[impl] = inference_runner(impl, model, x, onnx_path)
+                        runs[impl](x)  # the first call compiles (torch.compile) or plans
+                    except Exception as exc:  # noqa: BLE001 - a peer that cannot take this model
+                        if impl in ("fastconv", "torch eager"):
+                            raise
+                        failed[impl] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                        print(f"  ({impl} skipped for {name}: {failed[impl]})", file=sys.stderr, flush=True)
+                        runs.pop(impl, None)
+                        continue
                     build_s[impl] = time.perf_counter() - t0
                 with torch.no_grad():
                     want = runs["torch eager"](x)
@@ -458,7 +469,7 @@ def peer_rows(batches, repeats, models=PEER_MODELS, image=224, memory=True, peer
                 row = {"op": f"infer {name}", "shape": f"{batch}x3x{image}x{image}",
                        "fastconv_ms": float(times["fastconv"]) * 1e3, "peer_ms": peer_ms,
                        "ratio_fastest": min(peer_ms.values()) / (float(times["fastconv"]) * 1e3) if peer_ms else None,
-                       "rel_diff": diff, "build_s": build_s, "skipped": skipped,
+                       "rel_diff": diff, "build_s": build_s, "skipped": {**skipped, **failed},
                        "quartiles_ms": {impl: times[impl].quartiles_ms() for impl in times}}
                 if memory:
                     row["peak_rss_mb"] = {impl: _peer_peak_mb(name, batch, impl, image, onnx_path) for impl in times}
