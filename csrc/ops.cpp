@@ -71,6 +71,7 @@ pybind11::dict info() {
   d["build_flags"] = FASTCONV_BUILD_FLAGS;
 #endif
   d["cpu_features"] = fastconv::cpu_features();
+  d["cpu_l2_bytes"] = fastconv::cpu_l2_bytes();  // sizes the direct convolution's task order
   d["isa_best"] = fastconv::isa_name(fastconv::cpu_best_isa());
   d["isa"] = fastconv::isa_name(fastconv::cpu_isa());
   d["winograd"] = fastconv::cpu_winograd();

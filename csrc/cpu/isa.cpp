@@ -5,6 +5,8 @@
 #include <cstring>
 #include <string>
 
+#include <unistd.h>
+
 #include "fastconv/common.h"
 
 namespace fastconv {
@@ -82,6 +84,17 @@ std::atomic<bool>& winograd_flag() {
 
 bool cpu_winograd() { return winograd_flag().load(std::memory_order_relaxed); }
 void set_cpu_winograd(bool on) { winograd_flag().store(on); }
+
+int64_t cpu_l2_bytes() {
+  static const int64_t bytes = [] {
+    long v = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    v = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return v > 0 ? static_cast<int64_t>(v) : int64_t(512) << 10;
+  }();
+  return bytes;
+}
 
 const char* isa_name(Isa isa) {
   switch (isa) {

@@ -66,6 +66,7 @@ Isa cpu_best_isa();               // the best path this CPU supports
 const char* isa_name(Isa isa);
 bool set_cpu_isa(Isa isa);        // false if the CPU lacks it (tests force paths with this)
 const char* cpu_features();       // e.g. "avx2 fma avx512f ..."
+int64_t cpu_l2_bytes();           // one core's L2 cache (sysconf; 512 KB where it does not say)
 
 // Winograd F(4x4, 3x3) for the float32 3x3 stride-1 convolutions where it pays (conv2d_kernels.cpp):
 // on unless the FASTCONV_WINOGRAD environment variable is 0; set_cpu_winograd switches it.
