@@ -463,8 +463,10 @@ def peer_rows(batches, repeats, models=PEER_MODELS, image=224, memory=True, peer
                                          f"{diff['fastconv']:.2e} of their scale (> {PEER_LOGIT_TOL})")
                 timed = {impl: run for impl, run in runs.items() if impl != "torch eager"}
                 with torch.no_grad():
+                    # settle: the peers' pools (OpenVINO's, ONNX Runtime's) can leave threads spinning
+                    # after a call; each timed call starts with them idle
                     times = interleaved({impl: (lambda r=r: r(x)) for impl, r in timed.items()}, "cpu", repeats,
-                                        warmup=1)
+                                        warmup=1, settle=0.01)
                 peer_ms = {p: float(times[p]) * 1e3 for p in times if p != "fastconv"}
                 row = {"op": f"infer {name}", "shape": f"{batch}x3x{image}x{image}",
                        "fastconv_ms": float(times["fastconv"]) * 1e3, "peer_ms": peer_ms,

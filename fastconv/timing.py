@@ -16,6 +16,8 @@ Rules of the loop:
   follows each other equally often (a function that evicts the caches makes the next one run cold);
 - a sample ends when the device's work is done: CPU wall clock around the call, CUDA events
   around `number` calls on the GPU (number="auto" picks enough calls for about 1 ms per sample);
+- settle=s sleeps s seconds before every sample (untimed): engines whose worker threads spin after
+  a call would otherwise take the cores from the next function timed;
 - scrub=True overwrites a buffer larger than the last-level cache before every sample (untimed), so
   memory-bound ops all start from the same cache state.
 """
@@ -124,13 +126,15 @@ def _orders(keys):
 
 
 def interleaved(fns, device="cpu", repeats=10, warmup=2, number=1, scrub=False, clock=time.perf_counter,
-                deadline=None):
+                deadline=None, settle=0.0):
     """Seconds per call of each function, as a Timed (median, with its samples), measured in rounds.
 
     fns: a dict name -> callable (returns a dict) or a list of callables (returns a list); None
     entries are skipped (None in the result). number: calls per sample, or "auto". clock: the CPU
     clock (time.process_time measures CPU time, immune to descheduling). deadline: a time.time()
-    after which no new round starts (at least one round always runs)."""
+    after which no new round starts (at least one round always runs). settle: seconds of sleep
+    before each sample (untimed), so that worker threads another engine leaves spinning after its
+    call (OpenVINO's, ONNX Runtime's) have gone idle before the next one is timed."""
     keys = list(fns) if isinstance(fns, dict) else list(range(len(fns)))
     calls = {k: fns[k] for k in keys if fns[k] is not None}
     if repeats < 1:
@@ -149,6 +153,8 @@ def interleaved(fns, device="cpu", repeats=10, warmup=2, number=1, scrub=False, 
             if scrub:
                 _scrub(device)
                 sync(device)
+            if settle:
+                time.sleep(settle)
             times[k].append(_sample(calls[k], device, per[k], clock))
             sync(device)
     out = {k: (Timed(times[k]) if k in calls else None) for k in keys}

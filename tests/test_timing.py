@@ -47,6 +47,12 @@ def test_timed_statistics_and_measurement():
     Compare([m, Timed([0.006]).measurement("conv2d", "r50_l1_3x3", "torch")]).print()
 
 
+def test_settle_sleeps_before_each_sample_untimed():
+    t0 = time.perf_counter()
+    t = interleaved({"a": lambda: None, "b": lambda: None}, repeats=3, warmup=0, settle=0.02)
+    assert time.perf_counter() - t0 >= 6 * 0.02 and float(t["a"]) < 0.01 and float(t["b"]) < 0.01
+
+
 def test_sleep_is_measured():
     t = time_one(lambda: time.sleep(0.01), repeats=3, warmup=0)
     assert 0.009 < float(t) < 0.5
