@@ -42,9 +42,36 @@ def missing(names=INFERENCE_PEERS):
     return out
 
 
+@contextlib.contextmanager
+def _quiet_fds():
+    """Standard output and error of the block (file descriptors 1 and 2, C++ writes included) go to a
+    temporary file: the exporter's log dumps the whole TorchScript graph when an operator has no
+    ONNX form, and the caller reports the error in a line instead."""
+    import sys
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        for fd in saved:
+            os.close(fd)
+
+
 def export_onnx(model, x, path):
-    """Write `model` (traced at x's shape) to `path` as ONNX, the file both ONNX peers load."""
-    with torch.no_grad():
+    """Write `model` (traced at x's shape) to `path` as ONNX, the file both ONNX peers load; raises
+    the exporter's error (an operator ONNX cannot express at this shape, such as adaptive pooling to
+    a size that does not divide the input) without its log."""
+    with torch.no_grad(), _quiet_fds():
         torch.onnx.export(model, (x,), path, dynamo=False, opset_version=17, input_names=["x"],
                           output_names=["logits"], do_constant_folding=True)
     return path

@@ -203,3 +203,16 @@ def test_peers_arguments(monkeypatch):
     assert "onnxruntime is not installed" in peers.missing(["onnxruntime"])["onnxruntime"]
     with pytest.raises(RuntimeError, match="onnxruntime cannot run here"):
         peers.runner("onnxruntime", m, torch.randn(1, 3, 8, 8))
+
+
+def test_peer_export_failure_is_one_line(capfd):
+    """A model ONNX cannot express at this size (AlexNet's adaptive pooling from 1x1 to 6x6 at 64 px)
+    skips the ONNX peers with the reason, and the exporter's graph dump stays off the terminal."""
+    from fastconv import bench, peers
+    wanted = tuple(p for p in ("onnxruntime",) if p not in peers.missing(["onnxruntime"]))
+    if not wanted:
+        pytest.skip("onnxruntime is not installed")
+    (row,) = bench.peer_rows((1,), 1, models=("alexnet",), image=64, memory=False, peers_wanted=wanted)
+    assert "adaptive_avg_pool2d" in row["skipped"]["onnxruntime"] and not row["peer_ms"]
+    out, err = capfd.readouterr()
+    assert "Torch IR graph" not in out + err and "onnxruntime skipped" in err
