@@ -10,6 +10,7 @@ import torch.nn.functional as TF
 
 import fastconv
 from fastconv import _args as A
+from fastconv import peers
 from fastconv.timing import Timed, interleaved, table
 
 # The layer suite, defined once for every benchmark (fastconv bench, benchmarks/conv2d_cpu.py,
@@ -253,9 +254,9 @@ def model_rows(device, dtype, batches, repeats):
                 want = ref(x)
                 for layout, m in ours.items():
                     torch.testing.assert_close(m(x), want, rtol=1e-3, atol=1e-3 * max(1.0, want.abs().max().item()))
-                peers = {"torch eager": lambda: ref(x), "torch eager channels_last": lambda: ref_cl(x)}
+                eager_peers = {"torch eager": lambda: ref(x), "torch eager channels_last": lambda: ref_cl(x)}
                 for layout, m in ours.items():
-                    for peer_name, peer in peers.items():
+                    for peer_name, peer in eager_peers.items():
                         if layout == "nchw" and peer_name != "torch eager":
                             continue
                         t_o, t_p = time_pair(lambda: m(x), peer, device, repeats, warmup=1)
@@ -334,15 +335,15 @@ def train_rows(batches, repeats, compile_peer=True, memory=True, models=("resnet
     interleaved in one process; the first step's loss checked against torch eager's; the peak
     resident memory of each in a fresh process."""
     rows = []
-    peers = [p for p in TRAIN_PEERS if compile_peer or p != "torch.compile"]
+    train_peers = [p for p in TRAIN_PEERS if compile_peer or p != "torch.compile"]
     for name in models:
         for batch in batches:
             steps, losses = {}, {}
-            for impl in ("fastconv", *peers):
+            for impl in ("fastconv", *train_peers):
                 try:
                     steps[impl], losses[impl] = _train_setup(name, batch, impl)
                 except Exception as exc:  # noqa: BLE001 - a compiler toolchain missing for torch.compile
-                    print(f"  ({impl} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:120]})", flush=True)
+                    print(f"  ({impl} skipped: {peers.reason(exc)})", flush=True)
             ref = losses["torch eager"]
             if abs(losses["fastconv"] - ref) > 1e-3 * max(1.0, abs(ref)):
                 raise AssertionError(f"fastconv bench: {name} first-step loss {losses['fastconv']} != torch's {ref}")
@@ -367,9 +368,9 @@ def train_rows(batches, repeats, compile_peer=True, memory=True, models=("resnet
 def format_train_table(rows, markdown=False):
     """The training group: ms per step of fastconv and each peer, fastest peer / fastconv, peak RSS
     (where measured); markdown=True for the demo's report."""
-    peers = list(dict.fromkeys(p for r in rows for p in r["peer_ms"]))
+    names = list(dict.fromkeys(p for r in rows for p in r["peer_ms"]))
     cols = [("model", "op", ""), ("batch", "shape", ""), ("fastconv ms", "fastconv_ms", ".0f")]
-    cols += [(f"{p} ms", (lambda r, p=p: r["peer_ms"].get(p)), ".0f") for p in peers]
+    cols += [(f"{p} ms", (lambda r, p=p: r["peer_ms"].get(p)), ".0f") for p in names]
     cols += [("vs fastest", "ratio_fastest", ".2f"),
              ("peak MB fastconv / eager cl", lambda r: (f"{r['peak_rss_mb'].get('fastconv'):.0f} / "
                                                          f"{r['peak_rss_mb'].get('torch eager channels_last'):.0f}")
@@ -395,7 +396,6 @@ def inference_model(name, seed=0):
 def inference_runner(impl, model, x, onnx_path=None):
     """x -> logits of `model` run as `impl`: "fastconv" (convert, channels_last), "torch eager", or a
     fastconv.peers peer (the ONNX ones from `onnx_path` when given)."""
-    from fastconv import peers
     if impl in peers.INFERENCE_PEERS:
         return peers.runner(impl, model, x, onnx_path=onnx_path)
     m = fastconv.convert(model, channels_last=True) if impl == "fastconv" else model
@@ -423,7 +423,6 @@ def peer_rows(batches, repeats, models=PEER_MODELS, image=224, memory=True, peer
     import os
     import tempfile
 
-    from fastconv import peers
     wanted = tuple(peers_wanted or peers.INFERENCE_PEERS)
     skipped = peers.missing(wanted)
     for p, why in skipped.items():
@@ -435,7 +434,7 @@ def peer_rows(batches, repeats, models=PEER_MODELS, image=224, memory=True, peer
             x = torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(batch))
             with tempfile.TemporaryDirectory(prefix="fastconv-bench-") as tmp:
                 onnx_path = None
-                if any(p in ("onnxruntime", "openvino") for p in wanted if p not in skipped):
+                if any(p in peers.ONNX_PEERS for p in wanted if p not in skipped):
                     try:
                         onnx_path = peers.export_onnx(model, x, os.path.join(tmp, f"{name}.onnx"))
                     except Exception:  # noqa: BLE001 - each ONNX peer then tries (and reports) its own export
@@ -449,7 +448,7 @@ def peer_rows(batches, repeats, models=PEER_MODELS, image=224, memory=True, peer
                     except Exception as exc:  # noqa: BLE001 - a peer that cannot take this model
                         if impl in ("fastconv", "torch eager"):
                             raise
-                        failed[impl] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+                        failed[impl] = peers.reason(exc)
                         print(f"  ({impl} skipped for {name}: {failed[impl]})", file=sys.stderr, flush=True)
                         runs.pop(impl, None)
                         continue

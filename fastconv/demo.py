@@ -178,7 +178,7 @@ def bench_model(name, args, dtype):
             try:
                 fns[b] = peers.runner(b, ref, x)
             except Exception as exc:  # noqa: BLE001 - an export the peer cannot take (ONNX's adaptive pooling)
-                print(f"  ({b} skipped: {type(exc).__name__}: {str(exc).splitlines()[0][:160]})", flush=True)
+                print(f"  ({b} skipped: {peers.reason(exc)})", flush=True)
                 continue
             compile_s[b] = time.perf_counter() - t0
         elif b == "torch eager":

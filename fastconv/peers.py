@@ -23,7 +23,14 @@ import tempfile
 import torch
 
 INFERENCE_PEERS = ("torch.compile freezing", "onnxruntime", "openvino")
+ONNX_PEERS = ("onnxruntime", "openvino")  # the peers that load export_onnx's file
 _MODULE = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def reason(exc):
+    """One line saying why a peer (or torch.compile) could not run: the exception's type and the
+    first line of its message."""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
 
 
 def missing(names=INFERENCE_PEERS):
