@@ -117,17 +117,23 @@ def test_channels_last_plain_output_isa(name, dtype, isa):
     run_conv(CASES[name], dtype, "cpu", "channels_last")
 
 
-@pytest.mark.parametrize("stride", [1, 2])
-def test_pointwise_channels_last_wide_weight_grad(stride, isa):
-    """The channels-last 1x1 weight gradient on wide layers (rows 2 KB or more apart: X and dY are
-    packed per chunk), a channel count that leaves a partial tile, against torch in float32."""
+@pytest.mark.parametrize("c, k, n, h, w, stride", [
+    (520, 512, 1, 33, 32, 1),  # six blocks of dW^T, a partial tile in each third
+    (520, 512, 4, 33, 32, 2),
+    (520, 256, 2, 17, 31, 1),  # three blocks for two threads: the pixels split too
+    (520, 512, 2, 4, 5, 1),  # a few pixels (ResNet's last stage at a small batch)
+    (96, 64, 3, 19, 23, 1),  # one block, per-thread partial sums over the pixels
+])
+def test_pointwise_channels_last_wide_weight_grad(c, k, n, h, w, stride, isa):
+    """The channels-last 1x1 weight gradient: dW^T in blocks that stay in L2 over all the pixels, on
+    wide layers (rows 2 KB or more apart: X and dY are packed per chunk), channel counts that leave
+    partial tiles, against torch in float64."""
     g = torch.Generator().manual_seed(5)
-    n, h, w = (1, 33, 32) if stride == 1 else (4, 33, 32)
-    x = torch.randn(n, 520, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
     p, q = (h - 1) // stride + 1, (w - 1) // stride + 1
-    dy = torch.randn(n, 512, p, q, generator=g).contiguous(memory_format=torch.channels_last)
-    got = torch.ops.fastconv.conv2d_bwd_weight(dy, x, [512, 520, 1, 1], [stride] * 2, [0] * 4, [1, 1], 1)
-    want = torch.ops.aten.convolution_backward(dy.double(), x.double(), torch.empty(512, 520, 1, 1).double(), None,
+    dy = torch.randn(n, k, p, q, generator=g).contiguous(memory_format=torch.channels_last)
+    got = torch.ops.fastconv.conv2d_bwd_weight(dy, x, [k, c, 1, 1], [stride] * 2, [0] * 4, [1, 1], 1)
+    want = torch.ops.aten.convolution_backward(dy.double(), x.double(), torch.empty(k, c, 1, 1).double(), None,
                                                [stride] * 2, [0, 0], [1, 1], False, [0, 0], 1,
                                                [False, True, False])[1]
     assert_close(got, want, torch.float32, n * p * q)
