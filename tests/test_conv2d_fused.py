@@ -123,6 +123,17 @@ def test_epilogues_in_registers_isa(epilogue, geom, isa):
         run_fused(geom, torch.float32, layout="channels_last", grad=False, **epilogue)
 
 
+# Whole panels only (64 and 2 x 64 output channels on every ISA) and inputs small enough for one
+# tile's pixels to stay in L1: a task takes an output row and computes each tile for every panel in
+# turn, the epilogue in registers; the plain convolution and input gradient take it too.
+@pytest.mark.parametrize("epilogue", [e for e in EPILOGUES if e["combine"] != "sort"], ids=_id)
+@pytest.mark.parametrize("geom", [(2, 5, 7, 9, 64, 3, 3, 1, 1, 1, 1), (3, 40, 6, 5, 64, 1, 1, 1, 0, 1, 1),
+                                  (1, 24, 9, 8, 128, 3, 3, 2, 1, 1, 2)], ids=["3x3", "1x1", "groups_strided"])
+def test_tile_outer_isa(epilogue, geom, isa):
+    with winograd(False):
+        run_fused(geom, torch.float32, layout="channels_last", grad=epilogue["combine"] is None, **epilogue)
+
+
 def test_epilogue_in_registers_special_values(isa):
     """NaN and infinities of the residual pass the in-register add and ReLU as torch's do."""
     g = torch.Generator().manual_seed(0)
