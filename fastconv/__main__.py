@@ -20,8 +20,9 @@ def main(argv=None):
                        help="comma-separated groups out of conv, conv_bwd, memory, block (SORT bottleneck), "
                             "models (ResNet-18/50 at batch 1 and --batch), train (ResNet-18/50 training steps "
                             "against torch eager and torch.compile, CPU), peers (whole-network inference against "
-                            "ONNX Runtime, OpenVINO and torch.compile with freezing, CPU); default: all but models, "
-                            "train and peers")
+                            "ONNX Runtime, OpenVINO and torch.compile with freezing, CPU), pointwise (ResNet-50's "
+                            "1x1 layers, forward + both gradients against oneDNN, batch 8 and 32, CPU); default: all "
+                            "but models, train, peers and pointwise")
     bench.add_argument("--batch", type=_cli.positive_int, default=None, help="batch size (default 8 on CPU, 128 on CUDA)")
     bench.add_argument("--models", type=_cli.torchvision_models, default=None,
                        help="comma-separated torchvision nets for --ops peers (default resnet18,resnet50,alexnet)")

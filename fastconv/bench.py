@@ -231,7 +231,56 @@ def block_rows(device, dtype, batch, repeats):
     return rows
 
 
-GROUPS = ("conv", "conv_bwd", "memory", "block", "models", "train", "peers")  # --ops; default: the first four
+def resnet_1x1_layers(name="resnet50", size=112):
+    """The distinct 1x1 convolutions of a torchvision ResNet at size x size px, in order of first use:
+    [(C, H, K, stride, count)] with the input's channels and side, read from the model itself."""
+    import torchvision
+    seen = {}
+    model = getattr(torchvision.models, name)(weights=None)
+
+    def hook(mod, inp, out):
+        if mod.kernel_size == (1, 1):
+            key = (mod.in_channels, inp[0].shape[-1], mod.out_channels, mod.stride[0])
+            seen[key] = seen.get(key, 0) + 1
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for h in hooks:
+        h.remove()
+    return [k + (n,) for k, n in seen.items()]
+
+
+def pointwise_rows(batches, repeats):
+    """Every 1x1 layer of ResNet-50 at 112 px, channels_last, forward + both gradients: fastconv's
+    conv2d_fwd, conv2d_bwd_input and conv2d_bwd_weight against torch's convolution and its joint
+    input + weight convolution_backward (oneDNN), the five calls interleaved in one loop; medians
+    summed per side. ratio = torch / fastconv."""
+    F, aten, cl = torch.ops.fastconv, torch.ops.aten, torch.channels_last
+    rows = []
+    for n in batches:
+        for c, h, k, s, count in resnet_1x1_layers():
+            g = torch.Generator().manual_seed(0)
+            p = (h - 1) // s + 1
+            x = torch.randn(n, c, h, h, generator=g).contiguous(memory_format=cl)
+            w = (torch.randn(k, c, 1, 1, generator=g) / c ** 0.5).contiguous(memory_format=cl)
+            dy = torch.randn(n, k, p, p, generator=g).contiguous(memory_format=cl)
+            st, z4 = [s, s], [0, 0, 0, 0]
+            fns = {"fwd": lambda: F.conv2d_fwd(x, w, None, st, z4, [1, 1], 1),
+                   "bwd_input": lambda: F.conv2d_bwd_input(dy, w, list(x.shape), st, z4, [1, 1], 1),
+                   "bwd_weight": lambda: F.conv2d_bwd_weight(dy, x, list(w.shape), st, z4, [1, 1], 1),
+                   "torch_fwd": lambda: TF.conv2d(x, w, None, s),
+                   "torch_bwd": lambda: aten.convolution_backward(dy, x, w, None, st, [0, 0], [1, 1], False, [0, 0],
+                                                                  1, [True, True, False])}
+            t = interleaved(fns, "cpu", repeats, 2)
+            ours, peer = t["fwd"] + t["bwd_input"] + t["bwd_weight"], t["torch_fwd"] + t["torch_bwd"]
+            row = _row("conv1x1 fwd+bwd[nhwc]", f"b{n} {c}x{h}x{h}->{k} s{s} (x{count})", ours, peer,
+                       3 * 2.0 * n * p * p * c * k, "GFLOP/s")
+            row["parts_ms"] = {key: v * 1e3 for key, v in t.items()}
+            rows.append(row)
+    return rows
+
+
+GROUPS = ("conv", "conv_bwd", "memory", "block", "models", "train", "peers", "pointwise")  # --ops; default: the first four
 MODEL_FLOPS = {"resnet18": 1.82e9, "resnet50": 4.11e9}  # multiply-adds x 2 per 224x224 image
 
 
@@ -520,7 +569,7 @@ def main(args):
     quick = args.quick
     layers = [l for l in LAYERS if not quick or l[0] in QUICK_LAYERS]
     repeats = 5 if quick else 10
-    ops = set(args.ops.split(",")) if args.ops else set(GROUPS) - {"models", "train", "peers"}
+    ops = set(args.ops.split(",")) if args.ops else set(GROUPS) - {"models", "train", "peers", "pointwise"}
     unknown = ops - set(GROUPS)
     if unknown:
         print(f"fastconv bench: unknown --ops {', '.join(sorted(unknown))}; choose from {', '.join(GROUPS)}",
@@ -550,6 +599,12 @@ def main(args):
     if "block" in ops:
         progress("block", "the fused SORT bottleneck")
         rows += block_rows(device, dtype, batch, repeats)
+    if "pointwise" in ops:
+        if device != "cpu":
+            print("fastconv bench: --ops pointwise runs on the CPU only", file=sys.stderr)
+            return 2
+        progress("pointwise", "ResNet-50's 1x1 layers, forward + both gradients, channels_last, batch 8 and 32")
+        rows += pointwise_rows((8,) if quick else (8, 32), repeats)
     if "models" in ops:
         progress("models", "ResNet-18/50 end to end")
         rows += model_rows(device, dtype, sorted({1, batch}), max(3, repeats // 2))
@@ -580,7 +635,7 @@ def main(args):
         if ratios:
             print(f"geomean vs the fastest peer (inference): {geomean(ratios):.2f}x over {len(ratios)} cases")
     rows += train + peer
-    for prefix in ("conv2d_fwd[nchw]", "conv2d_fwd[nhwc]", "conv2d_fwd+bwd[nchw]"):
+    for prefix in ("conv2d_fwd[nchw]", "conv2d_fwd[nhwc]", "conv2d_fwd+bwd[nchw]", "conv1x1 fwd+bwd[nhwc]"):
         sel = [r["ratio"] for r in rows if r["op"] == prefix]
         if sel:
             print(f"geomean ratio {prefix}: {geomean(sel):.2f}x over {len(sel)} layers (min {min(sel):.2f}x)")

@@ -177,6 +177,17 @@ def test_bench_train_group():
     assert bench._peak_rss_mb("resnet18", 1, "fastconv") > 50
 
 
+def test_bench_pointwise_group():
+    """`fastconv bench --ops pointwise`: ResNet-50's 1x1 layers (read from the model: 15 distinct, 36
+    in all), forward + both gradients against torch's, every part timed."""
+    from fastconv import bench
+    layers = bench.resnet_1x1_layers()
+    assert len(layers) == 15 and sum(layer[-1] for layer in layers) == 36
+    assert (64, 28, 256, 1, 4) in layers and (1024, 7, 2048, 2, 1) in layers
+    rows = bench.pointwise_rows((1,), 1)
+    assert len(rows) == 15 and all(r["ratio"] > 0 and len(r["parts_ms"]) == 5 for r in rows)
+
+
 def test_bench_peers_group():
     """`fastconv bench --ops peers`: fastconv against the inference peers that can run here, logits
     checked against torch eager; a peer whose package is absent is skipped with a note naming it."""
