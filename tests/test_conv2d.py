@@ -118,7 +118,7 @@ def test_channels_last_plain_output_isa(name, dtype, isa):
 
 
 @pytest.mark.parametrize("c, k, n, h, w, stride", [
-    (520, 512, 1, 33, 32, 1),  # six blocks of dW^T, a partial tile in each third
+    (520, 512, 1, 33, 32, 1),  # six blocks of dW^T: 180, 180 and 160 input channels (a partial tile)
     (520, 512, 4, 33, 32, 2),
     (520, 256, 2, 17, 31, 1),  # three blocks for two threads: the pixels split too
     (520, 512, 2, 4, 5, 1),  # a few pixels (ResNet's last stage at a small batch)
