@@ -1,13 +1,14 @@
-"""Where whole-network CPU inference time goes: fastconv against ONNX Runtime, layer by layer.
+"""Where whole-network CPU inference time goes: fastconv against ONNX Runtime and OpenVINO, layer by layer.
 
     python benchmarks/infer_profile.py [--model resnet50] [--batch 1] [--runs 10] [--peak 234]
 
 Runs the torchvision net (fastconv.bench.inference_model) converted by fastconv (channels_last,
 fused) under torch.profiler, and the same net exported to ONNX under ONNX Runtime's own per-node
-profile (SessionOptions.enable_profiling; set up as fastconv.peers sets it up), and prints per
-output shape (the convolutions that produce it, with their fused bias / residual / ReLU; ONNX
-Runtime fuses the same ones into its Conv nodes): calls, ms per run of each, and the compute floor
-(FLOPs at --peak GFLOP/s, the machine's FMA peak on all threads). ms are per forward pass."""
+profile (SessionOptions.enable_profiling) and OpenVINO's (PERF_COUNT; each set up as fastconv.peers
+sets it up), and prints per output shape (the convolutions that produce it, with their fused bias /
+residual / ReLU; both peers fuse the same ones into their Conv nodes): calls, ms per run of each,
+and the compute floor (FLOPs at --peak GFLOP/s, the machine's FMA peak on all threads). ms are per
+forward pass. A peer that is not installed gets a column of zeros."""
 import argparse
 import collections
 import json
@@ -95,6 +96,38 @@ def ort_layers(model, x, runs, threads):
     return layers, other
 
 
+def ov_layers(model, x, runs, threads):
+    """output shape -> [Convolution nodes, ms] of OpenVINO's per-node profile, and its other nodes by
+    type (the runtime graph's nodes: fused operations are gone into the convolutions)."""
+    import openvino as ov
+    with tempfile.TemporaryDirectory() as tmp:
+        path = peers.export_onnx(model, x, os.path.join(tmp, "model.onnx"))
+        core = ov.Core()
+        compiled = core.compile_model(core.read_model(path), "CPU", {
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+            "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        for _ in range(2):
+            request.infer({0: x.numpy()})
+        shape = {op.get_friendly_name(): op.get_output_partial_shape(0).to_shape()
+                 for op in compiled.get_runtime_model().get_ordered_ops() if op.get_output_size()}
+        layers, other = collections.defaultdict(lambda: [0, 0.0]), collections.Counter()
+        nodes = collections.defaultdict(set)
+        for _ in range(runs):
+            request.infer({0: x.numpy()})
+            for info in request.get_profiling_info():
+                ms = info.real_time.total_seconds() * 1e3 / runs
+                if info.node_type == "Convolution" and info.node_name in shape:
+                    key = tuple(shape[info.node_name])
+                    nodes[key].add(info.node_name)
+                    layers[key][1] += ms
+                else:
+                    other[info.node_type] += ms
+    for key in layers:
+        layers[key][0] = len(nodes[key])
+    return layers, other
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet50")
@@ -109,22 +142,25 @@ def main():
     x = torch.randn(args.batch, 3, args.image, args.image)
     ours, ours_other = fastconv_layers(model, x, args.runs)
     theirs, theirs_other = ({}, {}) if peers.missing(["onnxruntime"]) else ort_layers(model, x, args.runs, args.threads)
+    ov, ov_other = ({}, {}) if peers.missing(["openvino"]) else ov_layers(model, x, args.runs, args.threads)
     print(f"{args.model}, batch {args.batch}, {args.image} px, {args.threads} threads: ms per forward "
-          f"(fastconv: torch.profiler; ONNX Runtime: its node profile), floor = FLOPs at {args.peak:g} GFLOP/s")
-    print(f"{'output shape':22s} {'calls':>5s} {'GFLOP':>6s} {'floor':>6s} {'fastconv':>9s} {'ORT':>7s} {'ORT/ours':>8s}")
-    tot = [0.0, 0.0, 0.0]
+          f"(fastconv: torch.profiler; ONNX Runtime, OpenVINO: their node profiles), floor = FLOPs at "
+          f"{args.peak:g} GFLOP/s")
+    print(f"{'output shape':22s} {'calls':>5s} {'GFLOP':>6s} {'floor':>6s} {'fastconv':>9s} {'ORT':>7s} {'ORT/ours':>8s} "
+          f"{'OV':>7s} {'OV/ours':>8s}")
+    tot = [0.0, 0.0, 0.0, 0.0]
     for out, (calls, ms, gf) in sorted(ours.items(), key=lambda kv: -kv[1][1]):
-        ort_ms = theirs.get(out, [0, 0.0])[1]
+        ort_ms, ov_ms = theirs.get(out, [0, 0.0])[1], ov.get(out, [0, 0.0])[1]
         floor = gf / args.peak * 1e3
-        tot[0] += floor
-        tot[1] += ms
-        tot[2] += ort_ms
+        for i, v in enumerate((floor, ms, ort_ms, ov_ms)):
+            tot[i] += v
         print(f"{str(out):22s} {calls:5d} {gf:6.2f} {floor:6.2f} {ms:9.2f} {ort_ms:7.2f} "
-              f"{(ort_ms / ms if ms else 0):8.2f}")
+              f"{(ort_ms / ms if ms else 0):8.2f} {ov_ms:7.2f} {(ov_ms / ms if ms else 0):8.2f}")
     print(f"{'convolutions':22s} {'':5s} {'':6s} {tot[0]:6.2f} {tot[1]:9.2f} {tot[2]:7.2f} "
-          f"{(tot[2] / tot[1] if tot[1] else 0):8.2f}")
+          f"{(tot[2] / tot[1] if tot[1] else 0):8.2f} {tot[3]:7.2f} {(tot[3] / tot[1] if tot[1] else 0):8.2f}")
     print("other ops, fastconv:", {k: round(v, 2) for k, v in ours_other.most_common(6)})
     print("other ops, ONNX Runtime:", {k: round(v, 2) for k, v in collections.Counter(theirs_other).most_common(6)})
+    print("other ops, OpenVINO:", {k: round(v, 2) for k, v in collections.Counter(ov_other).most_common(6)})
 
 
 if __name__ == "__main__":
