@@ -139,6 +139,30 @@ def test_pointwise_channels_last_wide_weight_grad(c, k, n, h, w, stride, isa):
     assert_close(got, want, torch.float32, n * p * q)
 
 
+@pytest.mark.parametrize("c, k, n, h, w, r, stride, pad, dil", [
+    (40, 64, 3, 15, 13, 3, 2, 1, 1),  # ResNet's strided 3x3 (partial channel tiles; 9 taps, 1 block)
+    (520, 512, 2, 7, 6, 3, 2, 1, 1),  # dW^T per tap in 256 x 256 blocks
+    (24, 32, 2, 5, 5, 3, 1, 0, 1),  # a 3x3 map out (Winograd does not take it): X read in place
+    (16, 96, 3, 14, 11, 5, 2, 2, 2),  # 5x5, dilated
+    (32, 48, 1, 12, 13, 2, 3, 0, 1),  # stride above the kernel: pixels no tap reads
+])
+def test_taps_weight_grad_channels_last(c, k, n, h, w, r, stride, pad, dil, isa):
+    """The channels-last weight gradient of a kernel larger than 1x1 as one 1x1 gradient per tap,
+    over the padded input shifted by the tap, all taps in one parallel loop; against torch in
+    float64."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    p, q = ((d + 2 * pad - dil * (r - 1) - 1) // stride + 1 for d in (h, w))
+    dy = torch.randn(n, k, p, q, generator=g).contiguous(memory_format=torch.channels_last)
+    args = ([stride] * 2, [pad] * 4, [dil] * 2, 1)
+    got = torch.ops.fastconv.conv2d_bwd_weight(dy, x, [k, c, r, r], *args)
+    want = torch.ops.aten.convolution_backward(dy.double(), x.double(), torch.empty(k, c, r, r).double(), None,
+                                               [stride] * 2, [pad] * 2, [dil] * 2, False, [0, 0], 1,
+                                               [False, True, False])[1]
+    same_format(got, want)
+    assert_close(got, want, torch.float32, n * p * q)
+
+
 @pytest.mark.parametrize("name", LAYOUT_CASES)
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "x_cl", "w_cl", "sliced", "permuted"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
