@@ -252,6 +252,7 @@ SPECIAL_GEOMS = {  # n, c, h, w, k, r, s, stride, padding, dilation, groups
     "depthwise": (1, 8, 9, 9, 8, 3, 3, 1, 1, 1, 8), "depthwise_strided": (1, 8, 9, 9, 8, 3, 3, 2, 1, 1, 8),
     "pointwise": (1, 5, 7, 7, 6, 1, 1, 1, 0, 1, 1), "dilated": (1, 6, 11, 10, 4, 3, 3, 1, 2, 2, 1),
     "grouped_5x5": (1, 4, 8, 8, 6, 5, 5, 1, 2, 1, 2), "stem_7x7": (1, 3, 12, 12, 8, 7, 7, 2, 3, 1, 1),
+    "strided_taps": (2, 16, 9, 7, 32, 3, 3, 2, 1, 1, 1),  # channels-last weight gradient tap by tap
 }
 
 
