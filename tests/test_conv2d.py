@@ -145,6 +145,7 @@ def test_pointwise_channels_last_wide_weight_grad(c, k, n, h, w, stride, isa):
     (24, 32, 2, 5, 5, 3, 1, 0, 1),  # a 3x3 map out (Winograd does not take it): X read in place
     (16, 96, 3, 14, 11, 5, 2, 2, 2),  # 5x5, dilated
     (32, 64, 1, 12, 13, 2, 3, 0, 1),  # stride above the kernel: pixels no tap reads
+    (64, 64, 8, 64, 63, 3, 2, 1, 1),  # 8.6 MB of padded input: every tap on each chunk in turn
 ])
 def test_taps_weight_grad_channels_last(c, k, n, h, w, r, stride, pad, dil, isa):
     """The channels-last weight gradient of a kernel larger than 1x1 as one 1x1 gradient per tap,
