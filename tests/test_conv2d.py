@@ -117,6 +117,19 @@ def test_channels_last_plain_output_isa(name, dtype, isa):
     run_conv(CASES[name], dtype, "cpu", "channels_last")
 
 
+@pytest.mark.parametrize("case", [
+    (2, 1024, 5, 7, 48, 1, 1, 1, 0, 1, 1, True),  # the forward's pixels 4 KB apart: read from a wider-pitch copy
+    (2, 1024, 7, 6, 40, 1, 1, 2, 0, 1, 1, False),  # strided: the gathered pixels take the wider pitch
+    (3, 40, 5, 7, 1024, 1, 1, 1, 0, 1, 1, False),  # the input gradient reads dY at 4 KB a pixel
+    (2, 40, 7, 6, 1024, 1, 1, 2, 0, 1, 1, True),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_pointwise_pixel_pitch_isa(case, dtype, isa):
+    """1x1 layers whose channel count takes a multiple of 4 KB per pixel (all of a tile's rows in one
+    L1 set): the GEMM reads a copy with a wider pixel pitch; forward and both gradients."""
+    run_conv(case, dtype, "cpu", "channels_last")
+
+
 @pytest.mark.parametrize("c, k, n, h, w, stride", [
     (520, 512, 1, 33, 32, 1),  # six blocks of dW^T: 180, 180 and 160 input channels (a partial tile)
     (520, 512, 4, 33, 32, 2),

@@ -112,19 +112,21 @@ void conv2d_fwd_cpu(const Conv2dParams& p, const T* x, const T* w, T* y, const E
     }
   }
   if (is_pointwise(p) && (p.stride_h > 1 || p.stride_w > 1) && p.y.sc == 1 && p.x.sc == 1) {
-    // Strided 1x1 into channels_last: gather the pixels it reads into a dense channels_last copy
-    // (a quarter of the input for stride 2), then the stride-1 flat GEMM below.
+    // Strided 1x1 into channels_last: gather the pixels it reads into a channels_last copy (a
+    // quarter of the input for stride 2) with the pixel pitch the tiles read best, then the
+    // stride-1 flat GEMM below.
     const Tensor4 &X = p.x, &Y = p.y;
-    Buffer<T> sub(Y.n * Y.h * Y.w * X.c);
+    const int64_t px = pixel_pitch<T>(Tensor4{X.n, X.c, Y.h, Y.w, 0, 1, 0, X.c}, micro_kernel<T>().mp);
+    Buffer<T> sub(Y.n * Y.h * Y.w * px);
     T* sp = sub.get();
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t n = 0; n < Y.n; ++n)
       for (int64_t h = 0; h < Y.h; ++h)
         for (int64_t q = 0; q < Y.w; ++q)
-          std::memcpy(sp + ((n * Y.h + h) * Y.w + q) * X.c, x + n * X.sn + h * p.stride_h * X.sh + q * p.stride_w * X.sw,
+          std::memcpy(sp + ((n * Y.h + h) * Y.w + q) * px, x + n * X.sn + h * p.stride_h * X.sh + q * p.stride_w * X.sw,
                       sizeof(T) * X.c);
     Conv2dParams q = p;
-    q.x = Tensor4{X.n, X.c, Y.h, Y.w, Y.h * Y.w * X.c, 1, Y.w * X.c, X.c};
+    q.x = Tensor4{X.n, X.c, Y.h, Y.w, Y.h * Y.w * px, 1, Y.w * px, px};
     q.stride_h = q.stride_w = 1;
     return conv2d_fwd_cpu(q, static_cast<const T*>(sp), w, y, ep, packed);
   }
