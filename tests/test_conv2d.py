@@ -121,12 +121,13 @@ def test_channels_last_plain_output_isa(name, dtype, isa):
     (2, 1024, 5, 7, 48, 1, 1, 1, 0, 1, 1, True),  # the forward's pixels 4 KB apart: read from a wider-pitch copy
     (2, 1024, 7, 6, 40, 1, 1, 2, 0, 1, 1, False),  # strided: the gathered pixels take the wider pitch
     (3, 40, 5, 7, 1024, 1, 1, 1, 0, 1, 1, False),  # the input gradient reads dY at 4 KB a pixel
-    (2, 40, 7, 6, 1024, 1, 1, 2, 0, 1, 1, True),
+    (2, 40, 7, 6, 1024, 1, 1, 2, 0, 1, 1, True),  # strided: rows of 3 pixels, dY read in place
 ])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_pointwise_pixel_pitch_isa(case, dtype, isa):
-    """1x1 layers whose channel count takes a multiple of 4 KB per pixel (all of a tile's rows in one
-    L1 set): the GEMM reads a copy with a wider pixel pitch; forward and both gradients."""
+    """1x1 layers whose channel count takes a multiple of 4 KB per pixel (with the AVX-512 kernel's
+    12-row tiles all of a tile's rows in one L1 set): the GEMM reads a copy with a wider pixel pitch;
+    forward and both gradients, every ISA."""
     run_conv(case, dtype, "cpu", "channels_last")
 
 
