@@ -16,6 +16,19 @@ def _ops():
     return backends.current_ops()
 
 
+_KERNEL_TABLES = {}  # id(ops) -> its `kernels` table or None (backends keep their ops alive)
+
+
+def _kernel_table(ops):
+    """A Python backend's table of kernels, None for the native one (asking torch.ops.fastconv for a
+    missing attribute raises inside, a few microseconds a call)."""
+    try:
+        return _KERNEL_TABLES[id(ops)]
+    except KeyError:
+        table = _KERNEL_TABLES[id(ops)] = getattr(ops, "kernels", None)
+        return table
+
+
 # torch's __torch_function__ protocol, as torch.nn.functional follows it: arguments that override
 # torch functions (torch.fx proxies, so that symbolic_trace and create_feature_extractor record
 # fastconv calls; tensor subclasses; active TorchFunctionModes) get the call first.
@@ -53,7 +66,7 @@ def _call(name, grad_inputs, *args):
         out = _ops_module.forward_ad(_call_primals, ops, name, args)
         if out is not None:
             return out
-    kernels = getattr(ops, "kernels", None)
+    kernels = _kernel_table(ops)
     direct = kernels is not None and _plain(args)
     if not _no_grad(*grad_inputs):
         fn = direct and _ops_module.direct_autograd(ops, name)
@@ -62,6 +75,8 @@ def _call(name, grad_inputs, *args):
         return fn.apply(*args) if fn else getattr(ops, name)(*args)
     if direct:
         return kernels[name](*args)
+    if torch.is_inference_mode_enabled():  # autograd's dispatch keys are off already
+        return getattr(ops, name)(*args)
     with _below_autograd():
         return getattr(ops, name)(*args)
 
@@ -128,7 +143,7 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups):
         raise ValueError(f"fastconv: conv2d output size would be {p}x{q} for input {x.shape[2]}x{x.shape[3]}, "
                          f"kernel {r}x{s}, padding {padding}, stride {stride}, dilation {dilation}: "
                          "the input is too small (output size must be positive)")
-    return x, unbatched, list(stride), list(pads), list(dilation), groups
+    return x, unbatched, list(stride), list(pads), list(dilation), groups, (p, q)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
@@ -136,10 +151,10 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     if _overridden(input, weight, bias):  # FX proxies, tensor subclasses, function modes
         return _override(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation, groups)
     input, weight, bias = _autocast(input, weight, bias)
-    x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
-                                                              dilation, groups)
+    x, unbatched, stride, pads, dilation, groups, out_hw = _conv_args(input, weight, bias, stride, padding,
+                                                                      dilation, groups)
     if x.shape[1] == 0:  # torch's result without input channels: no output channels either
-        y = _empty_result((x.shape[0], 0, *_out_hw(x, weight, stride, pads, dilation)), x, x, weight, bias)
+        y = _empty_result((x.shape[0], 0, *out_hw), x, x, weight, bias)
     else:
         y = _call("conv2d_fwd", (x, weight, bias), x, weight, bias, stride, pads, dilation, groups)
     return y.squeeze(0) if unbatched else y
@@ -193,8 +208,8 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
                          padding, dilation, groups, scale=scale, shift=shift, residual=residual, combine=combine,
                          relu=relu, mode=mode, eps=eps)
     input, weight, bias, scale, shift, residual = _autocast(input, weight, bias, scale, shift, residual)
-    x, unbatched, stride, pads, dilation, groups = _conv_args(input, weight, bias, stride, padding,
-                                                              dilation, groups)
+    x, unbatched, stride, pads, dilation, groups, out_hw = _conv_args(input, weight, bias, stride, padding,
+                                                                      dilation, groups)
     k = weight.shape[0]
     if x.shape[1] == 0:
         raise ValueError("fastconv: conv2d_fused needs at least one input channel, got 'input' of shape "
@@ -216,7 +231,7 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
             raise ValueError("fastconv: 'residual' was given but combine is None; pass combine='add' or 'sort'")
         r, _ = A.batched(residual, "residual")
         A.check_same(x, "input", r, "residual")
-        want = (x.shape[0], k, *_out_hw(x, weight, stride, pads, dilation))
+        want = (x.shape[0], k, *out_hw)
         if tuple(r.shape) != want:
             raise ValueError(f"fastconv: 'residual' must have the output's shape {want}, got {tuple(r.shape)}")
         residual = r

@@ -138,22 +138,32 @@ def clear_folded_cache():
     _fold_generation += 1
 
 
+_is_fx_tracing = torch.fx._symbolic_trace.is_fx_tracing
+
+
 def _folded(bn, conv_bias):
     """bn_scale_shift, cached on `bn` for inference. The cache holds the tensors it was computed from
     and is used while the same tensors hold the same storage, version counter and dtype (an optimizer
     step, load_state_dict, in-place ops, .to() and assigning a new buffer all recompute it) and until
     clear_folded_cache(). Not cached where autograd (reverse or forward mode) or torch.fx must see the
     computation, or under torch.compile (which folds it itself)."""
-    ts = (bn.running_mean, bn.running_var, bn.weight, bn.bias, conv_bias)
-    forward_ad = torch.autograd.forward_ad._current_level >= 0  # tangents must flow through
-    traced = any(t is not None and not isinstance(t, torch.Tensor) for t in ts)  # torch.fx proxies
-    if torch.compiler.is_compiling() or forward_ad or traced or (torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in ts)):
+    if torch.compiler.is_compiling() or _is_fx_tracing() or torch.autograd.forward_ad._current_level >= 0:
         return bn_scale_shift(bn, conv_bias)
-    key = (_fold_generation, bn.eps) + tuple(None if t is None else (t.data_ptr(), t._version, t.dtype)
-                                             for t in ts)
+    # bn.running_mean etc. as the module's dicts hold them (Module.__getattr__ costs about 0.6 us each;
+    # the tracers above need it, to see their proxies)
+    buffers, params = bn._buffers, bn._parameters
+    ts = (buffers["running_mean"], buffers["running_var"], params["weight"], params["bias"], conv_bias)
+    grad = torch.is_grad_enabled()
+    key = [_fold_generation, bn.eps]
+    for t in ts:
+        if t is None:
+            key.append(None)
+        elif not isinstance(t, torch.Tensor) or (grad and t.requires_grad):  # torch.fx proxies; autograd
+            return bn_scale_shift(bn, conv_bias)
+        else:  # the cache holds the tensors, so their ids stay theirs
+            key.append((id(t), t.data_ptr(), t._version, t.dtype))
     cached = bn.__dict__.get("_fastconv_folded")
-    if cached is None or cached[0] != key or any(a is not b for a, b in zip(cached[1], ts)):
+    if cached is None or cached[0] != key:
         with torch.no_grad():
             cached = (key, ts) + bn_scale_shift(bn, conv_bias)
         bn.__dict__["_fastconv_folded"] = cached

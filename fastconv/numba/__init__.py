@@ -72,7 +72,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     mx, mw, mb = _meta([("input", input), ("weight", weight), ("bias", bias)])
     if mx.shape[-3] == 0:  # no input channels: torch's empty result
         return _empty_like(input, _validate(F.conv2d, mx, mw, mb, stride, padding, dilation, groups).shape)
-    _, unbatched, stride, pads, dilation, groups = F._conv_args(mx, mw, mb, stride, padding, dilation, groups)
+    _, unbatched, stride, pads, dilation, groups, _ = F._conv_args(mx, mw, mb, stride, padding, dilation, groups)
     return _unbatch(K.conv2d_fwd(_batched(input), weight, bias, stride, pads, dilation, groups), unbatched)
 
 
@@ -83,7 +83,7 @@ def conv2d_fused(input, weight, bias=None, stride=1, padding=0, dilation=1, grou
                                     ("shift", shift), ("residual", residual)])
     _validate(F.conv2d_fused, mx, mw, mb, stride, padding, dilation, groups, scale=ms, shift=mt,
               residual=mr, combine=combine, relu=relu, mode=mode, eps=eps)
-    _, unbatched, stride, pads, dilation, groups = F._conv_args(mx, mw, mb, stride, padding, dilation, groups)
+    _, unbatched, stride, pads, dilation, groups, _ = F._conv_args(mx, mw, mb, stride, padding, dilation, groups)
     res = None if residual is None else _batched(residual)
     y = K.conv2d_fused_fwd(_batched(input), weight, bias, stride, pads, dilation, groups, scale, shift, res,
                            F.COMBINES[combine], relu, F.SORT_MODES[mode], float(eps))
