@@ -167,6 +167,7 @@ def linear(input, weight, bias=None):
     a few rows the CPU kernel streams the weights once, bound by memory bandwidth."""
     if _overridden(input, weight, bias):  # FX proxies, tensor subclasses, function modes
         return _override(linear, (input, weight, bias), input, weight, bias)
+    input, weight, bias = _autocast(input, weight, bias)  # torch.autocast casts linear as it casts conv2d
     A.check_tensor(input, "input")
     A.check_tensor(weight, "weight", dims=(1, 2))
     A.check_same(input, "input", weight, "weight")

@@ -121,7 +121,7 @@ def test_forward_over_reverse_raises():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_autocast_cpu_as_torch(backend):
-    """Under torch.autocast("cpu") the convolutions run in its dtype, as F.conv2d; other ops keep their
+    """Under torch.autocast("cpu") the convolutions and linear run in its dtype, as torch's; other ops keep their
     input's dtype; gradients reach float32 leaves; a converted Linear -> Conv2d model runs as torch's."""
     skip_unless_backend(backend, "cpu")
     g = torch.Generator().manual_seed(6)
@@ -133,8 +133,9 @@ def test_autocast_cpu_as_torch(backend):
         z = fastconv.conv2d_fused(x, w, padding=1, relu=True)
         p = fastconv.max_pool2d(y, 2)
         raw = torch.ops.fastconv.conv2d_fwd(x.detach(), w.detach(), None, [1, 1], [1, 1, 1, 1], [1, 1], 1)
+        lin = fastconv.linear(p.flatten(1), torch.randn(5, 300, generator=g))  # a bfloat16 input, float32 weights
         assert fastconv.conv2d(x.double(), w.double()).dtype == torch.float64
-    assert y.dtype == ref.dtype == z.dtype == p.dtype == raw.dtype == torch.bfloat16
+    assert y.dtype == ref.dtype == z.dtype == p.dtype == raw.dtype == lin.dtype == torch.bfloat16
     torch.testing.assert_close(y.float(), ref.float(), rtol=2e-2, atol=2e-2)
     y.float().sum().backward()
     assert x.grad.dtype == w.grad.dtype == torch.float32
