@@ -147,7 +147,7 @@ def unconvert(model, *, inplace=False):
         cls = twins.get(type(m)) or blocks.get(type(m))
         if cls is not None:
             m.__class__ = cls
-        for attr in ("fused", "_plan", "_fastconv_folded", "fastconv_summary"):
+        for attr in ("fused", "_plan", "_fastconv_folded", "_fastconv_plan", "fastconv_summary"):
             m.__dict__.pop(attr, None)
     return model
 

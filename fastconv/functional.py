@@ -112,14 +112,20 @@ def _out_hw(x, weight, stride, pads, dilation):
     return _ops_module.conv_out_shape(x, weight, stride, pads, dilation)[2:]
 
 
+def _conv_geometry(kernel, stride, padding, dilation, groups):
+    """(stride, pads, dilation, groups) as the operators take them, for a kernel of size (r, s)."""
+    stride = A.pair(stride, "stride", minimum=1)
+    dilation = A.pair(dilation, "dilation", minimum=1)
+    groups = A.positive_int(groups, "groups")
+    return list(stride), list(A.conv_padding(padding, kernel, stride, dilation)), list(dilation), groups
+
+
 def _conv_args(input, weight, bias, stride, padding, dilation, groups):
     x, unbatched = A.batched(input, "input")
     A.check_tensor(weight, "weight", dims=(4,))
     A.check_same(x, "input", weight, "weight")
-    stride = A.pair(stride, "stride", minimum=1)
-    dilation = A.pair(dilation, "dilation", minimum=1)
-    groups = A.positive_int(groups, "groups")
     k, cpg, r, s = weight.shape
+    stride, pads, dilation, groups = _conv_geometry((r, s), stride, padding, dilation, groups)
     c = x.shape[1]
     if c % groups:
         raise ValueError(f"fastconv: 'groups' ({groups}) must divide the input channels ({c})")
@@ -137,13 +143,12 @@ def _conv_args(input, weight, bias, stride, padding, dilation, groups):
         if bias.shape[0] != k:
             raise ValueError(f"fastconv: 'bias' must have {k} elements (one per output channel), "
                              f"got shape {tuple(bias.shape)}")
-    pads = A.conv_padding(padding, (r, s), stride, dilation)
     p, q = _out_hw(x, weight, stride, pads, dilation)
     if p <= 0 or q <= 0:
         raise ValueError(f"fastconv: conv2d output size would be {p}x{q} for input {x.shape[2]}x{x.shape[3]}, "
-                         f"kernel {r}x{s}, padding {padding}, stride {stride}, dilation {dilation}: "
+                         f"kernel {r}x{s}, padding {padding}, stride {tuple(stride)}, dilation {tuple(dilation)}: "
                          "the input is too small (output size must be positive)")
-    return x, unbatched, list(stride), list(pads), list(dilation), groups, (p, q)
+    return x, unbatched, stride, pads, dilation, groups, (p, q)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):

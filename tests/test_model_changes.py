@@ -125,7 +125,13 @@ def _hooks(m):
         m.layer1[0].conv1.weight_orig.mul_(-1)  # the pre-hook recomputes the weight from it
 
 
+def _geometry(m):
+    conv = m.layer1[0].conv2  # 3x3: dilated, with the padding that keeps the map's size
+    conv.dilation, conv.padding = (2, 2), (2, 2)
+
+
 CHANGES = {
+    "geometry": _geometry,
     "data_writes": _data_writes,
     "no_grad_edits": _no_grad_edits,
     "load_state_dict": _load_state_dict,
@@ -162,6 +168,41 @@ def test_fused_model_follows_change(change):
     gr = torch.autograd.grad(ref(xr).square().sum(), xr)[0]
     gf = torch.autograd.grad(fast(xf).square().sum(), xf)[0]
     close(gf, gr, 1e-3)
+
+
+@pytest.mark.parametrize("block", [RN.BasicBlock, RN.Bottleneck])
+def test_fused_blocks_replay_their_calls(block, monkeypatch):
+    """Inference calls after the first repeat each fused block's recorded kernel calls (nn._Block's
+    replay) with the checked path's result; another input shape, a hooked child, autocast or
+    gradients take the checked path."""
+    ref, fast = _pair(block)
+    x = torch.randn(2, 3, 24, 24)
+    replayed = []
+    replay = nn._Block._replay
+    monkeypatch.setattr(nn._Block, "_replay", lambda self, x: replayed.append(replay(self, x)) or replayed[-1])
+    with torch.inference_mode():
+        first = fast(x)
+        assert replayed == [None] * 4  # nothing recorded yet
+        replayed.clear()
+        again = fast(x)
+        assert len(replayed) == 4 and all(r is not None for r in replayed)
+        assert torch.equal(again, first)
+        close(again, ref(x))
+        replayed.clear()
+        fast(x[:1])  # another shape: checked, then recorded for it (a block keeps one record)
+        assert replayed == [None] * 4
+        fast(x)
+        for m in (ref, fast):
+            m.layer2[0].conv1.register_forward_pre_hook(lambda mod, inp: (inp[0] * 2,))
+        replayed.clear()
+        close(fast(x), ref(x))
+        assert replayed[1] is None and None not in replayed[:1] + replayed[2:]
+    replayed.clear()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast(x)
+    x.requires_grad_()
+    fast(x).sum().backward()
+    assert replayed == []
 
 
 @pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
