@@ -2,8 +2,8 @@
 // clear per 4 KB on its first write: on the 2-core VMs about 2 µs per page, 10% of a ResNet-50
 // forward at batch 8 (24 000 faults per pass, most of them in activations freed one layer later).
 // Outputs of 1 MB and more therefore come from a process-wide cache of freed blocks, the way the CUDA
-// caching allocator serves GPU tensors: a block is reused for requests of up to its size and at
-// least half of it; at most FASTCONV_OUTPUT_CACHE_MB (default 256, 0: off) is kept free, oldest
+// caching allocator serves GPU tensors: a block is reused for requests of up to its size and more
+// than half of it; at most FASTCONV_OUTPUT_CACHE_MB (default 256, 0: off) is kept free, oldest
 // returned first. Tensors are ordinary CPU tensors (resizable, any op can free them on any thread).
 #include <ATen/EmptyTensor.h>
 #include <c10/core/Allocator.h>

@@ -1,5 +1,5 @@
 // The freed-block cache behind the CPU output cache and the kernels' scratch pools: a request takes
-// the smallest kept block of at least its size and at most twice it; a miss frees the kept blocks
+// the smallest kept block of at least its size and under twice it; a miss frees the kept blocks
 // too small for it (up to about its size) and keeps the rest; the limit bounds what is kept.
 #include <cstdlib>
 
@@ -23,9 +23,19 @@ void test_take_fits() {
   CHECK(fb.held() == 64 * 30);          // ... that freed the block under half its size, kept the other
   CHECK(fb.take(64 * 14) == nullptr);   // 30 is more than twice 14: not handed out, and not freed
   CHECK(fb.held() == 64 * 30);
-  CHECK(fb.take(64 * 16) == b);         // 16 <= 30 <= 32
+  CHECK(fb.take(64 * 16) == b);         // 16 <= 30 < 32
   CHECK(fb.held() == 0);
   std::free(b);
+}
+
+void test_twice_is_kept_for_its_size() {
+  FreeBlocks fb(1000 * 64);
+  void* a = block(64 * 20);
+  fb.give(a, 64 * 20);
+  CHECK(fb.take(64 * 10) == nullptr);  // exactly twice: kept for a request of its own size
+  CHECK(fb.held() == 64 * 20);
+  CHECK(fb.take(64 * 11) == a);
+  std::free(a);
 }
 
 void test_miss_frees_about_the_request() {
@@ -50,6 +60,7 @@ void test_limit() {
 
 int main() {
   test_take_fits();
+  test_twice_is_kept_for_its_size();
   test_miss_frees_about_the_request();
   test_limit();
   return TEST_MAIN_RESULT();

@@ -1,6 +1,6 @@
 // Freed memory blocks kept for reuse (blocks from std::aligned_alloc, released with std::free). Not
 // thread-safe: an owner shared between threads locks around it. take(bytes) hands back the smallest
-// kept block of at least `bytes` and at most twice that, or nullptr after freeing about `bytes` of
+// kept block of at least `bytes` and under twice that, or nullptr after freeing about `bytes` of
 // kept blocks; give() keeps a block while at
 // most `limit` bytes are kept in all, freeing the oldest first (a block past the limit on its own
 // is freed at once).
@@ -28,9 +28,13 @@ class FreeBlocks {
   ~FreeBlocks() { clear(); }
 
   void* take(size_t bytes) {
+    // Under twice, not up to: a network's activations halve from stage to stage (ResNet-50 at batch
+    // 8: 25.7, 12.8, 6.4, 3.2 MB), and a request that took a block of exactly twice its size left
+    // the next pass one block short of the larger size: a fresh 25.7 MB output, 6 300 page faults
+    // (about 15 ms) every other forward.
     size_t best = free_.size();
     for (size_t i = 0; i < free_.size(); ++i)
-      if (free_[i].first >= bytes && free_[i].first / 2 <= bytes &&
+      if (free_[i].first >= bytes && free_[i].first / 2 < bytes &&
           (best == free_.size() || free_[i].first < free_[best].first))
         best = i;
     if (best == free_.size()) {
