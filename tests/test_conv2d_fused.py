@@ -280,15 +280,20 @@ def test_matches_plain_conv():
                                atol=1e-5, rtol=1e-5)
 
 
-# Winograd F(4x4, 3x3) (float32, 3x3 stride 1, large enough layers): outputs that overhang the
-# tiles (P, Q not multiples of 4), channel counts off the vector width, reductions past the 256-channel
-# slice, tile blocks across images, output-channel groups sharing transformed inputs or not, padding
-# 0 and 2. Backward runs the stride-1 bwd_input through it as well.
+# Winograd F(4x4, 3x3) and F(2x2, 5x5) (float32, stride 1, large enough layers): outputs that overhang
+# the tiles (P, Q not multiples of the tile), channel counts off the vector width, reductions past the
+# 256-channel slice, tile blocks across images, output-channel groups sharing transformed inputs or
+# not, padding 0 to 3. Backward runs the stride-1 bwd_input through it as well (the 5x5 weight
+# gradient takes the GEMM path).
 WINOGRAD = {
     "17x18_c19_k21": (1, 19, 17, 18, 21, 3, 3, 1, 1, 1, 1),
     "small_images_n8": (8, 16, 6, 7, 24, 3, 3, 1, 1, 1, 1),
     "c300_pad0": (4, 300, 10, 10, 18, 3, 3, 1, 0, 1, 1),
     "40x40_k16_pad2": (1, 17, 38, 37, 16, 3, 3, 1, 2, 1, 1),
+    "5x5_27x27_c19_k21": (1, 19, 27, 27, 21, 5, 5, 1, 2, 1, 1),
+    "5x5_small_images_n3_pad0": (3, 16, 9, 11, 40, 5, 5, 1, 0, 1, 1),
+    "5x5_c300_k33_pad1": (1, 300, 12, 12, 33, 5, 5, 1, 1, 1, 1),
+    "5x5_30x29_pad3": (1, 17, 30, 29, 16, 5, 5, 1, 3, 1, 1),
 }
 
 
@@ -316,12 +321,13 @@ def test_winograd_isa(geom, layout, isa):
         torch.testing.assert_close(y, y_direct, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("geom", ["17x18_c19_k21", "5x5_27x27_c19_k21"])
 @pytest.mark.parametrize("layout", ["x_cl", "w_cl", "sliced", "permuted"])
-def test_winograd_layouts(layout):
+def test_winograd_layouts(layout, geom):
     """Mixed layouts and strided views: the padded input copy and the weight transform read any strides."""
     with winograd(True):
-        run_fused(WINOGRAD["17x18_c19_k21"], torch.float32, layout=layout, combine="sort", relu=True, grad=False)
-        run_fused(WINOGRAD["17x18_c19_k21"], torch.float32, layout=layout, combine="add", relu=True)
+        run_fused(WINOGRAD[geom], torch.float32, layout=layout, combine="sort", relu=True, grad=False)
+        run_fused(WINOGRAD[geom], torch.float32, layout=layout, combine="add", relu=True)
 
 
 def test_winograd_weight_grad_in_tile_chunks():
@@ -361,14 +367,21 @@ def _special(case, x, wt, g):
 @pytest.mark.parametrize("case", ["huge", "inf_weight", "nan_weight_on_padding", "nan_input_on_tile_edge",
                                   "inf_grad_out"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
-def test_winograd_special_values_match_torch(case, layout, isa):
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_winograd_special_values_match_torch(case, layout, kernel, isa):
     """Where Winograd would give NaN for torch's finite or infinite values (overflowing intermediates,
     infinities mixed by the transforms, a NaN spread over its tile), the layer is recomputed on the
-    direct path: values, gradients and the places of NaN and infinities are torch's."""
-    x, wt, pad = _conv_pair((1, 16, 16, 16, 16, 3, 3, 1, 1, 1, 1), layout)
+    direct path: values, gradients and the places of NaN and infinities are the direct path's, and for
+    these 3x3 cases torch's. (With 5x5 kernels torch's CPU kernel skips the padding taps, where an
+    infinite weight meets zero padding; the direct path follows the zero-padded definition, NaN there.)"""
+    x, wt, pad = _conv_pair((1, 16, 16, 16, 16, kernel, kernel, 1, kernel // 2, 1, 1), layout)
     g = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(4))
     x, wt, g = _special(case, x, wt, g)
-    want = _grads(F.conv2d, x, wt, g, pad)
+    if kernel == 3:
+        want = _grads(F.conv2d, x, wt, g, pad)
+    else:
+        with winograd(False):
+            want = _grads(fastconv.conv2d, x, wt, g, pad)
     with winograd(True):
         got = _grads(fastconv.conv2d, x, wt, g, pad)
         if case == "huge":  # the fused epilogue too
@@ -399,6 +412,20 @@ def test_winograd_error_against_float64():
         err_d = (fastconv.conv2d(x, wt, None, 1, pad).double() - ref).abs().max().item()
     assert err_w != err_d  # the Winograd path is taken
     assert err_w < 2e-5 * scale and err_d < 1e-5 * scale, (err_w, err_d, scale)
+
+
+def test_winograd_5x5_error_against_float64():
+    """F(2x2, 5x5) rounding at AlexNet's conv2 (64 -> 192 channels, 27x27, batch 1): within 1e-5 of the
+    output scale (measured 4e-6), a few times the direct sum's error (1.4e-6)."""
+    x, wt, pad = _conv_pair((1, 64, 27, 27, 192, 5, 5, 1, 2, 1, 1), "channels_last")
+    ref = F.conv2d(x.double(), wt.double(), None, 1, pad)
+    scale = ref.abs().max().item()
+    with winograd(True):
+        err_w = (fastconv.conv2d(x, wt, None, 1, pad).double() - ref).abs().max().item()
+    with winograd(False):
+        err_d = (fastconv.conv2d(x, wt, None, 1, pad).double() - ref).abs().max().item()
+    assert err_w != err_d  # the Winograd path is taken
+    assert err_w < 1e-5 * scale and err_d < 5e-6 * scale, (err_w, err_d, scale)
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
