@@ -106,8 +106,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     fastconv::set_cpu_winograd(on);
     return before;
   }, pybind11::arg("enabled"),
-        "Allow (True) or forbid Winograd (F(4x4, 3x3), F(2x2, 5x5)) for float32 3x3 and 5x5 stride-1 CPU convolutions; returns the "
-        "previous setting. The default comes from FASTCONV_WINOGRAD (on unless it is 0).");
+        "Allow (True) or forbid Winograd (F(4x4, 3x3), F(2x2, 5x5)) for float32 3x3 and 5x5 stride-1 CPU "
+        "convolutions; returns the previous setting. The default comes from FASTCONV_WINOGRAD (on unless it is 0).");
   m.def("cache_weight", &fastconv::cache_weight, pybind11::arg("weight"),
         "Register a CPU convolution weight for the packed-weight cache (inference; see conv2d.cpp).");
   m.def("clear_weight_cache", &fastconv::clear_weight_cache,

@@ -133,11 +133,11 @@ def set_winograd(enabled):
 
 
 def winograd(x, w, stride, padding, dilation, groups, P, Q):
-    """The Winograd rule: the native kernel's for 3x3 (float32, groups 1, 3x3, stride and dilation 1, at least
-    16 input and output channels, output at least 4x4), where the multiply-adds it saves per channel
-    pair (9 N P Q - 36 tiles) pay for transforming the weights on every call (about the time of 1500
-    multiply-adds in a GEMM here, measured; the native kernel needs 500). The native kernels also take
-    5x5 layers as F(2x2, 5x5); here those stay direct."""
+    """The Winograd rule: the native kernel's for 3x3 (float32, groups 1, 3x3, stride and dilation 1,
+    at least 16 input and output channels, output at least 4x4), where the multiply-adds it saves per
+    channel pair (9 N P Q - 36 tiles) pay for transforming the weights on every call (about the time of
+    1500 multiply-adds in a GEMM here, measured; the native kernel needs 500). The native kernels also
+    take 5x5 layers as F(2x2, 5x5); here those stay direct."""
     if not (_WINOGRAD[0] and x.dtype == np.float32 and groups == 1 and tuple(w.shape[2:]) == (3, 3)
             and tuple(stride) == (1, 1) and tuple(dilation) == (1, 1) and x.shape[1] >= 16 and w.shape[0] >= 16
             and P >= 4 and Q >= 4):
